@@ -1,0 +1,28 @@
+# The two commands of the README. Both create/reuse .venv and install what they need.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Installs the CPU torch first when no torch is present, so the package's `torch>=` bound
+# never pulls a multi-GB CUDA build onto a CPU machine. On a GPU cluster, install your CUDA
+# torch into the venv first and this step keeps it.
+setup: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+
+demo: setup
+	$(BIN)/adaspec-dist demo
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

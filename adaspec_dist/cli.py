@@ -1,0 +1,59 @@
+"""The ``adaspec-dist`` console script: a table of subcommands, each imported only when run.
+
+Contract: a subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Only subcommands that work are listed in ``SUBCOMMANDS``; the README's command table is
+checked against this one by a test.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from adaspec_dist.config import ConfigError
+
+# name -> (module, one-line help). Modules are imported lazily so that `--help` and
+# `import adaspec_dist` need neither deepspeed nor megatron-core.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("adaspec_dist.data.command", "preview a task's examples and token counts"),
+}
+
+
+def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only the subcommand named by ``load`` gets its module imported."""
+    table = SUBCOMMANDS if table is None else table
+    parser = argparse.ArgumentParser(
+        prog="adaspec-dist",
+        description="Selective knowledge distillation (AdaSPEC) of draft models for speculative decoding.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in table.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == load:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(load=command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        # User errors get one clear line, not a traceback.
+        print(f"adaspec-dist {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Typed configuration: YAML recipes -> dataclasses, with dotted command-line overrides.
+
+Contract
+--------
+* Every component owns a ``@dataclass(kw_only=True)`` config; a recipe is a YAML mapping
+  whose sections are those dataclasses' fields (nested dataclasses nest as mappings).
+* ``build_config(cls, data)`` turns a mapping into ``cls``; an unknown key raises
+  ``ConfigError`` naming the dotted key and the closest valid names.
+* ``parse_overrides(["--train.lr=3e-4", "train.epochs=2"])`` -> ``{"train": {"lr": 3e-4, ...}}``;
+  values are parsed as YAML scalars, so ``1e-4``, ``true``, ``[1, 2]`` work.
+* ``load_config(cls, path, overrides)`` = YAML file, then overrides merged on top.
+* ``save_resolved(cfg, run_dir)`` writes ``run_dir/config.yaml`` so every run records what
+  it ran with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (one line: what is wrong and how to fix it)."""
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    shown = close or sorted(valid)[:8]
+    return ", ".join(shown)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated field type (ints to floats etc.)."""
+    tp = _unwrap_optional(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build_config(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str:
+        return str(value)
+    if tp in (int, float):
+        raise ConfigError(f"config key '{key}' must be a number ({tp.__name__}), got {value!r}")
+    return value
+
+
+def build_config(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
+    """Instantiate dataclass ``cls`` from ``data``; unknown keys are errors with suggestions."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'; did you mean: {_closest(key, list(fields))}?"
+            )
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        cfg = cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {err}") from None
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["--a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in items or []:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override '{item}' must look like --section.key=value")
+        dotted, raw = text.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = tree
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass a recipe from configs/ or a path to one")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file '{path}' must hold a YAML mapping at the top level")
+    return dict(data)
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None,
+                overrides: list[str] | Mapping[str, Any] | None = None) -> T:
+    """YAML recipe (optional) + dotted overrides -> ``cls``."""
+    data = read_yaml(path) if path else {}
+    if overrides:
+        data = merge(data, overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides)))
+    return build_config(cls, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_resolved(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config into ``run_dir`` atomically and return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / name
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,192 @@
+"""Distributed initialisation: the ONLY module that reads launcher environment variables.
+
+Contract
+--------
+``launch_env()`` reads, in this order of precedence:
+
+1. torch-style variables set by ``torchrun`` and the ``deepspeed`` launcher:
+   ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
+2. Slurm's ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NODEID`` (one task
+   per GPU under ``srun``), the master being the first host of ``SLURM_STEP_NODELIST`` /
+   ``SLURM_JOB_NODELIST`` and the port derived from ``SLURM_JOB_ID`` unless ``MASTER_*`` set;
+3. nothing: a single process (rank 0 of 1, a free local port).
+
+``init_distributed(tp_size)`` initialises ``torch.distributed`` (nccl on CUDA, gloo on CPU;
+always, so that a single process runs the same code as a job) and returns a
+:class:`ParallelState` with explicit tensor-parallel and data-parallel groups.
+Rank layout: ``rank = dp_rank * tp_size + tp_rank`` — TP groups are contiguous ranks, so
+they stay inside a node when ``tp_size`` divides the GPUs per node (Megatron's convention).
+Library code receives groups from here; it never reads globals.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits in the job, as the launcher described it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    source: str  # "torch" | "slurm" | "single"
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm nodelist: ``"gpu[03-05,9],cpu1"`` -> ``"gpu03"``."""
+    nodelist = nodelist.strip()
+    match = re.match(r"^([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not match:
+        raise ValueError(f"cannot parse Slurm nodelist {nodelist!r}; set MASTER_ADDR explicitly")
+    prefix, _, ranges = match.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def free_port() -> int:
+    """An unused TCP port on localhost (racy by nature; fine for tests and single runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+    """Read the launcher's variables (see the module docstring for precedence)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchEnv(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            node_rank=int(env.get("GROUP_RANK", env.get("NODE_RANK", env.get("SLURM_NODEID", 0)))),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            source="torch",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
+        return LaunchEnv(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            node_rank=int(env.get("SLURM_NODEID", 0)),
+            master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            # A per-job port so two jobs sharing a node do not collide.
+            master_port=int(env.get("MASTER_PORT") or 20000 + job_id % 20000),
+            source="slurm",
+        )
+    return LaunchEnv(rank=0, world_size=1, local_rank=0, node_rank=0,
+                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                     master_port=int(env.get("MASTER_PORT") or free_port()), source="single")
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    """The process grid of one job. Groups are real ``torch.distributed`` groups."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    tp_size: int
+    tp_rank: int
+    dp_size: int
+    dp_rank: int
+    tp_group: Any
+    dp_group: Any
+    device: Any  # torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the one that logs, shows progress bars and writes manifests."""
+        return self.rank == 0
+
+    @property
+    def is_tp_leader(self) -> bool:
+        """TP rank 0 of its replica: the one that writes that replica's outputs."""
+        return self.tp_rank == 0
+
+
+def grid_position(rank: int, tp_size: int) -> tuple[int, int]:
+    """``rank -> (tp_rank, dp_rank)`` for the contiguous-TP layout."""
+    return rank % tp_size, rank // tp_size
+
+
+def init_distributed(tp_size: int = 1, *, backend: str | None = None, timeout_s: float = 1800) -> ParallelState:
+    """Initialise torch.distributed from the launcher's environment and build the TP x DP grid."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    env = launch_env()
+    if tp_size < 1 or env.world_size % tp_size:
+        raise ValueError(
+            f"tensor-parallel size {tp_size} does not divide the world size {env.world_size}; "
+            f"launch a multiple of {tp_size} processes or change --tp"
+        )
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+
+    if not dist.is_initialized():
+        # Export what env:// needs, so that the DeepSpeed/Slurm paths and a bare single process
+        # initialise identically; DeepSpeed reads the same variables later.
+        os.environ.setdefault("MASTER_ADDR", env.master_addr)
+        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+        os.environ.setdefault("RANK", str(env.rank))
+        os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        logger.info("initialised %s rank %d/%d (from %s launcher env)", backend, env.rank,
+                    env.world_size, env.source)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dp_size = world // tp_size
+    tp_rank, dp_rank = grid_position(rank, tp_size)
+    tp_group = dp_group = None
+    # Every rank must create every group, in the same order.
+    for d in range(dp_size):
+        group = dist.new_group(list(range(d * tp_size, (d + 1) * tp_size)))
+        if d == dp_rank:
+            tp_group = group
+    for t in range(tp_size):
+        group = dist.new_group(list(range(t, world, tp_size)))
+        if t == tp_rank:
+            dp_group = group
+    return ParallelState(rank=rank, world_size=world, local_rank=env.local_rank, tp_size=tp_size,
+                         tp_rank=tp_rank, dp_size=dp_size, dp_rank=dp_rank, tp_group=tp_group,
+                         dp_group=dp_group, device=device, backend=backend)
+
+
+def barrier(group: Any = None) -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier(group=group)
+
+
+def shutdown() -> None:
+    """Destroy the default process group if this process created one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,148 @@
+"""Hugging Face causal LMs in and out, plus named tiny presets for tests and the demo.
+
+Contract
+--------
+* ``ModelConfig`` names a model either by ``name_or_path`` (a local HF directory or a hub id:
+  the real path on users' clusters) or by ``preset`` (a from-scratch architecture built with
+  random weights from a ``transformers`` config; no download).
+* ``build_preset(name, vocab_size, **overrides)`` -> a real ``GPTNeoXForCausalLM`` /
+  ``LlamaForCausalLM`` with random weights.
+* ``load_causal_lm(cfg_or_path, vocab_size=None, device=..., dtype=...)`` -> model in eval mode.
+* ``save_hf(model, out_dir, tokenizer=None)`` writes safetensors + config (+ tokenizer)
+  atomically (tmp dir + rename), so any HF/vLLM user can ``from_pretrained`` the result.
+* ``param_count(model)`` for logs and cost ratios.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Tiny architectures. "tiny-*" are for unit tests (milliseconds per forward on CPU);
+# "demo-*" are sized for the embedded demo (a target many times the draft's cost).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-neox": dict(family="gpt_neox", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=256),
+    "tiny-llama": dict(family="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256),
+    "demo-target": dict(family="llama", hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+                        num_key_value_heads=4, intermediate_size=688, max_position_embeddings=512),
+    "demo-draft": dict(family="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=172, max_position_embeddings=512),
+}
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name_or_path: str | None = None
+    """Local HF model directory or hub id (e.g. EleutherAI/pythia-1.4b)."""
+    preset: str | None = None
+    """Name in PRESETS: build from scratch with random weights instead of loading."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA when supported, else fp32), float32, bfloat16 or float16."""
+    overrides: dict | None = None
+    """Extra architecture fields for a preset (e.g. {num_hidden_layers: 4})."""
+    seed: int = 0
+    """Initialisation seed of a preset."""
+
+    def validate(self) -> None:
+        if not self.name_or_path and not self.preset:
+            raise ValueError("model config needs name_or_path (HF dir or hub id) or preset (one of "
+                             f"{sorted(PRESETS)})")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown model preset '{self.preset}'; choose one of {sorted(PRESETS)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"model dtype '{self.dtype}' must be auto, float32, bfloat16 or float16")
+
+
+def resolve_dtype(name: str, device: Any = None):
+    """Map a dtype name to torch; ``auto`` = bf16 on a CUDA device that supports it, else fp32."""
+    import torch
+
+    if name == "auto":
+        is_cuda = device is not None and torch.device(device).type == "cuda"
+        return torch.bfloat16 if is_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def preset_config(name: str, vocab_size: int, **overrides: Any):
+    """The ``transformers`` config of a preset with the given vocabulary size."""
+    from transformers import GPTNeoXConfig, LlamaConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset '{name}'; choose one of {sorted(PRESETS)}")
+    spec = {**PRESETS[name], **overrides}
+    family = spec.pop("family")
+    common = dict(vocab_size=vocab_size, bos_token_id=spec.pop("bos_token_id", 1),
+                  eos_token_id=spec.pop("eos_token_id", 2), pad_token_id=spec.pop("pad_token_id", 0))
+    if family == "gpt_neox":
+        return GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True,
+                             tie_word_embeddings=False, **spec)
+    if family == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=spec.pop("tie_word_embeddings", False), **spec)
+    raise ValueError(f"preset '{name}' has unknown family '{family}'")
+
+
+def build_preset(name: str, vocab_size: int, *, seed: int = 0, **overrides: Any):
+    """A real HF causal LM of the preset's architecture with seeded random weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = preset_config(name, vocab_size, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model.float().eval()
+
+
+def load_causal_lm(cfg: ModelConfig | str, *, vocab_size: int | None = None, device: Any = "cpu",
+                   dtype: str | None = None):
+    """Load (or build, for a preset) a causal LM, moved to ``device`` in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = ModelConfig(name_or_path=str(cfg))
+    cfg.validate()
+    torch_dtype = resolve_dtype(dtype or cfg.dtype, device)
+    if cfg.name_or_path:
+        path = cfg.name_or_path
+        if (path.startswith((".", "/")) or os.sep in path and Path(path).exists()) and not Path(path).exists():
+            raise FileNotFoundError(f"model directory '{path}' does not exist; train or download it first")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    else:
+        if vocab_size is None:
+            raise ValueError(f"preset '{cfg.preset}' needs a vocab_size (from the tokenizer)")
+        model = build_preset(cfg.preset, vocab_size, seed=cfg.seed, **(cfg.overrides or {})).to(torch_dtype)
+    return model.to(device).eval()
+
+
+def model_identity(cfg: ModelConfig | str) -> str:
+    """A short human-readable identity for manifests and logs."""
+    if isinstance(cfg, (str, os.PathLike)):
+        return str(cfg)
+    return cfg.name_or_path or f"preset:{cfg.preset}(seed={cfg.seed})"
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_hf(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Save model (safetensors) and tokenizer in HF format, atomically."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    logger.info("saved %s (%d params) to %s", type(model).__name__, param_count(model), out)
+    return out
