@@ -1,0 +1,165 @@
+"""Per-token divergences D(p_target || q_student) on full logits and on the sparse cache form.
+
+Legend: N supervised positions (rows), V vocabulary, K ids kept per position.
+
+Contract
+--------
+* ``per_token_divergence(student_logits_NV, target, kind, beta) -> (N,) float32``: the ONE
+  estimator used on both sides of AdaSPEC's ΔL = L_draft − L_ref (``cache --add-reference``
+  computes L_ref with it, the trainer L_draft), so the two columns are comparable.
+* ``dense_divergence(student_logits_NV, teacher_logits_NV, kind, beta) -> (N,)``: the exact
+  value on full logits (the online teacher mode and the reference implementation in tests).
+* ``kind``: ``fkl`` KL(p‖q) (AdaSPEC / DistillSpec default), ``rkl`` KL(q‖p), ``jsd``
+  JSD(β) = β·KL(p‖m) + (1−β)·KL(q‖m) with m = βp + (1−β)q, ``tvd`` ½Σ|p − q|.
+* ``sparse_alpha`` / ``dense_alpha`` = Σ_x min(p, q) = 1 − TVD (speculative acceptance).
+
+Estimators on a ``SparseTarget`` (see ``adaspec_dist.cache.sparse``)
+-------------------------------------------------------------------
+* ``topk``: K+1 buckets — the K ids plus one "rest" bucket. The teacher's rest mass is
+  1 − Σ exp(logp) (its log-probs are normalised over the full vocabulary); the student's rest
+  is the log-sum-exp of its logits OFF those ids, computed directly (no 1 − Σq cancellation).
+  Both sides are proper distributions over the same buckets, so the value is the divergence of
+  the coarsened distributions: a lower bound of the full f-divergence (data processing
+  inequality) and exact when K covers the vocabulary. Neither side is renormalised alone.
+* ``sampled``: every kind is an f-divergence D_f = E_p[f(q/p)] with f(1) = 0; ids drawn from p
+  with importance weights w give the unbiased Σ_i w_i f(q_i/p_i). We use generators with
+  f'(1) = 0 (adding c·(t − 1) changes nothing in expectation since E_p[q/p] = 1), which makes
+  every row's estimate non-negative: fkl f = t − 1 − log t, rkl f = t log t − t + 1.
+  Padding entries (weight 0) are ignored whatever their ids / log-probs hold.
+
+All arithmetic is fp32; the only V-sized tensors are the student's own logits (an fp32 view
+of them and, for top-k, one masked copy for the rest bucket).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+KINDS = ("fkl", "rkl", "jsd", "tvd")
+_LOG_FLOOR = math.log(1e-30)
+
+
+def check_kind(kind: str, beta: float = 0.5) -> None:
+    """Raise a one-line ValueError for an unknown divergence or a β outside (0, 1)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown divergence '{kind}'; choose one of {list(KINDS)}")
+    if kind == "jsd" and not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd beta must be in (0, 1), got {beta}; e.g. beta=0.5")
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    """log(1 − exp(a)) for a ≤ 0, stable at both ends (Mächler 2012); a > 0 is clamped to 0."""
+    a = a.clamp(max=0.0)
+    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def _xlogy_ratio(lp: Tensor, lq: Tensor) -> Tensor:
+    """p·(log p − log q) elementwise with 0·(anything) = 0 (empty buckets)."""
+    p = lp.exp()
+    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
+
+
+def bucket_divergence(lp: Tensor, lq: Tensor, kind: str, beta: float = 0.5) -> Tensor:
+    """Exact divergence between two distributions given as log-probs over the same M buckets.
+
+    ``lp``, ``lq``: (N, M) fp32, each row a distribution (may hold −inf for empty buckets).
+    Returns (N,). Used with M = V (dense) and M = K + 1 (top-k + rest).
+    """
+    if kind == "fkl":
+        return _xlogy_ratio(lp, lq).sum(-1)
+    if kind == "rkl":
+        return _xlogy_ratio(lq, lp).sum(-1)
+    if kind == "jsd":
+        lm = torch.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
+        return beta * _xlogy_ratio(lp, lm).sum(-1) + (1 - beta) * _xlogy_ratio(lq, lm).sum(-1)
+    if kind == "tvd":
+        return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+    check_kind(kind, beta)
+    raise AssertionError("unreachable")
+
+
+def _f_generator(log_t: Tensor, kind: str, beta: float) -> Tensor:
+    """f(t) with f(1) = f'(1) = 0 for each kind, t = q/p given as log t (any shape)."""
+    t = log_t.exp()
+    if kind == "fkl":
+        return t - 1.0 - log_t
+    if kind == "rkl":
+        return t * log_t - t + 1.0
+    if kind == "jsd":
+        # m/p = β + (1−β)t;  β·KL(p‖m) → −β log(β + (1−β)t);  (1−β)·KL(q‖m) → (1−β) t log(t / (m/p)).
+        log_m = torch.logaddexp(torch.full_like(log_t, math.log(beta)), log_t + math.log1p(-beta))
+        return -beta * log_m + (1 - beta) * t * (log_t - log_m)
+    if kind == "tvd":
+        return 0.5 * (t - 1.0).abs()
+    check_kind(kind, beta)
+    raise AssertionError("unreachable")
+
+
+def _student_logq_at(student_logits_NV: Tensor, ids_NK: Tensor) -> tuple[Tensor, Tensor]:
+    """(fp32 student logits, log q at ``ids``) without materialising a log-softmax copy."""
+    z = student_logits_NV.float()
+    lse_N = torch.logsumexp(z, dim=-1)
+    return z, z.gather(-1, ids_NK) - lse_N[:, None]
+
+
+def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", beta: float = 0.5) -> Tensor:
+    """D(p_target ‖ q_student) per supervised position, (N,) float32 (see module docstring)."""
+    check_kind(kind, beta)
+    n, v = student_logits_NV.shape
+    ids = target.ids.to(student_logits_NV.device).long()
+    logp = target.logp.to(student_logits_NV.device).float()
+    assert ids.shape[0] == n and ids.shape == logp.shape, (ids.shape, logp.shape, student_logits_NV.shape)
+    if n == 0:
+        return student_logits_NV.float().sum(-1)  # (0,), still attached to the graph
+    if target.scheme == "topk":
+        z, lq_K = _student_logq_at(student_logits_NV, ids)
+        lse_N = torch.logsumexp(z, dim=-1)
+        # Student "rest": log-sum-exp of the logits off the kept ids, relative to the full one.
+        lq_rest = torch.logsumexp(z.scatter(-1, ids, float("-inf")), dim=-1) - lse_N
+        lp_rest = log1mexp(torch.logsumexp(logp, dim=-1))
+        # A rest bucket that is empty on one side only by rounding (K ≈ V, fp16 storage) would
+        # give 0·log 0 = nan or a spurious inf: floor both rest masses at 1e-30.
+        lp_rest, lq_rest = lp_rest.clamp(min=_LOG_FLOOR), lq_rest.clamp(min=_LOG_FLOOR)
+        lp = torch.cat([logp, lp_rest[:, None]], dim=-1)
+        lq = torch.cat([lq_K, lq_rest[:, None]], dim=-1)
+        return bucket_divergence(lp, lq, kind, beta)
+    if target.scheme == "sampled":
+        if target.weights is None:
+            raise ValueError("a sampled SparseTarget needs weights; rebuild the cache with scheme=sampled")
+        w = target.weights.to(student_logits_NV.device).float()
+        _, lq_K = _student_logq_at(student_logits_NV, ids)
+        live = w > 0
+        # Padding rows may hold -inf/garbage log-probs: neutralise before exp, then weight 0.
+        log_t = torch.where(live, lq_K - torch.where(live, logp, torch.zeros_like(logp)), torch.zeros_like(logp))
+        return (w * torch.where(live, _f_generator(log_t, kind, beta), torch.zeros_like(log_t))).sum(-1)
+    raise ValueError(f"unknown sparse target scheme '{target.scheme}'; expected 'topk' or 'sampled'")
+
+
+def dense_divergence(student_logits_NV: Tensor, teacher_logits_NV: Tensor, kind: str = "fkl",
+                     beta: float = 0.5) -> Tensor:
+    """Exact D(p_teacher ‖ q_student) per row on full logits, (N,) float32."""
+    check_kind(kind, beta)
+    lq = torch.log_softmax(student_logits_NV.float(), dim=-1)
+    lp = torch.log_softmax(teacher_logits_NV.float(), dim=-1)
+    return bucket_divergence(lp, lq, kind, beta)
+
+
+def sparse_alpha(student_logits_NV: Tensor, target) -> Tensor:
+    """α per position = Σ_x min(p, q) = 1 − TVD, estimated on the sparse target, (N,)."""
+    return 1.0 - per_token_divergence(student_logits_NV, target, "tvd")
+
+
+def dense_alpha(student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> Tensor:
+    """Exact α per position on full logits, (N,)."""
+    return 1.0 - dense_divergence(student_logits_NV, teacher_logits_NV, "tvd")
+
+
+def masked_mean(values_N: Tensor, keep_N: Tensor | None = None) -> Tensor:
+    """Mean of ``values_N`` over ``keep_N`` (all when None); 0·sum (graph kept) when nothing is kept."""
+    if keep_N is not None:
+        values_N = values_N[keep_N]
+    if values_N.numel() == 0:
+        return values_N.sum() * 0.0
+    return values_N.mean()
