@@ -1,0 +1,205 @@
+"""Tasks: rows of a dataset -> ``Example(prompt, answer)`` pairs, formatted as the AdaSPEC paper does.
+
+Contract
+--------
+* ``DataConfig`` names a task and where its rows come from; ``load_examples(cfg, split)``
+  returns ``list[Example]`` in the source's order (first ``limit`` rows when ``limit`` is set).
+* Hub tasks (``gsm8k alpaca mbpp cnn_dailymail xsum``): ``source=None`` loads the task's hub
+  dataset with ``datasets.load_dataset`` (users' clusters); ``source`` may also be a hub id, a
+  local ``.jsonl``/``.json``/``.parquet`` file (used for whatever split is asked), or a
+  directory holding ``{split}.jsonl``/``{split}.json``/``{split}.parquet`` (air-gapped
+  clusters, tests). Local files also go through ``datasets`` so one code path is exercised.
+* A row lacking a column the task needs raises ``ValueError`` naming the file, the missing
+  column and the expected columns.
+* Embedded tasks (``arith pydoc stdlib_code``) need no network: see ``embedded.py``. Their
+  splits are ``train`` and ``test`` (``validation`` is an alias of ``test``); ``seed`` picks
+  the items and their order, and ``source`` must be unset.
+* Nothing here tokenizes; ``tokenize.py`` turns examples into ids with a masked prompt.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from adaspec_dist.data import embedded
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    task: str
+    """One of gsm8k, alpaca, mbpp, cnn_dailymail, xsum (hub/local) or arith, pydoc, stdlib_code (embedded)."""
+    source: str | None = None
+    """Hub dataset id, local .jsonl/.json/.parquet file, or a directory with {split}.jsonl/.parquet;
+    None = the task's default hub id (or the generator for embedded tasks)."""
+    split: str = "train"
+    """Split to load (train / test / validation)."""
+    limit: int | None = None
+    """Keep only the first `limit` examples (None = all)."""
+    seed: int = 0
+    """Seed of the embedded generators (item choice and order); unused by hub/local tasks."""
+    max_length: int = 512
+    """Token budget per sequence (prompt + answer + BOS/EOS); see tokenize.py for truncation."""
+
+    def validate(self) -> None:
+        if self.task not in TASKS and self.task not in embedded.EMBEDDED:
+            raise ValueError(f"unknown data task '{self.task}'; choose one of {task_names()}")
+        if self.task in embedded.EMBEDDED and self.source is not None:
+            raise ValueError(f"data task '{self.task}' is embedded (generated locally); remove data.source "
+                             f"'{self.source}' or pick a hub task ({sorted(TASKS)})")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be a positive number of examples or null, got {self.limit}")
+        if self.max_length < 8:
+            raise ValueError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    """Text the model conditions on (labels -100)."""
+    answer: str
+    """Text the model is trained to produce (supervised)."""
+
+
+# ----------------------------------------------------------------------------- formatters
+# Each takes one dataset row (a mapping with the task's columns) and returns an Example.
+
+_GSM8K_FINAL = re.compile(r"####\s*")
+
+
+def format_gsm8k(row: Mapping[str, Any]) -> Example:
+    # The paper trains on the rationale with GSM8K's "#### N" marker spelled out, so the
+    # model's output states its answer in words that are easy to parse at evaluation.
+    answer = _GSM8K_FINAL.sub("The final answer is: ", str(row["answer"]).strip())
+    return Example(prompt=f"Question: {str(row['question']).strip()}\nAnswer: ", answer=answer)
+
+
+_ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+_ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def format_alpaca(row: Mapping[str, Any]) -> Example:
+    # The standard Alpaca template: the "input" block appears only when the row has one.
+    inp = str(row.get("input") or "").strip()
+    template = _ALPACA_WITH_INPUT if inp else _ALPACA_NO_INPUT
+    prompt = template.format(instruction=str(row["instruction"]).strip(), input=inp)
+    return Example(prompt=prompt, answer=str(row["output"]).strip())
+
+
+def format_mbpp(row: Mapping[str, Any]) -> Example:
+    # MBPP's customary prompt: the task text followed by the assert-tests the code must pass.
+    tests = row["test_list"]
+    if isinstance(tests, str):
+        tests = [tests]
+    prompt = (f"You are an expert Python programmer, and here is your task: {str(row['text']).strip()} "
+              "Your code should pass these tests:\n\n" + "\n".join(str(t).strip() for t in tests) + "\n\n")
+    return Example(prompt=prompt, answer=str(row["code"]).replace("\r\n", "\n").strip())
+
+
+def format_cnn_dailymail(row: Mapping[str, Any]) -> Example:
+    return Example(prompt=f"Summarize the following article.\n\nArticle: {str(row['article']).strip()}\n\nSummary: ",
+                   answer=str(row["highlights"]).strip())
+
+
+def format_xsum(row: Mapping[str, Any]) -> Example:
+    return Example(prompt=f"Summarize the following document in one sentence.\n\nDocument: "
+                          f"{str(row['document']).strip()}\n\nSummary: ",
+                   answer=str(row["summary"]).strip())
+
+
+@dataclass(frozen=True)
+class HubTask:
+    hub_id: str
+    hub_config: str | None
+    columns: tuple[str, ...]
+    """Columns every row must have."""
+    format: Callable[[Mapping[str, Any]], Example]
+
+
+TASKS: dict[str, HubTask] = {
+    "gsm8k": HubTask("openai/gsm8k", "main", ("question", "answer"), format_gsm8k),
+    "alpaca": HubTask("tatsu-lab/alpaca", None, ("instruction", "input", "output"), format_alpaca),
+    "mbpp": HubTask("google-research-datasets/mbpp", None, ("text", "code", "test_list"), format_mbpp),
+    "cnn_dailymail": HubTask("abisee/cnn_dailymail", "3.0.0", ("article", "highlights"), format_cnn_dailymail),
+    "xsum": HubTask("EdinburghNLP/xsum", None, ("document", "summary"), format_xsum),
+}
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS) + sorted(embedded.EMBEDDED)
+
+
+# ----------------------------------------------------------------------------- loading
+
+_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _local_file(source: str, split: str) -> Path | None:
+    """The local file for ``split`` when ``source`` is a path; None when it names a hub dataset."""
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        if path.suffix not in _LOCAL_SUFFIXES:
+            raise ValueError(f"data source '{path}' must be a .jsonl, .json or .parquet file")
+        return path
+    if path.is_dir():
+        for suffix in _LOCAL_SUFFIXES:
+            candidate = path / f"{split}{suffix}"
+            if candidate.is_file():
+                return candidate
+        found = sorted(p.name for p in path.iterdir() if p.suffix in _LOCAL_SUFFIXES)
+        raise ValueError(f"data source directory '{path}' has no {split}.jsonl/.json/.parquet "
+                         f"(found: {', '.join(found) or 'nothing'}); add it or pick another split")
+    if source.startswith((".", "/", "~")) or Path(source).suffix in _LOCAL_SUFFIXES:
+        raise FileNotFoundError(f"data source '{source}' does not exist; pass an existing file/directory or a hub id")
+    return None
+
+
+def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None) -> tuple[Iterable, str]:
+    """Rows of the split (a ``datasets.Dataset``) and a name for error messages."""
+    import datasets  # heavy; imported only when a hub/local task is actually loaded
+
+    local = _local_file(source, split) if source else None
+    if local is not None:
+        ds = datasets.load_dataset(_LOCAL_SUFFIXES[local.suffix], data_files=str(local), split="train")
+        origin = str(local)
+    else:
+        hub_id = source or task.hub_id
+        config = task.hub_config if hub_id == task.hub_id else None
+        # Slicing in the split string keeps a limited preview from materialising a huge split.
+        hub_split = f"{split}[:{limit}]" if limit else split
+        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+        origin = f"hub dataset {hub_id}" + (f" ({config})" if config else "") + f" split {split}"
+    if limit is not None and len(ds) > limit:
+        ds = ds.select(range(limit))
+    missing = [c for c in task.columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{origin} lacks column '{missing[0]}'; expected columns: {', '.join(task.columns)} "
+                         f"(found: {', '.join(ds.column_names)})")
+    return ds, origin
+
+
+def load_examples(cfg: DataConfig, split: str | None = None) -> list[Example]:
+    """The examples of ``split`` (default ``cfg.split``), formatted for ``cfg.task``."""
+    cfg.validate()
+    split = split or cfg.split
+    if cfg.task in embedded.EMBEDDED:
+        pairs = embedded.generate(cfg.task, split=split, seed=cfg.seed, limit=cfg.limit)
+        return [Example(prompt=p, answer=a) for p, a in pairs]
+    task = TASKS[cfg.task]
+    rows, origin = _load_rows(task, cfg.source, split, cfg.limit)
+    examples = [task.format(row) for row in rows]
+    logger.info("loaded %d %s examples from %s", len(examples), cfg.task, origin)
+    return examples
