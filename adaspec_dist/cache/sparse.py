@@ -210,7 +210,7 @@ def encode_values(logp: torch.Tensor, value_dtype: str) -> np.ndarray:
 
 def decode_values(stored: np.ndarray, value_dtype: str) -> torch.Tensor:
     """Inverse of :func:`encode_values` -> float32 log-probs."""
-    arr = torch.from_numpy(np.ascontiguousarray(stored))
+    arr = torch.from_numpy(np.array(stored, copy=True))  # memmaps are read-only
     if value_dtype == "fp16":
         return arr.float()
     if value_dtype == "bf16":

@@ -1,0 +1,198 @@
+"""The on-disk cache format: names, manifest, shard files, checksums (no torch.distributed).
+
+Contract (the full description for other tools is docs/cache-format.md)
+--------
+* A cache is a directory: ``manifest.json`` (written last, by rank 0, atomically),
+  ``config.yaml`` (the resolved job config) and ``shards/``.
+* Shard ``j`` holds the global sequences ``[j * shard_size, (j + 1) * shard_size)`` and is one
+  safetensors file ``shards/shard-{j:05d}.safetensors`` (readable by the ``safetensors``
+  library; here memory-mapped with numpy by parsing the header) plus a sidecar
+  ``shard-{j:05d}.json`` (counts, byte size, sha256) whose presence marks the shard complete.
+  The optional reference column is ``shard-{j:05d}.ref.npy`` (float32, (N,)) + ``.ref.json``.
+* Every file is written to ``NAME.tmp`` and renamed, so a killed job leaves either the whole
+  file or nothing under the final name.
+* ``check_*`` helpers raise :class:`CacheError` (a ``ValueError``) with one line naming the file
+  and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+
+# safetensors dtype names <-> numpy (bf16 is carried as its raw 16-bit pattern).
+_ST_TO_NP = {"U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32,
+             "I32": np.int32, "I64": np.int64, "F16": np.float16, "BF16": np.uint16, "F32": np.float32,
+             "F64": np.float64, "BOOL": np.bool_}
+_NP_TO_ST = {np.dtype(v): k for k, v in _ST_TO_NP.items() if k != "BF16"}
+
+
+class CacheError(ValueError):
+    """A cache that cannot be used as is (one line: which file, what is wrong, what to do)."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def shard_paths(cache_dir: str | os.PathLike, index: int) -> dict[str, Path]:
+    base = Path(cache_dir) / SHARD_DIR / shard_name(index)
+    return {"data": base.with_suffix(".safetensors"), "meta": base.with_suffix(".json"),
+            "ref": Path(str(base) + ".ref.npy"), "ref_meta": Path(str(base) + ".ref.json")}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | list[bytes | memoryview]) -> None:
+    """Write ``data`` to ``path`` via ``path.tmp`` + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        for block in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise CacheError(f"{what} '{path}' is missing; rerun the cache job to complete the cache") from None
+    except json.JSONDecodeError as err:
+        raise CacheError(f"{what} '{path}' is not valid JSON ({err.msg}); delete it and rerun the cache job") from None
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                      dtypes: dict[str, str] | None = None, metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, deterministically (sorted names) and atomically.
+
+    ``dtypes`` overrides the safetensors dtype name of an array (``"BF16"`` for uint16 bit patterns).
+    """
+    dtypes = dtypes or {}
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        st = dtypes.get(name) or _NP_TO_ST[arr.dtype]
+        assert np.dtype(_ST_TO_NP[st]).itemsize == arr.dtype.itemsize, (name, st, arr.dtype)
+        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        blobs.append(memoryview(arr).cast("B"))
+        offset += arr.nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    atomic_write_bytes(path, [struct.pack("<Q", len(raw)), raw, *blobs])
+
+
+def open_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
+    """Memory-map a safetensors file -> (arrays, safetensors dtype names, metadata).
+
+    Raises CacheError on a truncated or malformed file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CacheError(f"shard '{path}' is truncated ({size} bytes); delete it and rerun the cache job")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise CacheError(f"shard '{path}' is truncated (header says {n} bytes); delete it and rerun the cache job")
+        try:
+            header = json.loads(fh.read(n))
+        except json.JSONDecodeError:
+            raise CacheError(f"shard '{path}' has a corrupt header; delete it and rerun the cache job") from None
+    meta = header.pop("__metadata__", {}) or {}
+    base = 8 + n
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if base + end != size:
+        raise CacheError(f"shard '{path}' has {size} bytes but its header describes {base + end}; "
+                         "it is truncated or corrupt: delete it and rerun the cache job")
+    arrays, names = {}, {}
+    for name, info in header.items():
+        dt = np.dtype(_ST_TO_NP[info["dtype"]])
+        start, stop = info["data_offsets"]
+        count = (stop - start) // dt.itemsize
+        if count == 0:
+            arrays[name] = np.zeros(info["shape"], dtype=dt)
+        else:
+            arrays[name] = np.memmap(path, dtype=dt, mode="r", offset=base + start,
+                                     shape=tuple(info["shape"]))
+        names[name] = info["dtype"]
+    return arrays, names, meta
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def manifest_path(cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / MANIFEST
+
+
+def load_manifest(cache_dir: str | os.PathLike) -> dict:
+    """Read and sanity-check ``manifest.json`` of a cache directory."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise CacheError(f"cache directory '{cache_dir}' does not exist; run `adaspec-dist cache` first")
+    path = manifest_path(cache_dir)
+    if not path.exists():
+        raise CacheError(f"'{path}' is missing: the cache job did not finish; rerun the same command to resume it")
+    man = read_json(path, "manifest")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"manifest '{path}' has format version {man.get('format_version')}, this reader "
+                         f"reads {FORMAT_VERSION}; rebuild the cache with this version of adaspec-dist")
+    if not man.get("complete"):
+        raise CacheError(f"manifest '{path}' marks the cache incomplete; rerun the cache job to finish it")
+    return man
+
+
+def check_vocab(man: dict, vocab_size: int | None, where: str) -> None:
+    if vocab_size is not None and int(man["vocab_size"]) != int(vocab_size):
+        raise CacheError(f"cache '{where}' has vocab size {man['vocab_size']} but the model has {vocab_size}; "
+                         "use a draft with the target's tokenizer or rebuild the cache")
+
+
+def check_tokenizer(man: dict, fingerprint: str | None, where: str) -> None:
+    cached = man.get("tokenizer_fingerprint")
+    if fingerprint is not None and cached is not None and cached != fingerprint:
+        raise CacheError(f"cache '{where}' was built with another tokenizer (fingerprint {cached[:12]} != "
+                         f"{fingerprint[:12]}); use the target's tokenizer or rebuild the cache")
+
+
+def check_shard_file(path: Path, expected: dict, *, full: bool) -> None:
+    """Size check always; sha256 too when ``full``."""
+    if not path.exists():
+        raise CacheError(f"shard '{path}' is missing; rerun the cache job (same command) to rewrite it")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CacheError(f"shard '{path}' has {size} bytes, the manifest says {expected['bytes']}: it is "
+                         "truncated or was replaced; delete it and rerun the cache job")
+    if full and sha256_file(path) != expected["sha256"]:
+        raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it and rerun "
+                         "the cache job (same command) to rewrite it")

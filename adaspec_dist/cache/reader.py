@@ -1,0 +1,244 @@
+"""Stream a cache back as training batches: memory-mapped, rank-aware, resumable, prefetched.
+
+reader.py knows nothing about models: it yields token ids, masks, sparse targets and the
+optional reference-loss column.
+
+Contract
+--------
+* ``CacheReader(cache_dir, batch_size=B, dp_rank=r, dp_size=R, seed=s, shuffle=True,
+  prefetch=2, verify="open", vocab_size=None, tokenizer_fingerprint=None, split=None)``.
+* Epoch order: a permutation of all global sequence indices drawn from ``(seed, epoch)``
+  (identity when ``shuffle=False``), cut into global batches of ``B * R`` sequences; rank ``r``
+  takes slice ``[r*B, (r+1)*B)`` of each. So per-rank streams are disjoint, together cover every
+  sequence exactly once per epoch, and ``len(reader) = ceil(S / (B*R))`` on EVERY rank (DeepSpeed's
+  collectives line up). The last batch of a rank may be smaller than ``B``, even empty
+  (``B = 0``): trainers must run their step (collectives) on it anyway.
+* ``CacheBatch``: ``input_ids`` (B,T) int64 right-padded with 0, ``attention_mask`` (B,T) int64,
+  ``loss_mask`` (B,T) bool, ``target`` SparseTarget with ``N = loss_mask.sum()`` rows in
+  row-major order, ``ref_loss`` (N,) float32 | None, ``seq_ids`` (B,) int64.
+* ``set_epoch(e)`` (a different epoch restarts at batch 0), ``state_dict()`` /
+  ``load_state_dict()`` = (epoch, batches consumed): iterating after a load resumes exactly
+  where the saved reader stopped. An iteration that finished the epoch starts it over.
+* ``verify``: ``"full"`` hashes every shard when the reader is built; ``"open"`` checks sizes
+  then and each shard's sha256 when it is first opened; ``"none"`` only checks sizes.
+* Batches are decoded in a background thread, ``prefetch`` batches ahead (0 = inline).
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from adaspec_dist.cache.format import (CacheError, check_shard_file, check_tokenizer, check_vocab,
+                                       load_manifest, open_safetensors, SHARD_DIR, sha256_file)
+from adaspec_dist.cache.sparse import SparseTarget, decode_values
+
+VERIFY_MODES = ("open", "full", "none")
+
+
+@dataclass
+class CacheBatch:
+    input_ids: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64
+    loss_mask: torch.Tensor  # (B, T) bool
+    target: SparseTarget  # N = loss_mask.sum() rows
+    ref_loss: torch.Tensor | None  # (N,) float32
+    seq_ids: torch.Tensor  # (B,) int64
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device) -> "CacheBatch":
+        return CacheBatch(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+                          loss_mask=self.loss_mask.to(device), target=self.target.to(device),
+                          ref_loss=None if self.ref_loss is None else self.ref_loss.to(device),
+                          seq_ids=self.seq_ids)
+
+
+class CacheReader:
+    """See the module docstring."""
+
+    def __init__(self, cache_dir, *, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, prefetch: int = 2, verify: str = "open", vocab_size: int | None = None,
+                 tokenizer_fingerprint: str | None = None, split: str | None = None):
+        if batch_size < 1:
+            raise ValueError(f"reader batch_size={batch_size} must be >= 1")
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify='{verify}' must be one of {list(VERIFY_MODES)}")
+        self.cache_dir = Path(cache_dir)
+        self.manifest = load_manifest(self.cache_dir)
+        where = str(self.cache_dir)
+        check_vocab(self.manifest, vocab_size, where)
+        check_tokenizer(self.manifest, tokenizer_fingerprint, where)
+        if split is not None and self.manifest.get("split") not in (None, split):
+            raise CacheError(f"cache '{where}' holds split '{self.manifest.get('split')}', not '{split}'; "
+                             "point to the cache of that split")
+        self.batch_size, self.dp_rank, self.dp_size = batch_size, dp_rank, dp_size
+        self.seed, self.shuffle, self.prefetch, self.verify = seed, shuffle, prefetch, verify
+        self.scheme = self.manifest["scheme"]
+        self.value_dtype = self.manifest["params"]["value_dtype"]
+        self.shards = self.manifest["shards"]
+        self.reference = self.manifest.get("reference")
+        shard_dir = self.cache_dir / SHARD_DIR
+        for sh in self.shards:
+            check_shard_file(shard_dir / sh["file"], sh, full=verify == "full")
+            if self.reference:
+                check_shard_file(shard_dir / self.reference["shards"][sh["file"]]["file"],
+                                 self.reference["shards"][sh["file"]], full=verify == "full")
+        counts = np.array([sh["sequences"] for sh in self.shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])  # global index -> shard
+        self.num_sequences = int(self._starts[-1])
+        self._open: dict[int, dict] = {}
+        self._lock = threading.Lock()
+        self.epoch, self.position = 0, 0
+
+    # ----------------------------------------------------------------- order and state
+    def __len__(self) -> int:
+        return math.ceil(self.num_sequences / (self.batch_size * self.dp_size))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_sequences)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
+
+    def batch_indices(self, epoch: int, b: int, order: np.ndarray | None = None) -> np.ndarray:
+        """Global positions (in the cache's sequence numbering) of this rank's batch ``b``."""
+        order = self.epoch_order(epoch) if order is None else order
+        start = b * self.batch_size * self.dp_size + self.dp_rank * self.batch_size
+        return order[start:start + self.batch_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
+                "batch_size": self.batch_size, "dp_size": self.dp_size, "num_sequences": self.num_sequences}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "shuffle", "batch_size", "dp_size", "num_sequences"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"reader state was saved with {key}={state[key]} but this reader has "
+                                 f"{getattr(self, key)}; resume with the same settings to continue exactly")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    # ----------------------------------------------------------------- decoding
+    def _shard(self, s: int) -> dict:
+        with self._lock:
+            if s not in self._open:
+                sh = self.shards[s]
+                path = self.cache_dir / SHARD_DIR / sh["file"]
+                if self.verify == "open" and sha256_file(path) != sh["sha256"]:
+                    raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it "
+                                     "and rerun the cache job (same command) to rewrite it")
+                arrays, _, _ = open_safetensors(path)
+                if self.reference:
+                    ref = self.reference["shards"][sh["file"]]
+                    ref_path = self.cache_dir / SHARD_DIR / ref["file"]
+                    if self.verify == "open" and sha256_file(ref_path) != ref["sha256"]:
+                        raise CacheError(f"reference column '{ref_path}' fails its sha256 checksum; delete it "
+                                         "and rerun `adaspec-dist cache --add-reference`")
+                    arrays["ref_loss"] = np.load(ref_path, mmap_mode="r")
+                self._open[s] = arrays
+            return self._open[s]
+
+    def load_batch(self, indices: np.ndarray) -> CacheBatch:
+        """Decode the given global sequence positions into one CacheBatch (in that order)."""
+        shard_of = np.searchsorted(self._starts, indices, side="right") - 1
+        toks, masks, ids, logp, weights, refs, seq_ids = [], [], [], [], [], [], []
+        for g, s in zip(indices.tolist(), shard_of.tolist()):
+            a = self._shard(s)
+            local = g - int(self._starts[s])
+            t0, t1 = a["seq_offsets"][local:local + 2]
+            r0, r1 = a["row_offsets"][local:local + 2]
+            toks.append(np.asarray(a["tokens"][t0:t1], dtype=np.int64))
+            masks.append(np.asarray(a["loss_mask"][t0:t1], dtype=bool))
+            ids.append(np.asarray(a["ids"][r0:r1], dtype=np.int64))
+            logp.append(decode_values(a["logp"][r0:r1], self.value_dtype))
+            if "weights" in a:
+                weights.append(np.asarray(a["weights"][r0:r1], dtype=np.float32))
+            if "ref_loss" in a:
+                refs.append(np.asarray(a["ref_loss"][r0:r1], dtype=np.float32))
+            seq_ids.append(int(a["seq_ids"][local]))
+        b = len(toks)
+        t_max = max((len(x) for x in toks), default=0)
+        input_ids = torch.zeros(b, t_max, dtype=torch.long)
+        attn = torch.zeros(b, t_max, dtype=torch.long)
+        loss_mask = torch.zeros(b, t_max, dtype=torch.bool)
+        for i, (x, m) in enumerate(zip(toks, masks)):
+            input_ids[i, :len(x)] = torch.from_numpy(x)
+            attn[i, :len(x)] = 1
+            loss_mask[i, :len(x)] = torch.from_numpy(m)
+        parts = [SparseTarget(ids=torch.from_numpy(i_), logp=l_,
+                              weights=torch.from_numpy(weights[j]) if weights else None, scheme=self.scheme)
+                 for j, (i_, l_) in enumerate(zip(ids, logp))]
+        target = SparseTarget.cat(parts, scheme=self.scheme)
+        if not parts:  # an empty batch still has the cache's K columns
+            k = self.shards[0]["k"] if self.shards else 1
+            target = SparseTarget(ids=torch.zeros(0, k, dtype=torch.long), logp=torch.zeros(0, k),
+                                  weights=None if self.scheme == "topk" else torch.zeros(0, k), scheme=self.scheme)
+        ref_loss = None
+        if self.reference:
+            ref_loss = torch.from_numpy(np.concatenate(refs)) if refs else torch.zeros(0)
+        return CacheBatch(input_ids=input_ids, attention_mask=attn, loss_mask=loss_mask, target=target,
+                          ref_loss=ref_loss, seq_ids=torch.tensor(seq_ids, dtype=torch.long))
+
+    # ----------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[CacheBatch]:
+        if self.position >= len(self):
+            self.position = 0
+        epoch, start, order = self.epoch, self.position, self.epoch_order(self.epoch)
+        produce = (self.load_batch(self.batch_indices(epoch, b, order)) for b in range(start, len(self)))
+        source = _prefetched(produce, self.prefetch) if self.prefetch > 0 else produce
+        try:
+            for batch in source:
+                # Count before handing out: a checkpoint taken while processing this batch resumes after it.
+                self.position += 1
+                yield batch
+        finally:
+            close = getattr(source, "close", None)
+            if close:
+                close()
+
+
+def _prefetched(gen: Iterator, depth: int) -> Iterator:
+    """Run ``gen`` in a daemon thread, ``depth`` items ahead; exceptions re-raise in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            q.put(err)
+
+    thread = threading.Thread(target=work, name="cache-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

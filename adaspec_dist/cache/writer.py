@@ -1,0 +1,90 @@
+"""Write one cache shard (sequences + their sparse targets) atomically, and recognise finished ones.
+
+Contract
+--------
+* ``write_shard(cache_dir, index, seq_ids=..., input_ids=..., loss_masks=..., target=...,
+  vocab_size=..., value_dtype=...)`` writes ``shards/shard-{index}.safetensors`` and then its
+  sidecar ``.json``; returns the sidecar dict. Same inputs -> same bytes (no timestamps,
+  sorted names), which is what makes a resumed job byte-identical to an uninterrupted one.
+* ``finished_shard(cache_dir, index)`` -> the sidecar dict when the shard is complete and its
+  bytes still hash to the recorded sha256, else ``None`` (a killed job redoes that shard).
+* ``loss_mask_from_labels(labels)``: position t is supervised iff ``labels[t+1] != -100``.
+
+Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per row):
+``tokens`` (L,) ids; ``seq_offsets`` (S+1,) int64; ``loss_mask`` (L,) uint8;
+``row_offsets`` (S+1,) int64 (target rows of sequence s are ``row_offsets[s]:row_offsets[s+1]``);
+``seq_ids`` (S,) int64 global sequence indices; ``ids`` (N, K); ``logp`` (N, K) fp16 | bf16 | uint8;
+``weights`` (N, K) float32 for the sampled scheme.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
+                                       read_json, write_safetensors, CacheError)
+from adaspec_dist.cache.sparse import SparseTarget, encode_values, id_dtype
+
+_VALUE_ST = {"fp16": "F16", "bf16": "BF16", "int8": "U8"}
+
+
+def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:
+    """(L,) bool: position t carries the target of token t+1 when that token is supervised."""
+    lab = np.asarray(labels, dtype=np.int64)
+    mask = np.zeros(lab.shape[0], dtype=bool)
+    if lab.shape[0] > 1:
+        mask[:-1] = lab[1:] != -100
+    return mask
+
+
+def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[int],
+                input_ids: Sequence[np.ndarray], loss_masks: Sequence[np.ndarray], target: SparseTarget,
+                vocab_size: int, value_dtype: str) -> dict:
+    """Write shard ``index``; ``target`` rows are the supervised positions of all sequences, in order."""
+    paths = shard_paths(cache_dir, index)
+    paths["data"].parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
+    masks = [np.asarray(m, dtype=bool) for m in loss_masks]
+    rows = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+    n = int(rows.sum())
+    assert len(target) == n, f"target has {len(target)} rows for {n} supervised positions"
+    tok_dt = id_dtype(vocab_size)
+    arrays = {
+        "tokens": np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]).astype(tok_dt)
+        if len(input_ids) else np.zeros(0, tok_dt),
+        "seq_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "loss_mask": (np.concatenate(masks) if masks else np.zeros(0, bool)).astype(np.uint8),
+        "row_offsets": np.concatenate([[0], np.cumsum(rows)]).astype(np.int64),
+        "seq_ids": np.asarray(seq_ids, dtype=np.int64),
+        "ids": target.ids.cpu().numpy().astype(id_dtype(vocab_size)),
+        "logp": encode_values(target.logp, value_dtype),
+    }
+    if target.weights is not None:
+        arrays["weights"] = target.weights.detach().float().cpu().numpy()
+    write_safetensors(paths["data"], arrays, dtypes={"logp": _VALUE_ST[value_dtype]},
+                      metadata={"format": "adaspec-dist-cache", "scheme": target.scheme,
+                                "value_dtype": value_dtype})
+    meta = {"index": index, "file": paths["data"].name, "sequences": len(input_ids),
+            "tokens": int(lengths.sum()), "supervised": n, "k": int(target.k),
+            "first_seq": int(seq_ids[0]) if len(seq_ids) else None,
+            "bytes": paths["data"].stat().st_size, "sha256": sha256_file(paths["data"]), "complete": True}
+    atomic_write_json(paths["meta"], meta)
+    return meta
+
+
+def finished_shard(cache_dir: str | os.PathLike, index: int) -> dict | None:
+    """The sidecar of a complete, intact shard, or ``None`` if it must be (re)written."""
+    paths = shard_paths(cache_dir, index)
+    if not paths["meta"].exists() or not paths["data"].exists():
+        return None
+    try:
+        meta = read_json(paths["meta"], "shard sidecar")
+    except CacheError:
+        return None
+    if not meta.get("complete") or paths["data"].stat().st_size != meta.get("bytes"):
+        return None
+    if sha256_file(paths["data"]) != meta.get("sha256"):
+        return None
+    return meta
