@@ -1,0 +1,177 @@
+"""Vocab-parallel distribution math: each rank of a TP group holds one slice of the vocabulary.
+
+Contract
+--------
+Every function takes this rank's logits slice ``logits_NV`` (``V`` = this shard's width,
+global ids ``[vocab_start, vocab_start + V)``), the ``group`` of the tensor-parallel ranks, and
+returns results that are *identical on every rank of the group*. Padded vocabulary rows
+(ids >= the real vocabulary) must already be ``-inf`` (``TPCausalLM`` does that), so they
+never win a top-k, an argmax or a sample and contribute nothing to the normaliser.
+
+The full vocabulary is never materialised on any rank: the only collectives carry O(N),
+O(N·K·TP) or O(N·M) values. All math is fp32 and chunked over rows (``chunk_rows``) so a
+long batch does not allocate several N×V temporaries at once.
+
+Pure ``torch.distributed``: no megatron import, so it is testable with any gloo group
+(a group of size 1 or ``None`` for a single process degenerates to the ordinary math).
+
+Shapes: N rows (positions), V this shard's vocabulary width, K kept ids, M ids asked for.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+NEG_INF = float("-inf")
+
+
+def _size(group: Any) -> int:
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def _all_reduce(t: torch.Tensor, op, group: Any) -> torch.Tensor:
+    if _size(group) > 1:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def _all_gather_cat(t: torch.Tensor, group: Any, dim: int) -> torch.Tensor:
+    """All-gather equal-shaped tensors and concatenate them along ``dim`` (rank order)."""
+    n = _size(group)
+    if n == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(n)]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _chunks(n_rows: int, chunk_rows: int) -> Iterator[slice]:
+    for start in range(0, n_rows, max(1, chunk_rows)):
+        yield slice(start, min(n_rows, start + chunk_rows))
+
+
+def shard_range(vocab_size: int, tp_rank: int, tp_size: int) -> tuple[int, int, int]:
+    """``(start, end, padded_vocab)``: this rank's slice of a vocabulary padded to a multiple of TP.
+
+    The padded vocabulary is split evenly (megatron's layers require it); ``end - start`` is the
+    shard width, and ids ``>= vocab_size`` in the last shard(s) are padding.
+    """
+    padded = -(-vocab_size // tp_size) * tp_size
+    per = padded // tp_size
+    return tp_rank * per, (tp_rank + 1) * per, padded
+
+
+def log_normaliser(logits_NV: torch.Tensor, group: Any = None, *, chunk_rows: int = 4096) -> torch.Tensor:
+    """Global ``logsumexp`` over the vocabulary (N,) fp32: all-reduce MAX, then SUM of exp."""
+    out = torch.empty(logits_NV.shape[0], dtype=torch.float32, device=logits_NV.device)
+    for rows in _chunks(logits_NV.shape[0], chunk_rows):
+        x = logits_NV[rows].float()
+        m = _all_reduce(x.max(dim=-1).values, dist.ReduceOp.MAX, group)
+        # A row that is -inf everywhere cannot occur for a real model; keep the math finite anyway.
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        s = _all_reduce(torch.exp(x - m[:, None]).sum(dim=-1), dist.ReduceOp.SUM, group)
+        out[rows] = m + torch.log(s)
+    return out
+
+
+def topk(logits_NV: torch.Tensor, k: int, *, vocab_start: int, group: Any = None,
+         chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global top-k: ``(ids (N,K) int64 global, logp (N,K) fp32 full-vocab-normalised)``, sorted desc.
+
+    Local top-k, all-gather the K·TP candidates (values and global ids), top-k again. Ties
+    between shards resolve to the lower global id, like ``torch.topk`` on a full row in
+    practice (ties are measure-zero for real logits anyway).
+    """
+    n, v = logits_NV.shape
+    k_local = min(k, v)
+    ids_out = torch.empty(n, k, dtype=torch.int64, device=logits_NV.device)
+    lp_out = torch.empty(n, k, dtype=torch.float32, device=logits_NV.device)
+    for rows in _chunks(n, chunk_rows):
+        x = logits_NV[rows].float()
+        vals, idx = torch.topk(x, k_local, dim=-1)
+        logz = log_normaliser(x, group, chunk_rows=x.shape[0])
+        cand_v = _all_gather_cat(vals, group, dim=1)                  # (n, k_local*TP), rank order
+        cand_i = _all_gather_cat(idx + vocab_start, group, dim=1)
+        if cand_v.shape[1] < k:
+            raise ValueError(f"top_k={k} exceeds the vocabulary size {cand_v.shape[1]}; lower top_k")
+        best_v, pos = torch.topk(cand_v, k, dim=-1)
+        ids_out[rows] = torch.gather(cand_i, 1, pos)
+        lp_out[rows] = best_v - logz[:, None]
+    return ids_out, lp_out
+
+
+def gather_logprobs(logits_NV: torch.Tensor, ids_NM: torch.Tensor, *, vocab_start: int, group: Any = None,
+                    logz: torch.Tensor | None = None, chunk_rows: int = 4096) -> torch.Tensor:
+    """Full-vocab log-probs (N,M) fp32 of global ``ids``: each id is read from its owning shard.
+
+    The owning rank contributes its logit, the others 0; one SUM all-reduce of N×M values.
+    """
+    n, v = logits_NV.shape
+    if logz is None:
+        logz = log_normaliser(logits_NV, group, chunk_rows=chunk_rows)
+    out = torch.empty(ids_NM.shape, dtype=torch.float32, device=logits_NV.device)
+    for rows in _chunks(n, chunk_rows):
+        local = ids_NM[rows] - vocab_start
+        owned = (local >= 0) & (local < v)
+        picked = torch.gather(logits_NV[rows].float(), 1, local.clamp(0, v - 1))
+        picked = _all_reduce(torch.where(owned, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM, group)
+        out[rows] = picked - logz[rows, None]
+    return out
+
+
+def argmax(scores_NV: torch.Tensor, *, vocab_start: int, group: Any = None) -> torch.Tensor:
+    """Distributed argmax (N,) int64 global ids; ties go to the lowest global id like ``torch.argmax``."""
+    vals, idx = scores_NV.float().max(dim=-1)
+    all_v = _all_gather_cat(vals[:, None], group, dim=1)             # (N, TP)
+    all_i = _all_gather_cat((idx + vocab_start)[:, None], group, dim=1)
+    # torch.argmax returns the first maximum; shards are in id order, so the first maximal shard wins.
+    best = torch.argmax(all_v, dim=1, keepdim=True)
+    return torch.gather(all_i, 1, best)[:, 0]
+
+
+def gumbel_sample(logw_NV: torch.Tensor, *, vocab_start: int, group: Any = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample (N,) global ids with probability ∝ exp(logw) across shards, without gathering V.
+
+    Gumbel-max: add i.i.d. Gumbel noise to each shard's unnormalised log-weights and take the
+    distributed argmax. ``generator`` MUST differ per TP rank (e.g. seeded with the rank),
+    otherwise the shards' noise is correlated and the sample is biased.
+    """
+    u = torch.rand(logw_NV.shape, generator=generator, device=logw_NV.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return argmax(logw_NV.double() + gumbel, vocab_start=vocab_start, group=group)
+
+
+def sample_draws(logits_NV: torch.Tensor, draws: int, *, vocab_start: int, group: Any = None,
+                 shared_generator: torch.Generator | None = None,
+                 local_generator: torch.Generator | None = None, temperature: float = 1.0,
+                 chunk_rows: int = 4096) -> torch.Tensor:
+    """``draws`` i.i.d. samples per row (N, draws) int64 from softmax(logits / temperature), sharded.
+
+    Two stages, each exact: (1) how many of the draws fall in each shard is multinomial in the
+    shards' probability masses — drawn with ``shared_generator``, which must be seeded
+    identically on every TP rank so all ranks agree on the counts; (2) each rank draws its
+    count within its shard in proportion to its local probabilities (``local_generator``, seeded
+    per rank). The draws are assembled with one SUM all-reduce of N×draws ids.
+    """
+    n, v = logits_NV.shape
+    tp, me = _size(group), (dist.get_rank(group) if _size(group) > 1 else 0)
+    out = torch.empty(n, draws, dtype=torch.int64, device=logits_NV.device)
+    for rows in _chunks(n, chunk_rows):
+        x = logits_NV[rows].float() / temperature
+        logz = log_normaliser(x, group, chunk_rows=x.shape[0])
+        local_p = torch.exp(x - logz[:, None])                         # (n, V) this shard's probs
+        mass = _all_gather_cat(local_p.sum(dim=-1, keepdim=True), group, dim=1)   # (n, TP)
+        shard_of_draw = torch.multinomial(mass.clamp_min(0) + 1e-30, draws, replacement=True,
+                                          generator=shared_generator)          # (n, draws)
+        mine = shard_of_draw == me
+        # Draw a full row of candidates from this shard and keep the ones whose slot is ours:
+        # given the counts, draws inside a shard are i.i.d. from the shard-restricted distribution.
+        live = local_p.sum(dim=-1, keepdim=True) > 0
+        safe_p = torch.where(live, local_p, torch.ones_like(local_p))
+        cand = torch.multinomial(safe_p, draws, replacement=True, generator=local_generator) + vocab_start
+        part = torch.where(mine, cand, torch.zeros_like(cand))
+        out[rows] = _all_reduce(part, dist.ReduceOp.SUM, group) if tp > 1 else part
+    return out
