@@ -1,0 +1,147 @@
+"""Tasks from local files in the real column layouts -> examples -> masked token ids."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaspec_dist.config import ConfigError, build_config
+from adaspec_dist.data.tasks import DataConfig, Example, load_examples
+from adaspec_dist.data.tokenize import IGNORE, tokenize_examples
+from tests.fixtures import spm_tokenizer, spm_tokenizer_dir  # noqa: F401  (pytest fixtures)
+
+# Rows in each dataset's real column layout (including columns the task ignores).
+ROWS = {
+    "gsm8k": [
+        {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+                     "May. How many clips did Natalia sell altogether in April and May?",
+         "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                   "altogether in April and May.\n#### 72"},
+        {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                     "How much did she earn?",
+         "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = "
+                   "$<<0.2*50=10>>10.\n#### 10"},
+    ],
+    "alpaca": [
+        {"instruction": "Give three tips for staying healthy.", "input": "",
+         "output": "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Get enough sleep.", "text": "ignored"},
+        {"instruction": "Classify the sentiment of the sentence.", "input": "I love this phone!",
+         "output": "Positive", "text": "ignored"},
+    ],
+    "mbpp": [
+        {"task_id": 2, "text": "Write a function to find the shared elements from the given two lists.",
+         "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+                 "  return (res) ",
+         "test_list": ["assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))",
+                       "assert set(similar_elements((1, 2, 3, 4),(5, 4, 3, 7))) == set((3, 4))"],
+         "test_setup_code": "", "challenge_test_list": []},
+    ],
+    "cnn_dailymail": [
+        {"article": "LONDON, England (Reuters) -- Harry Potter star Daniel Radcliffe gains access to a reported "
+                    "20 million fortune as he turns 18 on Monday, but he insists the money won't cast a spell "
+                    "on him.", "highlights": "Harry Potter star Daniel Radcliffe gets 20M fortune as he turns 18.",
+         "id": "42c027e4ff9730fbb3de84c1af0d2c506e41c3e4"},
+    ],
+    "xsum": [
+        {"document": "The full cost of damage in Newton Stewart, one of the areas worst affected, is still being "
+                     "assessed.\nRepair work is ongoing in Hawick and many roads in Peeblesshire remain badly "
+                     "affected by standing water.",
+         "summary": "Clean-up operations are continuing across the Scottish Borders after flooding.",
+         "id": "35232142"},
+    ],
+}
+ANSWER_COLUMN = {"gsm8k": "answer", "alpaca": "output", "mbpp": "code", "cnn_dailymail": "highlights",
+                 "xsum": "summary"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("task", sorted(ROWS))
+def test_local_jsonl_to_masked_tokens(task, tmp_path, spm_tokenizer):
+    src = write_jsonl(tmp_path / "train.jsonl", ROWS[task])
+    examples = load_examples(DataConfig(task=task, source=str(src)))
+    assert len(examples) == len(ROWS[task])
+    tok = spm_tokenizer
+    tokenized = tokenize_examples(examples, tok, max_length=4096)
+    for ex, row, seq in zip(examples, ROWS[task], tokenized):
+        assert isinstance(ex, Example) and ex.prompt and ex.answer
+        n_prompt = 1 + len(tok(ex.prompt, add_special_tokens=False).input_ids)  # BOS + prompt
+        assert seq.input_ids[0] == tok.bos_token_id and seq.input_ids[-1] == tok.eos_token_id
+        assert all(label == IGNORE for label in seq.labels[:n_prompt])
+        assert seq.labels[n_prompt:] == seq.input_ids[n_prompt:]
+        assert all(label != IGNORE for label in seq.labels[n_prompt:])
+        # The boundary is exact: the masked part decodes to the prompt, the supervised part to the answer.
+        assert tok.decode(seq.input_ids[1:n_prompt]) == ex.prompt
+        assert tok.decode(seq.labels[n_prompt:-1]) == ex.answer
+        # The answer comes from the task's answer column (modulo the gsm8k/mbpp normalisation below).
+        first_words = str(row[ANSWER_COLUMN[task]]).split()[:2]
+        assert ex.answer.split()[:2] == first_words
+
+
+def test_gsm8k_final_answer_rewrite(tmp_path):
+    src = write_jsonl(tmp_path / "g.jsonl", ROWS["gsm8k"])
+    a, b = load_examples(DataConfig(task="gsm8k", source=str(src)))
+    assert "####" not in a.answer and a.answer.endswith("altogether in April and May.\nThe final answer is: 72")
+    assert b.answer.endswith("The final answer is: 10")
+    assert a.prompt.startswith("Question: Natalia") and a.prompt.endswith("\nAnswer: ")
+
+
+def test_alpaca_template_with_and_without_input(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", ROWS["alpaca"])
+    no_input, with_input = load_examples(DataConfig(task="alpaca", source=str(src)))
+    assert "### Input:" not in no_input.prompt and no_input.prompt.endswith("### Response:\n")
+    assert "paired with an input" in with_input.prompt
+    assert "### Input:\nI love this phone!\n\n### Response:\n" in with_input.prompt
+
+
+def test_mbpp_tests_in_prompt_and_code_normalised(tmp_path):
+    src = write_jsonl(tmp_path / "m.jsonl", ROWS["mbpp"])
+    (ex,) = load_examples(DataConfig(task="mbpp", source=str(src)))
+    for test in ROWS["mbpp"][0]["test_list"]:
+        assert test in ex.prompt
+    assert "\r" not in ex.answer and ex.answer.startswith("def similar_elements(")
+
+
+def test_directory_source_picks_split_and_parquet(tmp_path):
+    import datasets
+
+    write_jsonl(tmp_path / "train.jsonl", ROWS["xsum"])
+    datasets.Dataset.from_list(ROWS["xsum"] * 3).to_parquet(str(tmp_path / "test.parquet"))
+    assert len(load_examples(DataConfig(task="xsum", source=str(tmp_path)))) == 1
+    assert len(load_examples(DataConfig(task="xsum", source=str(tmp_path)), split="test")) == 3
+    assert len(load_examples(DataConfig(task="xsum", source=str(tmp_path), split="test", limit=2))) == 2
+    with pytest.raises(ValueError, match=r"no validation\.jsonl.*found: test\.parquet, train\.jsonl"):
+        load_examples(DataConfig(task="xsum", source=str(tmp_path), split="validation"))
+
+
+def test_missing_column_names_file_column_and_expected(tmp_path):
+    rows = [{"question": r["question"], "solution": r["answer"]} for r in ROWS["gsm8k"]]
+    src = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError) as err:
+        load_examples(DataConfig(task="gsm8k", source=str(src)))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(src) in msg and "'answer'" in msg and "expected columns: question, answer" in msg
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown data task 'gsm9k'"):
+        DataConfig(task="gsm9k").validate()
+    with pytest.raises(ValueError, match="embedded"):
+        DataConfig(task="arith", source="x.jsonl").validate()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_examples(DataConfig(task="gsm8k", source=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ConfigError, match="did you mean: split"):
+        build_config(DataConfig, {"task": "arith", "splitt": "test"})
+    assert build_config(DataConfig, {"task": "arith", "limit": 4}).limit == 4
+
+
+def test_embedded_tasks_through_load_examples():
+    for task in ("arith", "pydoc", "stdlib_code"):
+        train = load_examples(DataConfig(task=task, limit=5, seed=1))
+        test = load_examples(DataConfig(task=task, limit=5, seed=1), split="validation")
+        assert len(train) == len(test) == 5
+        assert not {e.prompt for e in train} & {e.prompt for e in test}
