@@ -1,0 +1,250 @@
+"""Batched speculative decoding (and the plain autoregressive baseline in the same engine).
+
+Orchestration only: the math lives in sampling.py (p and q from logits) and verify.py
+(rejection sampling); KV bookkeeping in kv_cache.py; model calls go through lm.CausalLM.
+
+One step for a batch of active rows (G = gamma):
+  1. the draft runs G forwards. The first feeds two slots per row ([hole, last] after a
+     rejection, or [d_G, bonus] after a fully accepted step, so both cases have one shape);
+     each later one feeds the previous draft token. Draft tokens are sampled from q.
+  2. the target scores [last, d_1..d_G] in ONE forward (G+1 slots) -> p for G+1 positions.
+  3. ``verify`` -> accepted n per row and the next token; rejected slots of both caches
+     become holes (SlotCache.keep_last), each row advances by its own n + 1 tokens.
+  4. rows that reached max_new_tokens or emitted EOS leave the batch (their caches and
+     state rows are dropped), the others continue unchanged.
+The only host synchronisation per step is step 4's "did any row finish" (plus a periodic
+cache compaction); all per-row state lives in device tensors.
+
+Prompts are left-padded; padding slots are holes, positions are the rows' real positions.
+Outputs are the generated ids per prompt (prompt excluded), cut after the first EOS and at
+max_new_tokens. ``DecodeStats`` counts every verification a row took part in, including
+tokens generated past max_new_tokens in its last step (they were drafted and verified).
+
+Legend: B active rows, G gamma, V real vocabulary, L padded prompt length.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from adaspec_dist.speculative.kv_cache import SlotCache
+from adaspec_dist.speculative.lm import CausalLM, as_causal_lm
+from adaspec_dist.speculative.sampling import SamplingConfig, probs_from_logits, real_vocab_size, sample
+from adaspec_dist.speculative.verify import VerifyFn, verify
+
+COMPACT_EVERY = 16
+"""Steps between cache compactions (dropping slots that are holes in every row)."""
+
+
+@dataclass
+class DecodeStats:
+    gamma: int
+    """Draft tokens per step (0 for the autoregressive baseline)."""
+    accept_hist: list[int] = field(default_factory=list)
+    """accept_hist[n] = number of (row, step) verifications that accepted exactly n drafts."""
+    generated: int = 0
+    """Tokens returned to the caller (after EOS / max_new_tokens cuts)."""
+    seconds: float = 0.0
+
+    @property
+    def target_calls(self) -> int:
+        """Row-level target verifications (one per row per step)."""
+        return sum(self.accept_hist) if self.gamma else self.generated
+
+
+@dataclass
+class DecodeOutput:
+    sequences: list[list[int]]
+    """Generated ids per prompt (prompt excluded), in prompt order."""
+    stats: DecodeStats
+    accepted: list[list[int]] | None = None
+    """Speculative only: per prompt, the number of drafts accepted at each of its steps."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _pick(probs_XV: torch.Tensor, greedy: bool, generator) -> torch.Tensor:
+    return probs_XV.argmax(-1) if greedy else sample(probs_XV, generator)
+
+
+class _Batch:
+    """Left-padded prompts -> prefilled SlotCaches and per-row state tensors."""
+
+    def __init__(self, lms: list[CausalLM], prompts: list[list[int]], width: int, pad_id: int):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token; drop empty prompts before decoding")
+        device = lms[0].device
+        B, L = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, L), pad_id, dtype=torch.long)
+        valid = torch.zeros((B, L), dtype=torch.bool)
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
+            valid[b, L - len(p):] = True
+        ids, valid = ids.to(device), valid.to(device)
+        positions = (valid.long().cumsum(1) - 1).clamp_min(0)
+        self.slots = []
+        for lm in lms:
+            slot = SlotCache(lm.new_cache(), B, device)
+            if L > 1:  # the last prompt token is fed by the first decoding step
+                lm.forward(ids[:, :-1], positions[:, :-1], slot.attention_mask(valid[:, :-1]), slot.cache,
+                           logits_to_keep=1)
+                slot.append(valid[:, :-1])
+            self.slots.append(slot)
+        self.rows = torch.arange(B, device=device)          # original prompt index per active row
+        self.last = ids[:, -1]                               # newest token, not yet in the target cache
+        self.pos = positions[:, -1]                          # its position
+        self.n_out = torch.zeros(B, dtype=torch.long, device=device)
+        self.buf = torch.zeros((B, width), dtype=torch.long, device=device)
+        # trace[b, k] = drafts accepted by row b at step k (every row takes part from step 0)
+        self.trace = torch.zeros((B, width), dtype=torch.long, device=device)
+        self.results: list[list[int] | None] = [None] * B
+        self.traces: list[list[int]] = [[] for _ in range(B)]
+
+    def retire(self, done_B: torch.Tensor, extra: dict[str, torch.Tensor], max_new: int,
+               eos: int | None, steps: int = 0) -> dict[str, torch.Tensor] | None:
+        """Store finished rows' outputs and drop them; returns the kept ``extra`` tensors (None: all done)."""
+        finished = done_B.nonzero().squeeze(-1).tolist()
+        n_out = self.n_out.tolist()
+        rows = self.rows.tolist()
+        for i in finished:
+            toks = self.buf[i, : n_out[i]].tolist()[:max_new]
+            if eos is not None and eos in toks:
+                toks = toks[: toks.index(eos) + 1]
+            self.results[rows[i]] = toks
+            self.traces[rows[i]] = self.trace[i, :steps].tolist()
+        keep = (~done_B).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            return None
+        for slot in self.slots:
+            slot.select_rows(keep)
+        for name in ("rows", "last", "pos", "n_out", "buf", "trace"):
+            setattr(self, name, getattr(self, name)[keep])
+        return {k: v[keep] for k, v in extra.items()}
+
+
+def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int, max_new_tokens: int,
+                         sampling: SamplingConfig | None = None, eos_token_id: int | None = None,
+                         generator: torch.Generator | None = None, vocab_size: int | None = None,
+                         verify_fn: VerifyFn = verify, pad_id: int = 0) -> DecodeOutput:
+    """Speculative decoding of a batch of token-id prompts; lossless w.r.t. the target's sampling."""
+    if gamma < 1:
+        raise ValueError(f"gamma {gamma} must be >= 1 (draft tokens per target call)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens {max_new_tokens} must be >= 1")
+    sampling = sampling or SamplingConfig()
+    sampling.validate()
+    target, draft = as_causal_lm(target), as_causal_lm(draft)
+    V = vocab_size or real_vocab_size(target.vocab_width, draft.vocab_width)
+    T, top_p, greedy, G = sampling.temperature, sampling.top_p, sampling.temperature == 0, gamma
+    device = target.device
+    _sync(device)
+    start = time.perf_counter()
+
+    batch = _Batch([target, draft], prompts, max_new_tokens + G + 1, pad_id)
+    tslot, dslot = batch.slots
+    B = len(prompts)
+    arange = torch.arange(G + 1, device=device)
+    hist = torch.zeros(G + 1, dtype=torch.long, device=device)
+    st = {"dpend": torch.stack([torch.full_like(batch.last, pad_id), batch.last], 1),
+          "dvalid": torch.stack([torch.zeros(B, dtype=torch.bool, device=device),
+                                 torch.ones(B, dtype=torch.bool, device=device)], 1)}
+    step = 0
+    while True:
+        step += 1
+        B = batch.last.shape[0]
+        # 1. draft G tokens (G forwards; the first one feeds the two pending slots)
+        inp, inp_pos, inp_valid = st["dpend"], torch.stack([batch.pos - 1, batch.pos], 1).clamp_min(0), st["dvalid"]
+        d_tokens, d_probs = [], []
+        for j in range(G):
+            logits = draft.forward(inp, inp_pos, dslot.attention_mask(inp_valid), dslot.cache, logits_to_keep=1)
+            dslot.append(inp_valid)
+            q = probs_from_logits(logits[:, -1, :V], T, top_p)
+            x = _pick(q, greedy, generator)
+            d_tokens.append(x)
+            d_probs.append(q)
+            inp, inp_pos = x[:, None], (batch.pos + j + 1)[:, None]
+            inp_valid = torch.ones((B, 1), dtype=torch.bool, device=device)
+        D = torch.stack(d_tokens, 1)                                   # B,G
+        # 2. target scores all G+1 positions at once
+        t_in = torch.cat([batch.last[:, None], D], 1)
+        t_valid = torch.ones((B, G + 1), dtype=torch.bool, device=device)
+        logits = target.forward(t_in, batch.pos[:, None] + arange, tslot.attention_mask(t_valid), tslot.cache)
+        tslot.append(t_valid)
+        P = probs_from_logits(logits[..., :V], T, top_p)               # B,G+1,V
+        # 3. verify; rejected slots become holes
+        n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
+        tslot.keep_last(arange[None] <= n[:, None])
+        dslot.keep_last(torch.cat([st["dvalid"], arange[None, 1:G] <= n[:, None]], 1))
+        cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
+        batch.buf.scatter_(1, batch.n_out[:, None] + arange[None], cand)
+        hist += torch.bincount(n, minlength=G + 1)
+        batch.trace[:, step - 1] = n
+        batch.n_out += n + 1
+        batch.pos += n + 1
+        batch.last = nxt
+        full = n == G
+        st = {"dpend": torch.stack([torch.where(full, D[:, -1], torch.full_like(nxt, pad_id)), nxt], 1),
+              "dvalid": torch.stack([full, torch.ones_like(full)], 1)}
+        # 4. finished rows leave the batch
+        done = batch.n_out >= max_new_tokens
+        if eos_token_id is not None:
+            done |= ((cand == eos_token_id) & (arange[None] <= n[:, None])).any(1)
+        if bool(done.any()):
+            st = batch.retire(done, st, max_new_tokens, eos_token_id, steps=step)
+            if st is None:
+                break
+        if step % COMPACT_EVERY == 0:
+            tslot.compact()
+            dslot.compact()
+    _sync(device)
+    stats = DecodeStats(gamma=G, accept_hist=hist.tolist(), generated=sum(len(r) for r in batch.results),
+                        seconds=time.perf_counter() - start)
+    return DecodeOutput(sequences=batch.results, stats=stats, accepted=batch.traces)
+
+
+def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: int,
+                            sampling: SamplingConfig | None = None, eos_token_id: int | None = None,
+                            generator: torch.Generator | None = None, vocab_size: int | None = None,
+                            pad_id: int = 0) -> DecodeOutput:
+    """One token per forward with the same caches, masks and row drop-out: the SD baseline."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens {max_new_tokens} must be >= 1")
+    sampling = sampling or SamplingConfig()
+    sampling.validate()
+    lm = as_causal_lm(model)
+    V = vocab_size or lm.vocab_width
+    device = lm.device
+    _sync(device)
+    start = time.perf_counter()
+    batch = _Batch([lm], prompts, max_new_tokens + 1, pad_id)
+    (slot,) = batch.slots
+    step = 0
+    while True:
+        step += 1
+        B = batch.last.shape[0]
+        valid = torch.ones((B, 1), dtype=torch.bool, device=device)
+        logits = lm.forward(batch.last[:, None], batch.pos[:, None], slot.attention_mask(valid), slot.cache,
+                            logits_to_keep=1)
+        slot.append(valid)
+        x = _pick(probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p),
+                  sampling.temperature == 0, generator)
+        batch.buf.scatter_(1, batch.n_out[:, None], x[:, None])
+        batch.n_out += 1
+        batch.pos += 1
+        batch.last = x
+        done = batch.n_out >= max_new_tokens
+        if eos_token_id is not None:
+            done |= x == eos_token_id
+        if bool(done.any()) and batch.retire(done, {}, max_new_tokens, eos_token_id) is None:
+            break
+        if step % COMPACT_EVERY == 0:
+            slot.compact()
+    _sync(device)
+    stats = DecodeStats(gamma=0, generated=sum(len(r) for r in batch.results),
+                        seconds=time.perf_counter() - start)
+    return DecodeOutput(sequences=batch.results, stats=stats)
