@@ -175,9 +175,12 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
         t_valid = torch.ones((B, G + 1), dtype=torch.bool, device=device)
         logits = target.forward(t_in, batch.pos[:, None] + arange, tslot.attention_mask(t_valid), tslot.cache)
         tslot.append(t_valid)
-        P = probs_from_logits(logits[..., :V], T, top_p)               # B,G+1,V
         # 3. verify; rejected slots become holes
-        n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
+        if hasattr(target, "verify_logits"):  # vocab-parallel target (models/tp_target.py): p stays sharded
+            n, nxt = target.verify_logits(logits, torch.stack(d_probs, 1), D, V, sampling, generator)
+        else:
+            P = probs_from_logits(logits[..., :V], T, top_p)           # B,G+1,V
+            n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
         tslot.keep_last(arange[None] <= n[:, None])
         dslot.keep_last(torch.cat([st["dvalid"], arange[None, 1:G] <= n[:, None]], 1))
         cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
