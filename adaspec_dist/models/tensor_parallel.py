@@ -107,30 +107,46 @@ def arch_from_config(cfg: Any, tp_size: int) -> TPArch:
                   tied=bool(cfg.tie_word_embeddings))
 
 
-class TPKVCache:
-    """Per-layer keys/values of this rank's heads: lists of (B, Hkv, S, D) tensors.
+class _LayerKV:
+    __slots__ = ("keys", "values")
 
-    ``crop(n)`` drops everything after the first ``n`` slots (rejected speculative tokens) for
-    all rows; ragged rows instead keep their rejected slots as holes masked by ``attention_mask``.
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+
+class TPKVCache:
+    """Per-layer keys/values of this rank's heads, each (B, Hkv, S, D).
+
+    The same small surface as an HF ``DynamicCache`` that the speculative decoder's
+    ``SlotCache`` uses: ``layers[i].keys/values``, ``batch_select_indices(rows)``, ``crop(n)``.
+    Ragged rows keep rejected slots as holes masked by the attention mask.
     """
 
     def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.layers = [_LayerKV() for _ in range(n_layers)]
 
     def __len__(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        k = self.layers[0].keys
+        return 0 if k is None else k.shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
+        kv = self.layers[layer]
+        if kv.keys is not None:
+            k = torch.cat([kv.keys, k], dim=2)
+            v = torch.cat([kv.values, v], dim=2)
+        kv.keys, kv.values = k, v
         return k, v
 
     def crop(self, length: int) -> None:
-        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
-        self.values = [None if v is None else v[:, :, :length] for v in self.values]
+        for kv in self.layers:
+            if kv.keys is not None:
+                kv.keys, kv.values = kv.keys[:, :, :length], kv.values[:, :, :length]
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        for kv in self.layers:
+            if kv.keys is not None:
+                kv.keys, kv.values = kv.keys[rows], kv.values[rows]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -269,7 +285,12 @@ class TPCausalLM(nn.Module):
         return TPKVCache(self.arch.layers)
 
     def _mask(self, attention_mask: torch.Tensor | None, t: int, past: int, device) -> torch.Tensor | None:
-        """Boolean (B,1,T,S) mask: causal over cache slots AND the caller's key mask (holes allowed)."""
+        """Boolean (B,1,T,S) mask: causal over cache slots AND the caller's key mask (holes allowed).
+
+        A 4D boolean mask (B,1,T,S) from the caller (True = attend) is used as given.
+        """
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask.bool()
         if attention_mask is None and past == 0:
             return None  # plain causal: SDPA's fast path
         s = past + t
@@ -282,7 +303,9 @@ class TPCausalLM(nn.Module):
         return mask | (torch.arange(s, device=device)[None, :] == q_pos)[None, None]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: TPKVCache | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cache: TPKVCache | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """This rank's logits slice (B,T,V) fp32; ``logits_to_keep > 0`` keeps only the last positions."""
         b, t = input_ids.shape
         past = len(cache) if cache is not None else 0
         if position_ids is None:
@@ -296,6 +319,8 @@ class TPCausalLM(nn.Module):
             x = self.final_norm(x)
         else:
             x = _rms_norm(x, self.final_norm_w, self.arch.eps)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         weight = self.embed.weight if self.arch.tied else None
         logits = self.head(x, weight=weight)[0].float()
         pad_from = self.vocab_size - self.vocab_start

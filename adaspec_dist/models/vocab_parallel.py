@@ -37,6 +37,11 @@ def _all_reduce(t: torch.Tensor, op, group: Any) -> torch.Tensor:
     return t
 
 
+def global_sum(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """In-place SUM all-reduce over the TP group (a no-op for one rank); returns ``t``."""
+    return _all_reduce(t, dist.ReduceOp.SUM, group)
+
+
 def _all_gather_cat(t: torch.Tensor, group: Any, dim: int) -> torch.Tensor:
     """All-gather equal-shaped tensors and concatenate them along ``dim`` (rank order)."""
     n = _size(group)
@@ -144,34 +149,30 @@ def gumbel_sample(logw_NV: torch.Tensor, *, vocab_start: int, group: Any = None,
     return argmax(logw_NV.double() + gumbel, vocab_start=vocab_start, group=group)
 
 
-def sample_draws(logits_NV: torch.Tensor, draws: int, *, vocab_start: int, group: Any = None,
-                 shared_generator: torch.Generator | None = None,
-                 local_generator: torch.Generator | None = None, temperature: float = 1.0,
-                 chunk_rows: int = 4096) -> torch.Tensor:
-    """``draws`` i.i.d. samples per row (N, draws) int64 from softmax(logits / temperature), sharded.
+def inverse_cdf_draws(logits_NV: torch.Tensor, u_ND: torch.Tensor, *, vocab_start: int, vocab_size: int,
+                      group: Any = None, temperature: float = 1.0, chunk_rows: int = 4096) -> torch.Tensor:
+    """Ids (N,D) int64 drawn from softmax(logits / temperature) by inverse CDF of the uniforms ``u_ND``.
 
-    Two stages, each exact: (1) how many of the draws fall in each shard is multinomial in the
-    shards' probability masses — drawn with ``shared_generator``, which must be seeded
-    identically on every TP rank so all ranks agree on the counts; (2) each rank draws its
-    count within its shard in proportion to its local probabilities (``local_generator``, seeded
-    per rank). The draws are assembled with one SUM all-reduce of N×draws ids.
+    The vocab-parallel twin of ``cache.sparse.sampled_targets``' sampler: the global CDF is the
+    exclusive prefix of the shards' masses (one all-gather of N×TP values) plus the owning
+    shard's local cumulative sum, so with the same uniforms (drawn identically on every TP
+    rank) it returns the same ids as the full-vocabulary sampler, up to float64 rounding at
+    bucket edges. Each draw is resolved by its owning shard; one SUM all-reduce of N×D ids.
     """
     n, v = logits_NV.shape
-    tp, me = _size(group), (dist.get_rank(group) if _size(group) > 1 else 0)
-    out = torch.empty(n, draws, dtype=torch.int64, device=logits_NV.device)
+    real = max(0, min(v, vocab_size - vocab_start))          # this shard's non-padding width
+    me = dist.get_rank(group) if _size(group) > 1 else 0
+    out = torch.empty(u_ND.shape, dtype=torch.int64, device=logits_NV.device)
     for rows in _chunks(n, chunk_rows):
         x = logits_NV[rows].float() / temperature
-        logz = log_normaliser(x, group, chunk_rows=x.shape[0])
-        local_p = torch.exp(x - logz[:, None])                         # (n, V) this shard's probs
-        mass = _all_gather_cat(local_p.sum(dim=-1, keepdim=True), group, dim=1)   # (n, TP)
-        shard_of_draw = torch.multinomial(mass.clamp_min(0) + 1e-30, draws, replacement=True,
-                                          generator=shared_generator)          # (n, draws)
-        mine = shard_of_draw == me
-        # Draw a full row of candidates from this shard and keep the ones whose slot is ours:
-        # given the counts, draws inside a shard are i.i.d. from the shard-restricted distribution.
-        live = local_p.sum(dim=-1, keepdim=True) > 0
-        safe_p = torch.where(live, local_p, torch.ones_like(local_p))
-        cand = torch.multinomial(safe_p, draws, replacement=True, generator=local_generator) + vocab_start
-        part = torch.where(mine, cand, torch.zeros_like(cand))
-        out[rows] = _all_reduce(part, dist.ReduceOp.SUM, group) if tp > 1 else part
+        lq = x - log_normaliser(x, group, chunk_rows=x.shape[0])[:, None]
+        cdf = torch.cumsum(lq.double().exp(), dim=-1)                           # (n, V) local
+        ends = torch.cumsum(_all_gather_cat(cdf[:, -1:], group, dim=1), dim=1)  # (n, TP) global
+        target = u_ND[rows].to(cdf.device) * ends[:, -1:]
+        owner = torch.searchsorted(ends, target, right=True).clamp_max(ends.shape[1] - 1)
+        offset = torch.gather(ends, 1, owner) - cdf[:, -1:]    # my shard's start if I own the draw
+        local = torch.searchsorted(cdf, target - offset, right=True).clamp(0, max(real - 1, 0))
+        mine = owner == me
+        part = torch.where(mine, local + vocab_start, torch.zeros_like(local))
+        out[rows] = _all_reduce(part, dist.ReduceOp.SUM, group)
     return out

@@ -1,0 +1,132 @@
+"""A tensor-parallel target where the pipeline needs one: the cache job and speculative decoding.
+
+Contract
+--------
+* ``make_target_fn(cfg, ps) -> (TargetFn, vocab_size)``: the ``cache`` job's model call
+  (``cache.produce.TargetFn``) over a :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`
+  sharded over ``ps.tp_group``. Every rank of the TP group runs it on the same batch and gets
+  the same :class:`~adaspec_dist.cache.sparse.SparseTarget` (TP rank 0 writes it). ``topk``
+  uses the global top-k (local top-k + all-gather of K·TP candidates); ``sampled`` reproduces
+  ``sparse.sampled_targets`` exactly — same uniforms from the shard's generator, inverse CDF
+  over the shards — so a TP cache equals the TP = 1 cache for either scheme.
+* ``TPTargetLM(model, seed=...)``: the speculative decoder's ``CausalLM`` interface
+  (``vocab_width``, ``device``, ``new_cache()``, ``forward(ids, pos, mask_B1QK, cache,
+  logits_to_keep)``) returning THIS rank's logits slice, plus ``verify_logits(...)``: the
+  vocab-parallel replacement of ``probs_from_logits`` + ``verify`` — p(x) of the drafted ids
+  from the owning shard, the residual ``norm(max(0, p − q))`` and the bonus drawn by per-shard
+  Gumbel-max + distributed argmax, greedy = distributed argmax. Acceptance uniforms come from
+  the decoder's generator (seeded identically on every TP rank, like the replicated draft);
+  Gumbel noise from a per-rank generator. Greedy output equals the TP = 1 decoder's.
+  ``top_p < 1`` is refused (a nucleus over shards needs a global sort).
+
+Shapes: B rows, G gamma, Q new tokens, N supervised positions, V this shard's vocab width,
+D draws.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from adaspec_dist.models import vocab_parallel as vp
+
+
+def make_target_fn(cfg: Any, ps: Any):
+    """The TP implementation of ``cache.produce.TargetFn`` for a ``CacheConfig`` (see module doc)."""
+    from adaspec_dist.cache.sparse import SparseTarget, draw_uniforms, merge_draws
+    from adaspec_dist.models.load import resolve_dtype
+    from adaspec_dist.models.tensor_parallel import load_tp_model
+
+    if not cfg.model.name_or_path:
+        raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
+    model = load_tp_model(cfg.model.name_or_path, tp_group=ps.tp_group,
+                          dtype=resolve_dtype(cfg.model.dtype, ps.device), device=ps.device)
+    V, start, group = model.vocab_size, model.vocab_start, ps.tp_group
+    scheme, top_k, draws, temperature = cfg.scheme, cfg.top_k, cfg.draws, cfg.temperature
+    if scheme == "topk" and not 1 <= top_k <= V:
+        raise ValueError(f"top_k={top_k} must be between 1 and the vocabulary size {V}")
+
+    @torch.no_grad()
+    def target(input_ids_BT, attention_mask_BT, loss_mask_BT, generator):
+        logits_NV = model(input_ids_BT, attention_mask=attention_mask_BT)[loss_mask_BT]
+        if scheme == "topk":
+            ids, logp = vp.topk(logits_NV, top_k, vocab_start=start, group=group)
+            return SparseTarget(ids=ids, logp=logp, weights=None, scheme="topk").to("cpu")
+        # The same uniforms as sparse.sampled_targets (every TP rank holds the same generator state).
+        u_ND = draw_uniforms(logits_NV.shape[0], draws, generator)
+        x_ND = vp.inverse_cdf_draws(logits_NV, u_ND, vocab_start=start, vocab_size=V, group=group,
+                                    temperature=temperature)
+        ids, counts = merge_draws(x_ND, V)
+        logz = vp.log_normaliser(logits_NV, group)
+        logp = vp.gather_logprobs(logits_NV, ids, vocab_start=start, group=group, logz=logz)
+        w = counts.float() / draws
+        if temperature != 1.0:
+            lq = vp.gather_logprobs(logits_NV / temperature, ids, vocab_start=start, group=group)
+            w = w * (logp - lq).exp()
+            w = w / w.sum(-1, keepdim=True)
+        return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled").to("cpu")
+
+    return target, V
+
+
+class TPTargetLM:
+    """A TP-sharded target for ``speculative.decoder`` (see module doc)."""
+
+    def __init__(self, model: Any, *, seed: int = 0):
+        self.model = model
+        self.vocab_width = model.vocab_size
+        self.device = next(model.parameters()).device
+        self.group = model.tp_group
+        # Gumbel noise must be independent across shards: one generator per TP rank.
+        self.local_gen = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + 7919 * model.tp_rank)
+
+    def new_cache(self):
+        return self.model.new_cache()
+
+    @torch.inference_mode()
+    def forward(self, input_ids_BQ, position_ids_BQ, attention_mask_B1QK, cache, logits_to_keep: int = 0):
+        return self.model(input_ids_BQ, attention_mask=attention_mask_B1QK, position_ids=position_ids_BQ,
+                          cache=cache, logits_to_keep=logits_to_keep)
+
+    def _masked(self, logits_XV: torch.Tensor, vocab: int) -> torch.Tensor:
+        """Drop ids >= the decoder's real vocabulary (a draft narrower than the padded target head)."""
+        cut = vocab - self.model.vocab_start
+        if cut >= logits_XV.shape[-1]:
+            return logits_XV.float()
+        out = logits_XV.float().clone()
+        out[..., max(cut, 0):] = float("-inf")
+        return out
+
+    @torch.inference_mode()
+    def verify_logits(self, logits_BG1V: torch.Tensor, draft_probs_BGV: torch.Tensor, draft_tokens_BG: torch.Tensor,
+                      vocab: int, sampling: Any, generator: torch.Generator | None = None):
+        """Vocab-parallel ``verify``: -> (accepted_len_B, next_token_B), identical on every TP rank."""
+        if sampling.top_p < 1.0:
+            raise ValueError("top_p < 1 is not supported with a tensor-parallel target; use top_p=1")
+        B, G1, _ = logits_BG1V.shape
+        G, start, group = G1 - 1, self.model.vocab_start, self.group
+        rows = torch.arange(B, device=logits_BG1V.device)
+        logits = self._masked(logits_BG1V, vocab).reshape(B * G1, -1)
+        if sampling.temperature == 0:
+            # Greedy: accept while the draft equals the target's argmax; the next token is the argmax.
+            best = vp.argmax(logits, vocab_start=start, group=group).view(B, G1)
+            n = (draft_tokens_BG == best[:, :G]).long().cumprod(1).sum(1)
+            return n, best[rows, n]
+        scaled = logits / sampling.temperature
+        logz = vp.log_normaliser(scaled, group)
+        ids = torch.cat([draft_tokens_BG, draft_tokens_BG[:, :1]], 1).reshape(B * G1, 1)
+        p_x = vp.gather_logprobs(scaled, ids, vocab_start=start, group=group, logz=logz).exp().view(B, G1)[:, :G]
+        q_x = draft_probs_BGV.gather(-1, draft_tokens_BG[..., None]).squeeze(-1)
+        u = torch.rand((B, G), generator=generator, device=logits.device)   # same draw as verify.verify
+        n = ((u * q_x < p_x).long().cumprod(1)).sum(1)
+        # Residual max(0, p - q) on this shard at position n (the bonus is p itself at n == G).
+        logp_n = (scaled - logz[:, None]).view(B, G1, -1)[rows, n]
+        v_local = logp_n.shape[-1]
+        q_n = draft_probs_BGV[rows, n.clamp(max=G - 1), start:start + v_local].float()
+        q_n = torch.nn.functional.pad(q_n, (0, v_local - q_n.shape[-1]))  # draft narrower than the shard
+        residual = (logp_n.exp() - q_n).clamp_min(0.0)
+        has_mass = vp.global_sum(residual.sum(-1), group) > 0
+        use_p = (n == G) | ~has_mass
+        logw = torch.where(use_p[:, None], logp_n, residual.log())
+        nxt = vp.gumbel_sample(logw, vocab_start=start, group=group, generator=self.local_gen)
+        return n, nxt
