@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="token budget per sequence (default 512)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer directory or hub id; enables token counts and the fingerprint")
+    parser.add_argument("--build-tokenizer", default=None, metavar="DIR",
+                        help="train (or reuse) the embedded demo sentencepiece tokenizer in DIR and use it")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="vocab of --build-tokenizer (default 4096)")
 
 
 def _describe(name: str, values: list[int]) -> str:
@@ -48,14 +51,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"===== {len(examples)} {args.task} examples ({args.split}) =====")
     print(_describe("prompt chars", [len(e.prompt) for e in examples]))
     print(_describe("answer chars", [len(e.answer) for e in examples]))
-    if args.tokenizer is None:
-        print("(pass --tokenizer PATH_OR_ID for token counts and the data fingerprint)")
+    if args.tokenizer and args.build_tokenizer:
+        raise ValueError("pass either --tokenizer or --build-tokenizer, not both")
+    if args.tokenizer is None and args.build_tokenizer is None:
+        print("(pass --tokenizer PATH_OR_ID or --build-tokenizer DIR for token counts and the data fingerprint)")
         return 0
 
     from adaspec_dist.data.tokenize import data_fingerprint, supervised_count, tokenize_examples
-    from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+    from adaspec_dist.data.tokenizer import embedded_tokenizer, load_tokenizer, vocab_fingerprint
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    if args.build_tokenizer:
+        tokenizer = embedded_tokenizer(args.build_tokenizer, vocab_size=args.vocab_size, seed=args.seed)
+        args.tokenizer = args.build_tokenizer
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
     enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
     prompt_tokens = [len(ids) for ids in enc([e.prompt for e in examples])]
     answer_tokens = [len(ids) for ids in enc([e.answer for e in examples])]

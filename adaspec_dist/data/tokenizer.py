@@ -19,6 +19,8 @@ Contract
   added tokens: two tokenizers with equal fingerprints map every token to the same id.
 * ``embedded_tokenizer_corpus(seed)``: the texts the demo tokenizer is trained on (train
   splits of the embedded corpora only, so test text never shapes the vocabulary).
+* ``embedded_tokenizer(out_dir, vocab_size, seed)``: the demo tokenizer, trained on that corpus
+  once and reused from ``out_dir`` afterwards (a stamp file records what it was trained with).
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_dir: str | os
         )
     except RuntimeError as err:  # e.g. a vocab larger than the corpus supports
         raise ValueError(f"sentencepiece training failed ({str(err).splitlines()[0]}); "
-                         "use a smaller vocab_size or more text") from None
+                         "adjust vocab_size (too large for the text, or too small for its characters)") from None
     spm_path = out_dir / SPM_FILE
     spm_path.write_bytes(model.getvalue())
     vocab, _, merges = SentencePieceExtractor(str(spm_path)).extract()
@@ -116,3 +118,27 @@ def embedded_tokenizer_corpus(seed: int = 0, *, limit_per_corpus: int | None = N
     for name in sorted(embedded.EMBEDDED):
         texts += [p + a for p, a in embedded.generate(name, split="train", seed=seed, limit=limit_per_corpus)]
     return texts
+
+
+STAMP_FILE = "adaspec_tokenizer.json"
+_CORPUS_VERSION = 1  # bump when embedded corpora change, so stale demo tokenizers are retrained
+
+
+def embedded_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 4096, seed: int = 0,
+                       limit_per_corpus: int | None = None):
+    """The demo tokenizer in ``out_dir``: loaded when its stamp matches, else trained and stamped."""
+    out_dir = Path(out_dir)
+    want = {"corpus": "embedded", "corpus_version": _CORPUS_VERSION, "vocab_size": vocab_size, "seed": seed,
+            "limit_per_corpus": limit_per_corpus}
+    stamp = out_dir / STAMP_FILE
+    try:
+        if json.loads(stamp.read_text()) == want:
+            return load_tokenizer(out_dir)
+    except (OSError, ValueError):
+        pass
+    texts = embedded_tokenizer_corpus(seed, limit_per_corpus=limit_per_corpus)
+    tokenizer = train_sentencepiece(texts, vocab_size, out_dir, seed=seed)
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(want))
+    os.replace(tmp, stamp)  # the stamp appears only once the tokenizer files are complete
+    return tokenizer

@@ -96,3 +96,17 @@ def test_user_errors(tmp_path):
         train_sentencepiece([], 512, tmp_path)
     with pytest.raises(ValueError, match="cannot load tokenizer"):
         load_tokenizer(tmp_path / "nothing-here")
+
+
+def test_embedded_tokenizer_is_trained_once_then_reused(tmp_path):
+    from adaspec_dist.data.tokenizer import STAMP_FILE, embedded_tokenizer
+
+    out = tmp_path / "demo-tok"
+    first = embedded_tokenizer(out, vocab_size=400, limit_per_corpus=25)
+    model = out / "sentencepiece.model"
+    mtime = model.stat().st_mtime_ns
+    again = embedded_tokenizer(out, vocab_size=400, limit_per_corpus=25)
+    assert model.stat().st_mtime_ns == mtime  # reused, not retrained
+    assert vocab_fingerprint(again) == vocab_fingerprint(first) and len(again) == 400
+    other = embedded_tokenizer(out, vocab_size=420, limit_per_corpus=25)  # another setting: retrained
+    assert len(other) == 420 and '"vocab_size": 420' in (out / STAMP_FILE).read_text()
