@@ -22,6 +22,7 @@ demo: setup
 	$(BIN)/adaspec-dist demo
 
 test: setup
+	$(BIN)/python tools/warm_deepspeed.py
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

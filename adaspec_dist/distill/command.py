@@ -1,0 +1,45 @@
+"""``adaspec-dist train``: sft / kd / adaspec training with DeepSpeed.
+
+Usage::
+
+    adaspec-dist train --config configs/RECIPE.yaml [--objective adaspec] [--resume] [section.key=value ...]
+    torchrun --nproc_per_node 2 -m adaspec_dist.cli train --config ... engine.zero_stage=2
+    deepspeed --hostfile hosts -m adaspec_dist.cli train --config ...   (or srun ... under Slurm)
+
+``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe with a TrainConfig (objective, draft, cache_dir, engine, ...)")
+    parser.add_argument("--objective", help="override the recipe's objective: sft, kd or adaspec")
+    parser.add_argument("--resume", action="store_true", help="continue from run_dir's newest checkpoint")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=2 max_steps=100")
+
+
+def run(args: argparse.Namespace) -> int:
+    from adaspec_dist.config import load_config
+    from adaspec_dist.dist import shutdown
+    from adaspec_dist.distill.train import TrainConfig, train
+
+    overrides = list(args.overrides or [])
+    if args.objective:
+        overrides.append(f"objective={args.objective}")
+    if not args.config and not overrides:
+        raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    summary = train(cfg, resume_run=args.resume)
+    import torch.distributed as dist
+
+    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    shutdown()
+    if is_main:
+        print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,206 @@
+"""DeepSpeed engine construction and checkpoints: the ONLY deepspeed importer of the project.
+
+Contract
+--------
+* ``EngineConfig`` (recipe section ``engine``) names a standard DeepSpeed JSON file from
+  ``configs/`` (``ds_zero0..3.json``) and the few fields a recipe overrides on top of it
+  (ZeRO stage, precision, micro-batch, gradient accumulation, clipping, optimiser, LR schedule,
+  activation checkpointing). ``ds_config(cfg, ...)`` returns the merged dict.
+* ``build_engine(model, cfg=..., total_steps=..., device=...)`` -> DeepSpeedEngine with a client
+  ``torch.optim.AdamW`` (no JIT-built fused/CPU Adam needed, so CPU runs need only DeepSpeed's
+  shared-memory comm op that ``tools/warm_deepspeed.py`` builds once) and a ``LambdaLR``
+  schedule (constant or cosine with linear warmup) that DeepSpeed steps and checkpoints.
+  ``torch.distributed`` must be initialised already (``adaspec_dist.dist.init_distributed``);
+  the data-parallel group is the world (tensor-parallel training is not supported here).
+* Precision: ``auto`` = bf16 on a CUDA device that supports it, else fp16 on CUDA, fp32 on CPU.
+* ``save_checkpoint(engine, dir, step, client_state)`` / ``load_checkpoint(engine, dir)``:
+  DeepSpeed checkpoints (module, optimiser, scheduler) with our client state (step, RNG,
+  reader position); ``latest_step(dir)`` reads DeepSpeed's ``latest`` tag.
+* ``gathered_module(engine)``: context manager that makes the full parameters visible on
+  every rank (a no-op below ZeRO-3), for export and evaluation-free inspection.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    ds_config: str = "ds_zero1.json"
+    """DeepSpeed JSON: a file name in configs/ or a path (fields below override it)."""
+    zero_stage: int | None = None
+    """ZeRO stage 0-3 (None = keep the JSON's)."""
+    precision: str = "auto"
+    """auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
+    micro_batch_size: int = 8
+    """Sequences per rank per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimiser step."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: str = "cosine"
+    """constant or cosine (with linear warmup, decaying to min_lr_ratio·lr)."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    activation_checkpointing: bool = False
+    """Recompute activations in backward (HF gradient checkpointing)."""
+
+    def validate(self) -> None:
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"engine.precision '{self.precision}' must be one of {list(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"engine.schedule '{self.schedule}' must be one of {list(SCHEDULES)}")
+        if self.micro_batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("engine.micro_batch_size and engine.grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"engine.lr must be positive, got {self.lr}")
+
+
+def _resolve_json(name: str) -> Path:
+    path = Path(name)
+    for candidate in (path, CONFIG_DIR / name):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"DeepSpeed config '{name}' not found; use one of configs/ds_zero{{0,1,2,3}}.json or a path")
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    import torch
+
+    is_cuda = device is not None and torch.device(device).type == "cuda"
+    if precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if is_cuda else "fp32"
+    if precision != "fp32" and not is_cuda:
+        raise ValueError(f"engine.precision={precision} needs a GPU; use fp32 (or auto) on CPU")
+    return precision
+
+
+def ds_config(cfg: EngineConfig, *, dp_size: int, device: Any = "cpu") -> dict:
+    """The DeepSpeed config dict: the JSON file with this recipe's overrides applied."""
+    with open(_resolve_json(cfg.ds_config)) as fh:
+        conf = json.load(fh)
+    conf["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    conf["gradient_accumulation_steps"] = cfg.grad_accum
+    conf["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dp_size
+    conf["gradient_clipping"] = cfg.grad_clip
+    zero = conf.setdefault("zero_optimization", {})
+    if cfg.zero_stage is not None:
+        zero["stage"] = cfg.zero_stage
+    precision = resolve_precision(cfg.precision, device)
+    conf["bf16"] = {"enabled": precision == "bf16"}
+    conf["fp16"] = {"enabled": precision == "fp16", **({"initial_scale_power": 16} if precision == "fp16" else {})}
+    # A client torch optimizer under ZeRO is fine (AdamW is on DeepSpeed's tested list anyway).
+    conf.setdefault("zero_allow_untested_optimizer", True)
+    conf.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
+    conf.setdefault("wall_clock_breakdown", False)
+    return conf
+
+
+def lr_lambda(cfg: EngineConfig, total_steps: int):
+    """Multiplier of the peak LR at optimiser step s (a picklable closure is not needed: DeepSpeed
+    checkpoints the scheduler's state dict, which holds the step count, not the function)."""
+    warm, floor = max(0, cfg.warmup_steps), cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - warm)
+        progress = min(1.0, (step - warm) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_engine(model, *, cfg: EngineConfig, total_steps: int, device: Any = "cpu"):
+    """Wrap ``model`` in a DeepSpeed engine (see the module docstring)."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("initialise torch.distributed first (adaspec_dist.dist.init_distributed)")
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    conf = ds_config(cfg, dp_size=dist.get_world_size(), device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=conf, dist_init_required=False)
+    logger.info("DeepSpeed engine: ZeRO-%d, %s, micro-batch %d x accum %d x dp %d, schedule %s",
+                engine.zero_optimization_stage(), resolve_precision(cfg.precision, device),
+                cfg.micro_batch_size, cfg.grad_accum, dist.get_world_size(), cfg.schedule)
+    return engine
+
+
+def current_lr(engine) -> float:
+    return float(engine.get_lr()[0])
+
+
+def grad_norm(engine) -> float:
+    """Global gradient norm of the last optimiser step (nan when DeepSpeed did not compute it)."""
+    value = engine.get_global_grad_norm()
+    return float("nan") if value is None else float(value)
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def save_checkpoint(engine, ckpt_dir: str | Path, step: int, client_state: dict) -> None:
+    """Collective: every rank writes its ZeRO partition; DeepSpeed updates ``latest``."""
+    engine.save_checkpoint(str(ckpt_dir), tag=tag_for(step), client_state=client_state)
+
+
+def latest_step(ckpt_dir: str | Path) -> int | None:
+    """Step of the newest complete checkpoint (DeepSpeed writes ``latest`` last), else None."""
+    latest = Path(ckpt_dir) / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    return int(tag.removeprefix("step")) if tag.startswith("step") else None
+
+
+def load_checkpoint(engine, ckpt_dir: str | Path) -> dict:
+    """Restore module, optimiser and scheduler from the newest checkpoint; returns client state."""
+    path, client = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if path is None:
+        raise ValueError(f"no DeepSpeed checkpoint in '{ckpt_dir}'; drop --resume or point run_dir at a run")
+    return client or {}
+
+
+@contextlib.contextmanager
+def gathered_module(engine):
+    """Yield the full (unpartitioned) module on every rank; collective under ZeRO-3."""
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            yield engine.module
+    else:
+        yield engine.module

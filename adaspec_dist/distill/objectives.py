@@ -1,0 +1,112 @@
+"""Per-token losses and the scalar objective of ``sft``, ``kd`` and ``adaspec``.
+
+Legend: B batch, T time, V vocabulary, N supervised positions (``loss_mask.sum()``, row-major).
+
+Contract
+--------
+* ``supervised_logits(model, batch) -> (N, V)``: the model's logits at the supervised positions
+  (position t predicts token t+1). An empty batch (B = 0, a rank's last batch) still runs a
+  one-token forward so every rank takes part in ZeRO-3's parameter gathers; its rows are (0, V)
+  but stay attached to the graph so backward's all-reduce lines up.
+* ``token_losses(...)`` -> ``TokenLosses(l_draft (N,), l_ref (N,) | None)``:
+  - sft: cross-entropy on the next (answer) token;
+  - kd / adaspec with a cache: ``per_token_divergence`` on the cached SparseTarget; L_ref from the
+    cache's reference column, or — when the cache has none — from reference logits run online
+    through the SAME estimator, so both modes agree;
+  - online teacher: ``dense_divergence`` against full target logits (and reference logits).
+* ``objective(...)`` -> (scalar loss, stats). Normalisation: by the number of tokens trained on
+  summed over the dp group (kept tokens for adaspec), times dp_size because DeepSpeed averages
+  gradients over ranks; the result is the exact global token mean, independent of how tokens fall
+  into ranks, and an empty rank simply contributes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+from adaspec_dist.distill.selection import select_tokens
+
+OBJECTIVES = ("sft", "kd", "adaspec")
+TEACHER_MODES = ("cached", "online")
+
+
+def supervised_logits(model, batch) -> Tensor:
+    """(N, V) logits of ``model`` at ``batch.loss_mask`` (see module docstring)."""
+    if batch.input_ids.shape[0] == 0:
+        dummy = torch.zeros(1, 1, dtype=torch.long, device=batch.input_ids.device)
+        logits = model(input_ids=dummy, attention_mask=torch.ones_like(dummy), use_cache=False).logits
+        return logits[0, :0]  # (0, V), attached to the graph
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.logits[batch.loss_mask]
+
+
+def next_tokens(batch) -> Tensor:
+    """(N,) the token each supervised position predicts."""
+    labels = torch.zeros_like(batch.input_ids)
+    labels[:, :-1] = batch.input_ids[:, 1:]
+    return labels[batch.loss_mask]
+
+
+@dataclass
+class TokenLosses:
+    l_draft: Tensor  # (N,) with grad
+    l_ref: Tensor | None  # (N,) detached
+
+
+def token_losses(objective: str, draft_NV: Tensor, batch, *, kind: str = "fkl", beta: float = 0.5,
+                 target_NV: Tensor | None = None, ref_NV: Tensor | None = None) -> TokenLosses:
+    """Per-token losses of one micro-batch (see module docstring for the sources)."""
+    if objective == "sft":
+        return TokenLosses(F.cross_entropy(draft_NV.float(), next_tokens(batch), reduction="none"), None)
+    if target_NV is not None:  # online teacher: exact divergences on full logits
+        l_draft = dense_divergence(draft_NV, target_NV, kind, beta)
+        l_ref = None
+        if objective == "adaspec":
+            assert ref_NV is not None, "online adaspec needs reference logits"
+            l_ref = dense_divergence(ref_NV, target_NV, kind, beta)
+        return TokenLosses(l_draft, l_ref)
+    if batch.target is None:
+        raise ValueError(f"objective {objective} with teacher_mode=cached needs cache_dir (or use teacher_mode=online)")
+    l_draft = per_token_divergence(draft_NV, batch.target, kind, beta)
+    l_ref = None
+    if objective == "adaspec":
+        if batch.ref_loss is not None:
+            l_ref = batch.ref_loss.to(l_draft.device).float()
+        else:
+            assert ref_NV is not None, "adaspec without a cached reference column needs reference logits"
+            l_ref = per_token_divergence(ref_NV, batch.target, kind, beta)
+    return TokenLosses(l_draft, None if l_ref is None else l_ref.detach())
+
+
+def _global_count(n: int, device, group) -> int:
+    import torch.distributed as dist
+
+    if group is None or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.long, device=device)
+    dist.all_reduce(t, group=group)
+    return int(t.item())
+
+
+def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4, scope: str = "local",
+              group=None, dp_size: int = 1) -> tuple[Tensor, dict]:
+    """Scalar loss to backpropagate and what to log (see module docstring)."""
+    l_draft = losses.l_draft
+    stats: dict = {"tokens": int(l_draft.shape[0])}
+    if objective_name == "adaspec":
+        delta = l_draft.detach() - losses.l_ref
+        sel = select_tokens(delta, fraction, scope, group=group)
+        kept_sum = l_draft[sel.keep_N].sum()
+        loss = kept_sum / max(1, sel.kept_global) * dp_size
+        stats.update(kept=int(sel.keep_N.sum()), kept_global=sel.kept_global, total_global=sel.total_global,
+                     threshold=sel.threshold, delta=delta, l_ref_mean=float(losses.l_ref.mean()) if delta.numel() else 0.0)
+    else:
+        total = _global_count(int(l_draft.shape[0]), l_draft.device, group)
+        loss = l_draft.sum() / max(1, total) * dp_size
+        stats.update(kept=int(l_draft.shape[0]), kept_global=total, total_global=total)
+    stats["l_draft_sum"] = float(l_draft.detach().sum())
+    return loss, stats

@@ -1,0 +1,442 @@
+"""The training job: setup -> step -> evaluate, as functions (no god class).
+
+Contract
+--------
+* ``TrainConfig`` (a recipe YAML + ``--a.b=c`` overrides via ``adaspec_dist.config``).
+* ``setup(cfg) -> Run``: process grid, data stream (a ``CacheReader`` over ``cache_dir``, or a
+  ``TokenStream`` over ``data`` for sft / online runs without a cache), draft engine, frozen
+  target/reference models when needed, tensorboard writer (rank 0). Checks that a cached
+  reference column was computed with this run's divergence (else ValueError).
+* ``train_step(run, batch) -> dict``: one micro-step (forward, per-token losses, selection,
+  backward, DeepSpeed step — the optimiser steps at gradient-accumulation boundaries).
+* ``evaluate(run) -> dict``: held-out α = E[Σ min(p, q)] and divergence on the eval cache
+  (sparse estimate, exact with K = V), averaged over every supervised token of every rank.
+* ``train(cfg) -> dict``: the loop. Checkpoints every ``save_every`` optimiser steps hold the
+  engine (module, optimiser, scheduler) plus client state (step, micro-step, RNG, reader
+  position), so ``resume`` continues exactly; the final draft is exported in HF format (with
+  the tokenizer) to ``run_dir/final``. Epoch accounting: "passes" over the data and, for
+  adaspec, "kept-token epochs" = passes · filter_fraction (the paper's 3 epochs at k = 0.4 is
+  7.5 passes); ``passes`` is what the loop counts, both are logged.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaspec_dist.config import save_resolved
+from adaspec_dist.distill import objectives as obj
+from adaspec_dist.distill.engine import EngineConfig
+from adaspec_dist.distill.losses import check_kind, per_token_divergence, sparse_alpha
+from adaspec_dist.distill.selection import check_selection
+from adaspec_dist.models.load import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    objective: str = "adaspec"
+    """sft (CE on answers, no cache), kd (divergence on every token: the reference / DistillSpec),
+    adaspec (divergence on the filter_fraction of tokens with the largest L_draft - L_ref)."""
+    teacher_mode: str = "cached"
+    """cached (sparse targets from cache_dir) or online (run target (and reference) each step)."""
+    divergence: str = "fkl"
+    """fkl, rkl, jsd or tvd (must match the cache's reference column for adaspec)."""
+    beta: float = 0.5
+    """β of jsd."""
+    filter_fraction: float = 0.4
+    """AdaSPEC k: fraction of tokens trained on."""
+    selection_scope: str = "local"
+    """local (per rank per micro-batch, as the paper's code) or global (across dp ranks)."""
+    draft: ModelConfig
+    """The model being trained (its initialisation)."""
+    target: ModelConfig | None = None
+    """Teacher, needed for teacher_mode=online."""
+    reference: ModelConfig | None = None
+    """Reference draft (kd-trained), needed for adaspec unless the cache has a reference column."""
+    data: Any = None
+    """DataConfig (adaspec_dist.data.tasks) for sft and for online runs without a cache."""
+    tokenizer: str | None = None
+    """Tokenizer path (for data and for the exported draft)."""
+    cache_dir: str | None = None
+    eval_cache_dir: str | None = None
+    """Held-out cache for periodic α / divergence evaluation."""
+    run_dir: str = "runs/train"
+    max_steps: int | None = None
+    """Optimiser steps (None = derived from passes / kept_token_epochs)."""
+    passes: float = 1.0
+    """Passes over the training sequences."""
+    kept_token_epochs: float | None = None
+    """If set: passes = kept_token_epochs / filter_fraction for adaspec (the paper's epoch count)."""
+    save_every: int = 0
+    """Checkpoint every N optimiser steps (0 = only at the end)."""
+    eval_every: int = 0
+    """Evaluate every N optimiser steps (0 = at the start and the end only)."""
+    eval_batches: int | None = None
+    """Limit eval to this many batches per rank (None = the whole eval cache)."""
+    seed: int = 0
+    export: bool = True
+    """Write run_dir/final in HF format at the end."""
+    kill_after_step: int | None = None
+    """Testing aid: after the checkpoint of this step, the process exits abruptly (simulated kill)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            from adaspec_dist.config import build_config
+            from adaspec_dist.data.tasks import DataConfig
+
+            self.data = build_config(DataConfig, self.data, prefix="data.")
+
+    def validate(self) -> None:
+        if self.objective not in obj.OBJECTIVES:
+            raise ValueError(f"unknown objective '{self.objective}'; choose one of {list(obj.OBJECTIVES)}")
+        if self.teacher_mode not in obj.TEACHER_MODES:
+            raise ValueError(f"teacher_mode '{self.teacher_mode}' must be one of {list(obj.TEACHER_MODES)}")
+        check_kind(self.divergence, self.beta)
+        check_selection(self.filter_fraction, self.selection_scope)
+        if self.objective == "sft" and self.data is None and not self.cache_dir:
+            raise ValueError("objective sft needs data (a task) or cache_dir (its token ids); set data.task")
+        if self.objective != "sft":
+            if self.teacher_mode == "cached" and not self.cache_dir:
+                raise ValueError(f"objective {self.objective} with teacher_mode=cached needs cache_dir; "
+                                 "run `adaspec-dist cache` first or use teacher_mode=online")
+            if self.teacher_mode == "online" and self.target is None:
+                raise ValueError("teacher_mode=online needs a target model (target.name_or_path or target.preset)")
+            if self.teacher_mode == "online" and self.data is None and not self.cache_dir:
+                raise ValueError("teacher_mode=online needs data (data.task) or cache_dir for its token ids")
+        if self.objective == "adaspec" and self.teacher_mode == "online" and self.reference is None:
+            raise ValueError("online adaspec needs a reference model (reference.name_or_path): the kd-trained draft")
+        if self.passes <= 0 and self.max_steps is None:
+            raise ValueError("passes must be positive (or set max_steps)")
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    ps: Any
+    engine: Any
+    stream: Any
+    eval_reader: Any
+    target: Any
+    reference: Any
+    tokenizer: Any
+    writer: Any
+    total_steps: int
+    step: int = 0
+    micro_step: int = 0
+    tokens_seen: int = 0
+    trained_tokens: int = 0
+
+
+# ----------------------------------------------------------------------------- setup
+def _frozen(cfg: ModelConfig, vocab: int, device):
+    from adaspec_dist.models.load import load_causal_lm
+
+    model = load_causal_lm(cfg, vocab_size=vocab, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _stream(cfg: TrainConfig, ps, tokenizer):
+    """The training batches: the cache when there is one, else tokenized task data."""
+    mb = cfg.engine.micro_batch_size
+    if cfg.cache_dir:
+        from adaspec_dist.cache.reader import CacheReader
+
+        return CacheReader(cfg.cache_dir, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed)
+    from adaspec_dist.data.tasks import load_examples
+    from adaspec_dist.data.tokenize import tokenize_examples
+    from adaspec_dist.distill.batches import TokenStream
+
+    if tokenizer is None:
+        raise ValueError("training from data needs a tokenizer: set tokenizer: PATH")
+    examples = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+    return TokenStream(examples, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed)
+
+
+def _check_reference_column(cfg: TrainConfig, stream) -> None:
+    ref = (getattr(stream, "manifest", None) or {}).get("reference")
+    if cfg.objective != "adaspec" or cfg.teacher_mode != "cached":
+        return
+    if ref:
+        if ref.get("divergence") != cfg.divergence or (cfg.divergence == "jsd" and ref.get("beta") != cfg.beta):
+            raise ValueError(f"the cache's reference column used divergence={ref.get('divergence')} "
+                             f"(beta={ref.get('beta')}) but this run uses {cfg.divergence}; set divergence to match "
+                             "or recompute it with `adaspec-dist cache --add-reference`")
+    elif cfg.reference is None:
+        raise ValueError("adaspec needs L_ref: the cache has no reference column, so set reference.name_or_path "
+                         "(or run `adaspec-dist cache --add-reference`)")
+
+
+def total_steps_for(cfg: TrainConfig, batches_per_pass: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    passes = cfg.passes
+    if cfg.kept_token_epochs is not None:
+        passes = cfg.kept_token_epochs / (cfg.filter_fraction if cfg.objective == "adaspec" else 1.0)
+    return max(1, math.ceil(passes * batches_per_pass / cfg.engine.grad_accum))
+
+
+def setup(cfg: TrainConfig) -> Run:
+    from adaspec_dist.dist import init_distributed
+    from adaspec_dist.distill.engine import build_engine
+    from adaspec_dist.models.load import load_causal_lm
+
+    cfg.validate()
+    ps = init_distributed(tp_size=1)
+    torch.manual_seed(cfg.seed)
+    tokenizer = None
+    if cfg.tokenizer:
+        from adaspec_dist.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    stream = _stream(cfg, ps, tokenizer)
+    _check_reference_column(cfg, stream)
+    vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
+    draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
+    draft.train()
+    total = total_steps_for(cfg, len(stream))
+    engine = build_engine(draft, cfg=cfg.engine, total_steps=total, device=ps.device)
+    need_target = cfg.objective != "sft" and cfg.teacher_mode == "online"
+    need_ref = cfg.objective == "adaspec" and (cfg.teacher_mode == "online" or stream_lacks_reference(stream))
+    target = _frozen(cfg.target, vocab, ps.device) if need_target else None
+    reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
+    eval_reader = None
+    if cfg.eval_cache_dir:
+        from adaspec_dist.cache.reader import CacheReader
+
+        eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=cfg.engine.micro_batch_size, dp_rank=ps.dp_rank,
+                                  dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
+    writer = None
+    if ps.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_resolved(cfg, cfg.run_dir)
+        writer = SummaryWriter(str(Path(cfg.run_dir) / "tb"))
+    return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
+               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total)
+
+
+def stream_lacks_reference(stream) -> bool:
+    return not (getattr(stream, "manifest", None) or {}).get("reference")
+
+
+# ----------------------------------------------------------------------------- step
+def compute_loss(run: Run, batch) -> tuple[torch.Tensor, dict]:
+    """Forward the draft (and the online teacher / reference) on one micro-batch."""
+    cfg = run.cfg
+    draft_NV = obj.supervised_logits(run.engine, batch)
+    target_NV = ref_NV = None
+    with torch.no_grad():
+        if run.target is not None:
+            target_NV = obj.supervised_logits(run.target, batch)
+        if run.reference is not None:
+            ref_NV = obj.supervised_logits(run.reference, batch)
+    losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
+                              target_NV=target_NV, ref_NV=ref_NV)
+    return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=cfg.selection_scope,
+                         group=run.ps.dp_group, dp_size=run.ps.dp_size)
+
+
+def train_step(run: Run, batch) -> dict:
+    """One micro-step; returns stats (``stepped`` tells whether the optimiser stepped)."""
+    batch = batch.to(run.ps.device)
+    loss, stats = compute_loss(run, batch)
+    run.engine.backward(loss)
+    run.engine.step()
+    run.micro_step += 1
+    stepped = run.micro_step % run.cfg.engine.grad_accum == 0
+    if stepped:
+        run.step += 1
+    run.tokens_seen += int(batch.attention_mask.sum())
+    run.trained_tokens += stats["kept"]
+    stats.update(loss=float(loss.detach()) / run.ps.dp_size, stepped=stepped)
+    return stats
+
+
+# ----------------------------------------------------------------------------- evaluate
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Held-out α and divergence, token-averaged over all ranks (collective)."""
+    import torch.distributed as dist
+
+    if run.eval_reader is None:
+        return {}
+    module = run.engine.module
+    was_training = module.training
+    module.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for b, batch in enumerate(run.eval_reader):
+        if run.cfg.eval_batches is not None and b >= run.cfg.eval_batches:
+            break
+        batch = batch.to(run.ps.device)
+        logits = obj.supervised_logits(run.engine, batch)  # every rank forwards (ZeRO-3 gathers)
+        if logits.shape[0]:
+            sums[0] += float(sparse_alpha(logits, batch.target).double().sum())
+            sums[1] += float(per_token_divergence(logits, batch.target, run.cfg.divergence, run.cfg.beta).double().sum())
+            sums[2] += logits.shape[0]
+    run.eval_reader.position = 0
+    if dist.is_initialized():
+        dist.all_reduce(sums, group=run.ps.dp_group)
+    module.train(was_training)
+    n = max(1.0, float(sums[2]))
+    return {"alpha": float(sums[0]) / n, run.cfg.divergence: float(sums[1]) / n, "tokens": int(sums[2])}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def checkpoint(run: Run) -> None:
+    from adaspec_dist.distill.engine import save_checkpoint
+
+    client = {"step": run.step, "micro_step": run.micro_step, "tokens_seen": run.tokens_seen,
+              "trained_tokens": run.trained_tokens, "reader": run.stream.state_dict(), "rng": _rng_state()}
+    save_checkpoint(run.engine, Path(run.cfg.run_dir) / "checkpoints", run.step, client)
+    logger.info("checkpoint at step %d", run.step)
+
+
+def resume(run: Run) -> None:
+    from adaspec_dist.distill.engine import load_checkpoint
+
+    client = load_checkpoint(run.engine, Path(run.cfg.run_dir) / "checkpoints")
+    run.step, run.micro_step = int(client["step"]), int(client["micro_step"])
+    run.tokens_seen, run.trained_tokens = int(client["tokens_seen"]), int(client["trained_tokens"])
+    run.stream.load_state_dict(client["reader"])
+    _set_rng_state(client["rng"])
+    logger.info("resumed at step %d (pass %.3f)", run.step, run.micro_step / max(1, len(run.stream)))
+
+
+def export(run: Run) -> Path:
+    """Write the draft in HF format (with its tokenizer) to run_dir/final (collective under ZeRO-3)."""
+    from adaspec_dist.dist import barrier
+    from adaspec_dist.distill.engine import gathered_module
+    from adaspec_dist.models.load import save_hf
+
+    out = Path(run.cfg.run_dir) / "final"
+    with gathered_module(run.engine) as module:
+        if run.ps.is_main:
+            if run.tokenizer is None:
+                logger.warning("no tokenizer configured: exporting the draft without one (set tokenizer: PATH)")
+            save_hf(module, out, tokenizer=run.tokenizer)
+    barrier()
+    return out
+
+
+# ----------------------------------------------------------------------------- loop
+def _log_step(run: Run, stats: dict, rate: float) -> None:
+    """Rank-0 tensorboard scalars and the ΔL histogram."""
+    w, s = run.writer, run.step
+    if w is None:
+        return
+    w.add_scalar("train/loss", stats["loss"], s)
+    w.add_scalar("train/kept_fraction", stats["kept_global"] / max(1, stats["total_global"]), s)
+    w.add_scalar("train/kept_tokens", stats["kept_global"], s)
+    w.add_scalar("train/tokens_per_s", rate, s)
+    from adaspec_dist.distill.engine import current_lr, grad_norm
+
+    w.add_scalar("train/lr", current_lr(run.engine), s)
+    w.add_scalar("train/grad_norm", grad_norm(run.engine), s)
+    passes = run.micro_step / max(1, len(run.stream))
+    w.add_scalar("train/passes", passes, s)
+    if run.cfg.objective == "adaspec":
+        w.add_scalar("train/kept_token_epochs", passes * run.cfg.filter_fraction, s)
+        delta = stats["delta"]
+        if delta.numel():
+            qs = torch.quantile(delta.float().cpu(), torch.tensor([0.1, 0.5, 0.9]))
+            for name, v in zip(("p10", "p50", "p90"), qs.tolist()):
+                w.add_scalar(f"delta_l/{name}", v, s)
+            w.add_scalar("delta_l/threshold", stats["threshold"], s)
+            w.add_histogram("delta_l/hist", delta.float().cpu(), s)
+
+
+def _log_eval(run: Run, metrics: dict) -> None:
+    if metrics and run.ps.is_main:
+        logger.info("eval at step %d: alpha %.4f, %s %.4f over %d tokens", run.step, metrics["alpha"],
+                    run.cfg.divergence, metrics[run.cfg.divergence], metrics["tokens"])
+        if run.writer is not None:
+            run.writer.add_scalar("eval/alpha", metrics["alpha"], run.step)
+            run.writer.add_scalar(f"eval/{run.cfg.divergence}", metrics[run.cfg.divergence], run.step)
+
+
+def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False) -> dict:
+    """The whole job; returns a summary with first/last eval metrics (and the live ``Run`` under
+    ``"run"`` when ``keep_run``, for callers that inspect the engine afterwards)."""
+    from tqdm import tqdm
+
+    from adaspec_dist.distill.engine import latest_step
+
+    run = setup(cfg)
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    if resume_run:
+        if latest_step(ckpt_dir) is None:
+            raise ValueError(f"--resume: no checkpoint in '{ckpt_dir}'; start without --resume")
+        resume(run)
+    per_pass = len(run.stream)
+    unit = "kept-token epochs" if cfg.objective == "adaspec" else "epochs"
+    frac = cfg.filter_fraction if cfg.objective == "adaspec" else 1.0
+    if run.ps.is_main:
+        logger.info("%s: %d optimiser steps = %.2f passes over %d batches/rank (= %.2f %s); selection %s, k=%.2f",
+                    cfg.objective, run.total_steps, run.total_steps * cfg.engine.grad_accum / per_pass, per_pass,
+                    run.total_steps * cfg.engine.grad_accum / per_pass * frac, unit, cfg.selection_scope,
+                    cfg.filter_fraction)
+    summary: dict = {"eval_start": evaluate(run) if not resume_run else {}}
+    _log_eval(run, summary["eval_start"])
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=cfg.objective, disable=not run.ps.is_main)
+    t0, tok0, last_stats = time.perf_counter(), run.tokens_seen, {}
+    while run.step < run.total_steps:
+        run.stream.set_epoch(run.micro_step // per_pass)
+        for batch in run.stream:
+            stats = train_step(run, batch)
+            if not stats["stepped"]:
+                continue
+            rate = (run.tokens_seen - tok0) * run.ps.dp_size / max(1e-9, time.perf_counter() - t0)
+            _log_step(run, stats, rate)
+            last_stats = stats
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", kept=stats["kept_global"])
+            if cfg.eval_every and run.step % cfg.eval_every == 0:
+                _log_eval(run, evaluate(run))
+            if cfg.save_every and run.step % cfg.save_every == 0:
+                checkpoint(run)
+                if cfg.kill_after_step == run.step:
+                    logger.warning("kill_after_step=%d: exiting abruptly (simulated kill)", run.step)
+                    os._exit(17)
+            if run.step >= run.total_steps:
+                break
+    bar.close()
+    summary["tokens_per_s"] = (run.tokens_seen - tok0) * run.ps.dp_size / max(1e-9, time.perf_counter() - t0)
+    summary["eval_end"] = evaluate(run)
+    _log_eval(run, summary["eval_end"])
+    if not cfg.save_every or run.step % cfg.save_every:
+        checkpoint(run)
+    passes = run.micro_step / per_pass
+    summary.update(steps=run.step, passes=passes, kept_token_epochs=passes * frac,
+                   last_loss=last_stats.get("loss"), trained_tokens=run.trained_tokens)
+    if run.ps.is_main:
+        logger.info("done: %d steps, %.2f passes (= %.2f %s)", run.step, passes, passes * frac, unit)
+    if cfg.export:
+        summary["export"] = str(export(run))
+    if run.writer is not None:
+        run.writer.close()
+    if keep_run:
+        summary["run"] = run
+    return summary
