@@ -401,6 +401,9 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
     summary: dict = {"eval_start": evaluate(run) if not resume_run else {}}
     _log_eval(run, summary["eval_start"])
     bar = tqdm(total=run.total_steps, initial=run.step, desc=cfg.objective, disable=not run.ps.is_main)
+    from adaspec_dist.preemption import Preempted, StopSignal
+
+    stop = StopSignal.install()  # SIGTERM/SIGUSR1 -> checkpoint at a step boundary, exit 143 (launch helper)
     t0, tok0, last_stats = time.perf_counter(), run.tokens_seen, {}
     while run.step < run.total_steps:
         run.stream.set_epoch(run.micro_step // per_pass)
@@ -420,9 +423,15 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
                 if cfg.kill_after_step == run.step:
                     logger.warning("kill_after_step=%d: exiting abruptly (simulated kill)", run.step)
                     os._exit(17)
+            if stop.requested():  # collective: every rank stops at the same step
+                if not cfg.save_every or run.step % cfg.save_every:
+                    checkpoint(run)
+                logger.warning("stopped by signal after step %d; rerun with --resume to continue", run.step)
+                raise Preempted(run.step)
             if run.step >= run.total_steps:
                 break
     bar.close()
+    stop.restore()
     summary["tokens_per_s"] = (run.tokens_seen - tok0) * run.ps.dp_size / max(1e-9, time.perf_counter() - t0)
     summary["eval_end"] = evaluate(run)
     _log_eval(run, summary["eval_end"])

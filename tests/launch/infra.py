@@ -218,6 +218,18 @@ class Slurm:
                 info[key] = value
         return info
 
+    def start_now(self, job_id: str) -> None:
+        """Let a requeued job start at once (Slurm holds requeued jobs ~2 min via BeginTime)."""
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel this cluster's jobs and wait until none is left (steps must not outlive slurmd)."""
+        self.run("scancel", "--user=root", check=False)
+        try:
+            wait_for(lambda: not self.run("squeue", "-h", check=False).stdout.strip(), timeout, "jobs to end")
+        except TimeoutError:
+            pass  # leftover processes are ended below, by PID
+
     def logs(self) -> str:
         parts = []
         for log in sorted(self.tmp.glob("slurm*.log")):
@@ -262,7 +274,34 @@ def slurm_cluster(tmp: Path, base_env: dict[str, str]) -> Iterator[Slurm]:
                      and len(slurm.node_states()) == len(NODES), 60, "2 idle Slurm nodes", daemons=daemons)
         except TimeoutError as err:
             raise TimeoutError(f"{err}: {slurm.node_states()}\n{slurm.logs()}") from None
+        stack.callback(kill_leftovers, conf)
+        stack.callback(slurm.cancel_all)
         yield slurm
+
+
+def kill_leftovers(conf: Path) -> None:
+    """End, by PID, the processes of this cluster that outlived it (job steps, slurmstepd).
+
+    slurmstepd detaches from slurmd, so stopping slurmd leaves running steps behind; every
+    process of this cluster carries ``SLURM_CONF=<conf>`` in its environment, nothing else does.
+    """
+    marker = f"SLURM_CONF={conf}".encode()
+    me = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if sig == signal.SIGTERM and pids:
+            time.sleep(3)
 
 
 # ----------------------------------------------------------------------------- sshd + pdsh
