@@ -17,6 +17,10 @@ from adaspec_dist.config import ConfigError
 # `import adaspec_dist` need neither deepspeed nor megatron-core.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("adaspec_dist.data.command", "preview a task's examples and token counts"),
+    "cache": ("adaspec_dist.cache.command", "run the target once and cache sparse next-token distributions"),
+    "inspect": ("adaspec_dist.cache.summary", "summarise a logit cache; --verify re-hashes every shard"),
+    "train": ("adaspec_dist.distill.command", "train a draft with DeepSpeed: sft, kd or adaspec (selective distillation)"),
+    "eval": ("adaspec_dist.speculative.command", "acceptance (alpha, tau, per-position) and SD speed of drafts vs a target"),
 }
 
 

@@ -1,0 +1,304 @@
+"""The ``cache`` job: run the target once over tokenized sequences and write sparse targets to shards.
+
+Contract
+--------
+* ``CacheConfig`` (YAML + dotted overrides via ``adaspec_dist.config.load_config``); the resolved
+  config is written into the cache directory as ``config.yaml``.
+* ``TargetFn(input_ids_BT, attention_mask_BT, loss_mask_BT, generator) -> SparseTarget`` with
+  ``N = loss_mask.sum()`` rows in row-major order: the only thing the job knows about the model.
+  ``hf_target_fn`` is the full-vocabulary Hugging Face implementation; a tensor-parallel one
+  (``models.tp_target.make_target_fn(cfg, ps) -> (TargetFn, vocab_size)``) slots in when ``tp > 1``. A sampled
+  TargetFn must draw its randomness only from ``generator`` (see ``sparse.draw_uniforms``).
+* ``produce_cache(sequences, target_fn, ...)``: shard ``j`` = global sequences
+  ``[j*shard_size, (j+1)*shard_size)``, owned by DP rank ``j % dp_size``, batched in order, with
+  a generator seeded from ``(seed, j)``. So shard bytes depend neither on the number of ranks
+  nor on interruptions: a 2-rank job equals a 1-rank job and a killed job rerun with the same
+  command skips its complete shards and ends byte-identical. Rank 0 writes ``manifest.json``
+  last. A directory holding a different job (config or data) is refused, never overwritten.
+
+Shapes: B batch, T time, V vocabulary, N supervised positions, K ids per row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from adaspec_dist.cache import format as fmt
+from adaspec_dist.cache.sparse import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
+from adaspec_dist.cache.writer import finished_shard, loss_mask_from_labels, write_shard
+from adaspec_dist.data.tasks import DataConfig
+from adaspec_dist.models.load import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+TargetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], SparseTarget]
+JOB_FILE = "job.json"
+
+
+@dataclass(kw_only=True)
+class CacheConfig:
+    data: DataConfig
+    """Task, split and max_length of the sequences to cache."""
+    model: ModelConfig
+    """The target model."""
+    tokenizer: str | None = None
+    """Tokenizer path (default: the target's own directory)."""
+    out_dir: str
+    """Cache directory (created; a directory holding another job is refused)."""
+    scheme: str = "topk"
+    """topk (k most likely ids, tail mass implied) or sampled (unbiased importance-sampled ids)."""
+    top_k: int = 64
+    """Ids kept per position for topk; the rest of the teacher's mass becomes one bucket."""
+    draws: int = 32
+    """Draws per position for sampled (duplicates merge, so fewer unique ids are stored)."""
+    temperature: float = 1.0
+    """Proposal temperature of sampled (1 = sample from the target itself: exact weights)."""
+    value_dtype: str = "fp16"
+    """Stored log-prob type: fp16, bf16 or int8 (companded; error stated in docs/cache-format.md)."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    shard_size: int = 256
+    """Sequences per shard (the unit of resume and of rank assignment)."""
+    seed: int = 0
+    """Seed of the sampled scheme (per-shard generators derive from it)."""
+    tp: int = 1
+    """Tensor-parallel size of the target (needs models.tensor_parallel)."""
+    tensorboard_dir: str | None = None
+    """Where rank 0 writes tensorboard scalars (default: <out_dir>/tb)."""
+
+    def validate(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"cache scheme '{self.scheme}' must be one of {list(SCHEMES)}")
+        if self.value_dtype not in VALUE_DTYPES:
+            raise ValueError(f"cache value_dtype '{self.value_dtype}' must be one of {list(VALUE_DTYPES)}")
+        for name in ("top_k", "draws", "batch_size", "shard_size", "tp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"cache {name}={getattr(self, name)} must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"cache temperature={self.temperature} must be > 0")
+
+
+@dataclass(kw_only=True)
+class JobSpec:
+    """Everything that determines the cache's bytes (besides the model weights)."""
+
+    scheme: str
+    top_k: int = 64
+    draws: int = 32
+    temperature: float = 1.0
+    value_dtype: str = "fp16"
+    batch_size: int = 8
+    shard_size: int = 256
+    seed: int = 0
+    vocab_size: int
+    extra: dict = field(default_factory=dict)
+    """Identities for the manifest: target, tokenizer_fingerprint, data, split ..."""
+
+
+def spec_from_config(cfg: CacheConfig, vocab_size: int, extra: dict) -> JobSpec:
+    return JobSpec(scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature,
+                   value_dtype=cfg.value_dtype, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
+                   seed=cfg.seed, vocab_size=vocab_size, extra=extra)
+
+
+def hf_target_fn(model, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0) -> TargetFn:
+    """Full-vocabulary TargetFn over a Hugging Face causal LM."""
+
+    @torch.no_grad()
+    def target(input_ids_BT, attention_mask_BT, loss_mask_BT, generator):
+        logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
+        logits_NV = logits_BTV[loss_mask_BT.to(logits_BTV.device)]
+        if scheme == "topk":
+            return topk_targets(logits_NV, top_k).to("cpu")
+        return sampled_targets(logits_NV, draws, generator, temperature).to("cpu")
+
+    return target
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The sampled scheme's generator seed of shard ``index`` (independent of ranks and resumes)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
+    blob = json.dumps({**spec.__dict__, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def claim_directory(out_dir: Path, fingerprint: str, *, is_main: bool, barrier: Callable[[], None]) -> None:
+    """Refuse a directory that holds another job; record ours. Every rank gets the same answer."""
+    job = out_dir / JOB_FILE
+    if job.exists():
+        found = fmt.read_json(job, "job file").get("fingerprint")
+        if found != fingerprint:
+            raise ValueError(f"cache directory '{out_dir}' holds a cache made with different settings or data "
+                             f"(see {job}); choose a new out_dir or delete that directory")
+    elif out_dir.exists() and any(p.name != "tb" for p in out_dir.iterdir()):
+        raise ValueError(f"directory '{out_dir}' is not empty and holds no cache job; choose a new out_dir")
+    barrier()
+    if is_main and not job.exists():
+        (out_dir / fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        fmt.atomic_write_json(job, {"fingerprint": fingerprint})
+    barrier()
+
+
+def _pad(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    t_max = max(len(s.input_ids) for s in batch)
+    ids = torch.zeros(len(batch), t_max, dtype=torch.long)
+    attn = torch.zeros(len(batch), t_max, dtype=torch.long)
+    mask = torch.zeros(len(batch), t_max, dtype=torch.bool)
+    masks = []
+    for i, s in enumerate(batch):
+        m = loss_mask_from_labels(s.labels)
+        ids[i, :len(s.input_ids)] = torch.tensor(s.input_ids)
+        attn[i, :len(s.input_ids)] = 1
+        mask[i, :len(m)] = torch.from_numpy(m)
+        masks.append(m)
+    return ids, attn, mask, masks
+
+
+def compute_shard(sequences: Sequence[Any], start: int, target_fn: TargetFn, spec: JobSpec, index: int,
+                  device: Any) -> tuple[list[np.ndarray], list[np.ndarray], SparseTarget]:
+    """Run the target over one shard's sequences in order: -> (input ids, loss masks, targets)."""
+    gen = torch.Generator().manual_seed(shard_seed(spec.seed, index))
+    ids_out, masks_out, parts = [], [], []
+    for b0 in range(0, len(sequences), spec.batch_size):
+        batch = sequences[b0:b0 + spec.batch_size]
+        ids, attn, mask, masks = _pad(batch)
+        parts.append(target_fn(ids.to(device), attn.to(device), mask.to(device), gen))
+        ids_out += [np.asarray(s.input_ids, dtype=np.int64) for s in batch]
+        masks_out += masks
+    return ids_out, masks_out, SparseTarget.cat(parts, scheme=spec.scheme)
+
+
+def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: str | Path, *,
+                  ps=None, device: Any = "cpu", config: Any = None, tensorboard_dir: str | None = None) -> dict | None:
+    """Write (or finish) the cache; returns the manifest on rank 0, None elsewhere.
+
+    ``ps`` is the ParallelState (None = one process); only TP leaders write.
+    """
+    from adaspec_dist.dist import barrier as dist_barrier
+
+    out_dir = Path(out_dir)
+    if not sequences:
+        raise ValueError("no sequences to cache: the data split is empty; check data.task/split/limit")
+    dp_rank, dp_size = (ps.dp_rank, ps.dp_size) if ps else (0, 1)
+    is_main = ps.is_main if ps else True
+    writes = ps.is_tp_leader if ps else True
+    barrier = (lambda: dist_barrier()) if ps else (lambda: None)
+    fingerprint = job_fingerprint(spec, len(sequences))
+    claim_directory(out_dir, fingerprint, is_main=is_main, barrier=barrier)
+    if is_main and config is not None:
+        from adaspec_dist.config import save_resolved
+        save_resolved(config, out_dir)
+
+    n_shards = math.ceil(len(sequences) / spec.shard_size)
+    mine = [j for j in range(n_shards) if j % dp_size == dp_rank]
+    todo = [j for j in mine if finished_shard(out_dir, j) is None]
+    if len(todo) < len(mine):
+        logger.info("rank %d: %d of its %d shards are already complete; resuming", dp_rank,
+                    len(mine) - len(todo), len(mine))
+    bar = writer_tb = None
+    if is_main:
+        from tqdm import tqdm
+        total = sum(len(s.input_ids) for j in todo for s in sequences[j * spec.shard_size:(j + 1) * spec.shard_size])
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc="cache (rank 0)", dynamic_ncols=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer_tb = SummaryWriter(tensorboard_dir or str(out_dir / "tb"))
+    t0 = time.perf_counter()
+    done_tokens = 0
+    for j in todo:
+        chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
+        ids, masks, target = compute_shard(chunk, j * spec.shard_size, target_fn, spec, j, device)
+        if writes:
+            write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
+                        input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
+                        value_dtype=spec.value_dtype)
+        n_tok = sum(len(x) for x in ids)
+        done_tokens += n_tok
+        if bar is not None:
+            bar.update(n_tok)
+            rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
+            writer_tb.add_scalar("cache/tokens_per_s_rank0", rate, j)
+            writer_tb.add_scalar("cache/supervised_per_shard", len(target), j)
+    if bar is not None:
+        bar.close()
+        writer_tb.close()
+    barrier()
+    manifest = write_manifest(out_dir, spec, n_shards, len(sequences)) if is_main else None
+    barrier()
+    return manifest
+
+
+def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: int) -> dict:
+    """Collect every shard's sidecar and write ``manifest.json`` (complete) atomically."""
+    shards = []
+    for j in range(n_shards):
+        paths = fmt.shard_paths(out_dir, j)
+        meta = fmt.read_json(paths["meta"], "shard sidecar")
+        fmt.check_shard_file(paths["data"], meta, full=False)
+        shards.append(meta)
+    manifest = {
+        "format_version": fmt.FORMAT_VERSION, "complete": True, "scheme": spec.scheme,
+        "params": {"top_k": spec.top_k, "draws": spec.draws, "temperature": spec.temperature,
+                   "value_dtype": spec.value_dtype, "id_dtype": id_dtype(spec.vocab_size).name,
+                   "shard_size": spec.shard_size, "batch_size": spec.batch_size, "seed": spec.seed},
+        "vocab_size": spec.vocab_size, "num_sequences": num_sequences,
+        "num_tokens": sum(s["tokens"] for s in shards), "num_supervised": sum(s["supervised"] for s in shards),
+        "shards": shards, **spec.extra,
+    }
+    manifest.setdefault("tokenizer_fingerprint", None)
+    fmt.atomic_write_json(fmt.manifest_path(out_dir), manifest)
+    logger.info("cache complete: %d sequences, %d supervised tokens in %d shards at %s", num_sequences,
+                manifest["num_supervised"], n_shards, out_dir)
+    return manifest
+
+
+def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, TargetFn, JobSpec]:
+    """Data, tokenizer and target of a ``CacheConfig`` -> (sequences, target_fn, spec); no side effects."""
+    from adaspec_dist.data.tasks import load_examples
+    from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
+    from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+    from adaspec_dist.models.load import load_causal_lm, model_identity
+
+    tok_path = cfg.tokenizer or cfg.model.name_or_path
+    if not tok_path:
+        raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
+    tokenizer = load_tokenizer(tok_path)
+    sequences = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+    if cfg.tp > 1:
+        try:
+            from adaspec_dist.models.tp_target import make_target_fn
+        except ImportError:
+            raise ValueError("tp > 1 needs adaspec_dist.models.tp_target.make_target_fn; run with tp=1") from None
+        target_fn, vocab_size = make_target_fn(cfg, ps)
+    else:
+        model = load_causal_lm(cfg.model, vocab_size=len(tokenizer), device=device)
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        target_fn = hf_target_fn(model, scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws,
+                                 temperature=cfg.temperature)
+    extra = {"target": {"identity": model_identity(cfg.model), "dtype": cfg.model.dtype, "tp": cfg.tp},
+             "tokenizer_fingerprint": vocab_fingerprint(tokenizer),
+             "data": {"task": cfg.data.task, "split": cfg.data.split, "limit": cfg.data.limit,
+                      "max_length": cfg.data.max_length, "fingerprint": data_fingerprint(sequences)},
+             "split": cfg.data.split}
+    return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
+
+
+def run_job(cfg: CacheConfig) -> dict | None:
+    """The whole ``cache`` command: process grid, then :func:`prepare_job`, then :func:`produce_cache`."""
+    from adaspec_dist.dist import init_distributed
+
+    ps = init_distributed(cfg.tp)
+    sequences, target_fn, spec = prepare_job(cfg, ps, ps.device)
+    return produce_cache(sequences, target_fn, spec, cfg.out_dir, ps=ps, device=ps.device, config=cfg,
+                         tensorboard_dir=cfg.tensorboard_dir)

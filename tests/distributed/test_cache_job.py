@@ -1,0 +1,85 @@
+"""The real `cache` job: 1 process vs 2 torchrun ranks, and SIGKILL + rerun, compared byte for byte."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, child_env, run_torchrun
+
+pytestmark = pytest.mark.distributed
+TOOL = str(REPO / "tools" / "cache_logits.py")
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    from adaspec_dist.data.tasks import DataConfig, load_examples
+    from adaspec_dist.data.tokenizer import train_sentencepiece
+    from adaspec_dist.models.load import build_preset, save_hf
+
+    root = tmp_path_factory.mktemp("job")
+    examples = load_examples(DataConfig(task="arith", limit=60))
+    tok = train_sentencepiece([e.prompt + e.answer for e in examples], 400, root / "tok")
+    save_hf(build_preset("tiny-llama", len(tok), seed=0), root / "target", tokenizer=tok)
+    cfg = {"data": {"task": "arith", "limit": 60, "max_length": 64},
+           "model": {"name_or_path": str(root / "target")},
+           "scheme": "sampled", "draws": 8, "batch_size": 2, "shard_size": 2, "seed": 3}
+    path = root / "cache.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def finished(d: Path) -> int:
+    return len(list((d / "shards").glob("shard-?????.json"))) if (d / "shards").is_dir() else 0
+
+
+def content(d: Path) -> dict[str, bytes]:
+    """Every file that defines the cache (tensorboard logs and the resolved config's out_dir aside)."""
+    files = sorted((d / "shards").iterdir()) + [d / "manifest.json", d / "job.json"]
+    return {str(p.relative_to(d)): p.read_bytes() for p in files}
+
+
+def test_two_ranks_and_a_killed_run_equal_one_uninterrupted_process(recipe, tmp_path, capsys):
+    from adaspec_dist.cache.produce import CacheConfig, prepare_job, produce_cache
+    from adaspec_dist.config import load_config
+
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    # The uninterrupted single-process run, in this process (no process group needed).
+    cfg = load_config(CacheConfig, recipe, [f"out_dir={one}"])
+    produce_cache(*prepare_job(cfg), one)
+    reference = content(one)
+    assert len([k for k in reference if k.endswith(".safetensors")]) == 30  # 60 sequences / shard_size 2
+
+    run_torchrun([TOOL, "--config", str(recipe), f"out_dir={two}"], nproc=2)
+    assert content(two) == reference
+
+    # SIGKILL once the first shards are on disk, then rerun the same command (on 2 ranks this time).
+    proc = subprocess.Popen([sys.executable, TOOL, "--config", str(recipe), f"out_dir={killed}"],
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and finished(killed) < 3:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = finished(killed)
+    assert 3 <= done < 30 and not (killed / "manifest.json").exists(), f"kill landed after {done} shards"
+    run_torchrun([TOOL, "--config", str(recipe), f"out_dir={killed}"], nproc=2)
+    assert content(killed) == reference
+    assert not list(killed.rglob("*.tmp"))
+
+    # `adaspec-dist inspect --verify` reads it back and re-hashes every shard.
+    from adaspec_dist.cli import main
+    assert main(["inspect", str(killed), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "sequences                    60" in out and "verify" in out and "sampled" in out
+    # A corrupt shard: the one-line CLI error names the file.
+    shard = killed / "shards" / "shard-00007.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    assert main(["inspect", str(killed), "--verify"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shard-00007.safetensors' fails its sha256" in err[0]

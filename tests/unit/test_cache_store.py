@@ -1,0 +1,209 @@
+"""The cache on disk: a real tiny HF target written by the job, read back by the reader, refused when wrong."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaspec_dist.cache import format as fmt
+from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
+from adaspec_dist.cache.reader import CacheReader
+from adaspec_dist.cache.reference import add_reference
+from adaspec_dist.cache.summary import summarise
+from adaspec_dist.data.tokenize import TokenizedExample
+from adaspec_dist.distill.losses import per_token_divergence
+from adaspec_dist.models.load import build_preset
+
+V = 300
+
+
+def make_sequences(n: int, seed: int = 0) -> list[TokenizedExample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prompt, answer = int(rng.integers(1, 8)), int(rng.integers(1, 10))
+        ids = rng.integers(4, V, prompt + answer).tolist()
+        out.append(TokenizedExample(input_ids=ids, labels=[-100] * prompt + ids[prompt:]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def target():
+    return build_preset("tiny-llama", V, seed=0)
+
+
+def build(tmp: Path, target, scheme="topk", n=13, **kw) -> Path:
+    spec = JobSpec(scheme=scheme, top_k=kw.pop("top_k", 8), draws=kw.pop("draws", 12), batch_size=3,
+                   shard_size=kw.pop("shard_size", 4), value_dtype=kw.pop("value_dtype", "fp16"), vocab_size=V,
+                   extra={"tokenizer_fingerprint": "tok-A", "split": "train"}, **kw)
+    fn = hf_target_fn(target, scheme=scheme, top_k=spec.top_k, draws=spec.draws)
+    produce_cache(make_sequences(n), fn, spec, tmp, tensorboard_dir=str(tmp.parent / (tmp.name + "-tb")))
+    return tmp
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def topk_cache(tmp_path_factory, target):
+    return build(tmp_path_factory.mktemp("c") / "topk", target)
+
+
+def test_reader_returns_the_targets_aligned_with_the_model(topk_cache, target):
+    seqs = make_sequences(13)
+    reader = CacheReader(topk_cache, batch_size=5, shuffle=False, vocab_size=V, tokenizer_fingerprint="tok-A")
+    assert len(reader) == 3 and reader.manifest["num_sequences"] == 13
+    seen = 0
+    for batch in reader:
+        for row, g in enumerate(batch.seq_ids.tolist()):
+            s = seqs[g]
+            L = len(s.input_ids)
+            assert batch.input_ids[row, :L].tolist() == s.input_ids and (batch.input_ids[row, L:] == 0).all()
+            assert batch.attention_mask[row].sum() == L
+            # position t carries token t+1's distribution when labels[t+1] is supervised
+            expected = [lab != -100 for lab in s.labels[1:]] + [False]
+            assert batch.loss_mask[row, :L].tolist() == expected
+        with torch.no_grad():
+            logits = target(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        full = torch.log_softmax(logits[batch.loss_mask], -1)
+        assert len(batch.target) == batch.loss_mask.sum()
+        torch.testing.assert_close(batch.target.logp, full.gather(1, batch.target.ids), atol=2e-3, rtol=1e-3)
+        assert torch.equal(batch.target.ids[:, 0], full.argmax(-1))
+        seen += len(batch)
+    assert seen == 13
+
+
+def test_rerun_is_a_noop_and_another_job_is_refused(topk_cache, target):
+    before = {k: v for k, v in snapshot(topk_cache).items()}
+    mtimes = {p: p.stat().st_mtime_ns for p in (topk_cache / "shards").iterdir()}
+    build(topk_cache, target)  # the same job: every shard is complete
+    assert snapshot(topk_cache) == before
+    assert {p: p.stat().st_mtime_ns for p in (topk_cache / "shards").iterdir()} == mtimes
+    with pytest.raises(ValueError, match="different settings"):
+        build(topk_cache, target, top_k=4)
+    assert snapshot(topk_cache) == before
+
+
+def test_rank_streams_are_disjoint_equal_length_and_cover_each_epoch(topk_cache):
+    readers = [CacheReader(topk_cache, batch_size=2, dp_rank=r, dp_size=3, seed=5, prefetch=1) for r in range(3)]
+    assert {len(r) for r in readers} == {3}  # ceil(13 / 6) on every rank
+    orders = []
+    for epoch in (0, 1):
+        ids = []
+        for r in readers:
+            r.set_epoch(epoch)
+            batches = [b.seq_ids.tolist() for b in r]
+            assert len(batches) == 3
+            ids += [i for b in batches for i in b]
+        assert sorted(ids) == list(range(13))  # disjoint and covering
+        orders.append(ids)
+    assert orders[0] != orders[1]  # reshuffled per epoch
+    again = CacheReader(topk_cache, batch_size=2, dp_rank=0, dp_size=3, seed=5)
+    assert [b.seq_ids.tolist() for b in again] == [b.seq_ids.tolist() for b in readers[0].__class__(
+        topk_cache, batch_size=2, dp_rank=0, dp_size=3, seed=5)]
+    # The last batch of some rank is short or empty (13 = 6 + 6 + 1), and still a valid batch.
+    last = [list(r)[-1] for r in readers]
+    assert [len(b) for b in last] == [1, 0, 0]
+    assert last[1].input_ids.shape == (0, 0) and len(last[1].target) == 0
+
+
+def test_state_dict_resumes_mid_epoch_exactly(topk_cache):
+    full = CacheReader(topk_cache, batch_size=2, seed=3)
+    full.set_epoch(2)
+    expected = [b.seq_ids.tolist() for b in full]
+    part = CacheReader(topk_cache, batch_size=2, seed=3)
+    part.set_epoch(2)
+    it = iter(part)
+    got = [next(it).seq_ids.tolist() for _ in range(3)]
+    state = json.loads(json.dumps(part.state_dict()))  # survives a checkpoint file
+    it.close()
+    resumed = CacheReader(topk_cache, batch_size=2, seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # the trainer's usual call keeps the position of the same epoch
+    got += [b.seq_ids.tolist() for b in resumed]
+    assert got == expected
+    with pytest.raises(ValueError, match="batch_size"):
+        CacheReader(topk_cache, batch_size=3, seed=3).load_state_dict(state)
+
+
+def test_sampled_cache_and_int8_values(tmp_path, target):
+    d = build(tmp_path / "s", target, scheme="sampled", value_dtype="int8", draws=16)
+    reader = CacheReader(d, batch_size=4, shuffle=False)
+    for b in reader:
+        t = b.target
+        assert t.scheme == "sampled" and t.weights is not None
+        torch.testing.assert_close(t.weights.sum(-1), torch.ones(len(t)))
+        with torch.no_grad():
+            logits = target(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+        lp = torch.log_softmax(logits, -1).gather(1, t.ids)
+        real = t.weights > 0
+        assert ((t.logp - lp).abs()[real] <= (24 * lp.abs()[real]).sqrt() / 255 + 1e-3).all()
+    # the same seed writes the same bytes
+    again = build(tmp_path / "s2", target, scheme="sampled", value_dtype="int8", draws=16)
+    assert snapshot(d / "shards") == snapshot(again / "shards")
+
+
+def corrupt_copy(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refusals_name_the_file_and_the_fix(topk_cache, tmp_path):
+    with pytest.raises(fmt.CacheError, match="vocab size 300 but the model has 512"):
+        CacheReader(topk_cache, batch_size=2, vocab_size=512)
+    with pytest.raises(fmt.CacheError, match="another tokenizer"):
+        CacheReader(topk_cache, batch_size=2, tokenizer_fingerprint="tok-B")
+    # A flipped byte: found on first open ("open") or up front ("full").
+    bad = corrupt_copy(topk_cache, tmp_path / "bad")
+    shard = bad / "shards" / "shard-00001.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(fmt.CacheError, match=r"shard-00001.safetensors' fails its sha256.*rerun"):
+        CacheReader(bad, batch_size=2, verify="full")
+    with pytest.raises(fmt.CacheError, match="shard-00001.safetensors' fails its sha256"):
+        list(CacheReader(bad, batch_size=20, shuffle=False))
+    # A truncated file is caught from its size, whatever the verify mode.
+    cut = corrupt_copy(topk_cache, tmp_path / "cut")
+    shard = cut / "shards" / "shard-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(fmt.CacheError, match="shard-00002.safetensors' has .* truncated"):
+        CacheReader(cut, batch_size=2, verify="none")
+    with pytest.raises(fmt.CacheError, match="truncated"):
+        fmt.open_safetensors(shard)
+    (cut / "manifest.json").unlink()
+    with pytest.raises(fmt.CacheError, match="did not finish; rerun the same command"):
+        CacheReader(cut, batch_size=2)
+    for e in (fmt.CacheError,):
+        assert issubclass(e, ValueError)
+
+
+def test_reference_column_matches_the_trainer_estimator(tmp_path, target):
+    d = corrupt_copy(build(tmp_path / "r", target, n=9), tmp_path / "r2")
+    shards_before = snapshot(d / "shards")
+    ref = build_preset("tiny-neox", V, seed=1)
+    man = add_reference(d, ref, divergence="fkl", batch_size=2, identity="ref-A")
+    assert man["reference"]["model"] == "ref-A" and len(man["reference"]["shards"]) == 3
+    after = snapshot(d / "shards")
+    assert {k: v for k, v in after.items() if k in shards_before} == shards_before  # nothing rewritten
+    reader = CacheReader(d, batch_size=4, shuffle=True, seed=1, verify="full")
+    for b in reader:
+        with torch.no_grad():
+            logits = ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+        expected = per_token_divergence(logits, b.target, kind="fkl")
+        torch.testing.assert_close(b.ref_loss, expected, atol=1e-4, rtol=1e-4)
+    # Rerun = resume (no change); another reference model is refused.
+    add_reference(d, ref, divergence="fkl", batch_size=2, identity="ref-A")
+    assert snapshot(d / "shards") == after
+    with pytest.raises(ValueError, match="already has a reference column"):
+        add_reference(d, ref, divergence="rkl", batch_size=2, identity="ref-A")
+    info = summarise(d, verify=True)
+    assert info["sequences"] == 9 and info["reference"]["model"] == "ref-A"
+    assert info["mean_ref_loss"] > 0 and 0 <= info["mean_tail_mass"] < 1 and info["bytes_per_supervised_token"] > 0
+    assert os.path.exists(d / "config.yaml") is False  # no config passed in this in-process job
