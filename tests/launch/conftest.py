@@ -1,0 +1,76 @@
+"""Fixtures of the launch tests: one tiny training recipe, its plain-DeepSpeed baseline.
+
+Every launch test runs the SAME recipe (sft on the embedded ``arith`` task, ``tiny-llama``
+draft, 2 ranks in total, fixed seeds, fp32 on CPU) through a different launcher, so each one
+can be checked against the baseline: the final checkpoint's parameters must be equal.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adaspec_dist.dist import free_port
+from tests.helpers import BIN, child_env
+from tests.launch.common import REPO, checkpoint_params, recipe_text, run_logged
+
+
+@pytest.fixture(scope="session")
+def launch_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("launch")
+
+
+@pytest.fixture(scope="session")
+def launch_env(launch_root) -> dict[str, str]:
+    """Child environment: venv first on PATH, one thread per rank, a private torch_extensions copy.
+
+    The copy holds the ops `tools/warm_deepspeed.py` built, without any stale ``lock`` file, so a
+    run killed in one test cannot hang the next (DeepSpeed JIT-builds into this directory).
+    """
+    ext = launch_root / "torch_extensions"
+    warm = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if warm.is_dir():
+        shutil.copytree(warm, ext, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+    ext.mkdir(exist_ok=True)
+    return child_env(TORCH_EXTENSIONS_DIR=str(ext), ADASPEC_REPO=str(REPO),
+                     PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(launch_root) -> Path:
+    from tests.fixtures import tiny_tokenizer_dir
+
+    return tiny_tokenizer_dir(launch_root / "tok")
+
+
+@pytest.fixture(scope="session")
+def make_recipe(launch_root, tokenizer_dir):
+    """``make_recipe(name) -> (recipe path, run dir)``: the shared recipe with its own run dir."""
+    def make(name: str) -> tuple[Path, Path]:
+        run_dir = launch_root / name / "run"
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        path = launch_root / name / "recipe.yaml"
+        path.write_text(recipe_text(run_dir, tokenizer_dir))
+        return path, run_dir
+    return make
+
+
+@pytest.fixture(scope="session")
+def baseline(make_recipe, launch_env, launch_root) -> dict:
+    """The recipe under plain ``deepspeed`` on one node with 2 ranks: the reference parameters."""
+    recipe, run_dir = make_recipe("baseline")
+    out = run_logged([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                      "--no_local_rank", "--module", "adaspec_dist.cli", "train", "--config", str(recipe)],
+                     env=launch_env, log=run_dir.parent / "launch.log", timeout=400)
+    assert "dist_world_size=2" in out
+    params = checkpoint_params(run_dir)
+    # The comparison can fail: training moved the parameters away from the preset's init.
+    from adaspec_dist.models.load import ModelConfig, load_causal_lm
+    from tests.fixtures import TINY_VOCAB
+
+    init = load_causal_lm(ModelConfig(preset="tiny-llama", seed=0), vocab_size=TINY_VOCAB, dtype="float32")
+    moved = [n for n, p in init.state_dict().items() if n in params and not p.float().equal(params[n])]
+    assert moved, "training changed no parameter; the launcher comparisons would prove nothing"
+    return params

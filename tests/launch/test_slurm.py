@@ -1,0 +1,115 @@
+"""The project's sbatch script on a real 2-node Slurm (munge, slurmctld, slurmd node1 + node2).
+
+* ``sbatch --wait launchers/slurm/train.sbatch``: one task per node starts
+  ``deepspeed --no_ssh --node_rank $SLURM_NODEID``; the job completes, both node ranks ran,
+  and the checkpoint equals the plain one-node 2-rank DeepSpeed run.
+* Preemption: the running job gets ``scontrol requeue`` — Slurm's preemption path: SIGTERM to
+  every process, SIGKILL after KillWait, job back in the queue. The ranks must checkpoint at a
+  step boundary, the job must rerun with ``--resume`` and finish with the same parameters as
+  the uninterrupted run.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.launch import infra
+from tests.launch.common import (LAUNCHERS, MAX_STEPS, REPO, assert_same_params, checkpoint_params,
+                                   node_ranks_seen)
+
+pytestmark = [pytest.mark.launch, pytest.mark.distributed]
+
+TRAIN_SBATCH = LAUNCHERS / "slurm" / "train.sbatch"
+
+
+@pytest.fixture(scope="module")
+def slurm(launch_root, launch_env):
+    with infra.slurm_cluster(launch_root / "slurm", launch_env) as cluster:
+        yield cluster
+
+
+def submit(slurm: infra.Slurm, recipe: Path, log: Path, *extra: str) -> str:
+    # --chdir: the scripts find the repository through the submit dir, as a user's job would.
+    out = slurm.run("sbatch", "--parsable", f"--output={log}", f"--chdir={REPO}", *extra,
+                    str(TRAIN_SBATCH), "--config", str(recipe)).stdout
+    return out.strip().split(";")[0]
+
+
+def wait_state(slurm: infra.Slurm, job: str, states: set[str], timeout: float) -> dict:
+    info = infra.wait_for(lambda: (i := slurm.job_info(job)).get("JobState") in states and i, timeout,
+                          f"job {job} to reach {states}", poll=1)
+    return info
+
+
+def test_sbatch_train_two_nodes(slurm, make_recipe, baseline):
+    recipe, run_dir = make_recipe("slurm_train")
+    log = run_dir.parent / "job.log"
+    slurm.run("sbatch", "--wait", f"--output={log}", f"--chdir={REPO}", str(TRAIN_SBATCH),
+              "--config", str(recipe), timeout=500)
+    out = log.read_text(errors="replace")
+    job = re.search(r"adaspec-dist sbatch: job (\d+)", out).group(1)
+    info = slurm.job_info(job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
+    assert info["NumNodes"] == "2" and info["NodeList"] == "node[1-2]", info
+    assert node_ranks_seen(out) == {0, 1}, out[-3000:]
+    assert_same_params(checkpoint_params(run_dir), baseline)
+
+
+def test_sbatch_preempted_requeues_and_resumes(slurm, make_recipe, baseline):
+    recipe, run_dir = make_recipe("slurm_preempt")
+    log = run_dir.parent / "job.log"
+    job = submit(slurm, recipe, log)
+
+    def progress() -> int:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        done = [int(n) for n in re.findall(rf"(\d+)/{MAX_STEPS} \[", text)]
+        return max(done, default=0)
+
+    # Preempt early in the run (well before MAX_STEPS), once the loop is stepping.
+    infra.wait_for(lambda: progress() >= 2, 300, "training to make progress", poll=0.2)
+    slurm.run("scontrol", "requeue", job)
+    # Slurm holds a requeued job for a while (BeginTime); let it start right away.
+    infra.wait_for(lambda: slurm.job_info(job).get("JobState") == "PENDING" or None, 120,
+                   "the job to be requeued", poll=0.5)
+    slurm.start_now(job)
+    info = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 400)
+    out = log.read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, out[-4000:])
+
+    stopped = [int(s) for s in re.findall(r"stopped by signal after step (\d+)", out)]
+    resumed = [int(s) for s in re.findall(r"resumed at step (\d+)", out)]
+    assert stopped and 0 < stopped[0] < MAX_STEPS, out[-4000:]
+    assert resumed and resumed[0] == stopped[0], (stopped, resumed)
+    # The first run's stop checkpoint (save_every=0: only a signal can have written it).
+    assert (run_dir / "checkpoints" / f"step{stopped[0]:08d}").is_dir()
+    assert "train --resume --config" in out  # the rerun was told to resume
+    assert_same_params(checkpoint_params(run_dir), baseline)
+
+
+def test_pipeline_chain_submits_afterok_dependencies(slurm, launch_env):
+    """launchers/slurm/pipeline.sh submits one job per planned stage, each afterok on the previous.
+
+    Submitted held (``--sbatch --hold``) and cancelled afterwards: this checks the chain Slurm
+    recorded, not the stages themselves (those run in the tests above and in the pipeline tests).
+    """
+    proc = slurm.run("bash", str(LAUNCHERS / "slurm" / "pipeline.sh"), "--sbatch", "--hold",
+                     str(REPO / "configs" / "demo.yaml"), timeout=120)
+    chain = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        from adaspec_dist.pipeline import load_pipeline_config, plan
+
+        expected = [s.name for s in plan(load_pipeline_config(REPO / "configs" / "demo.yaml"))]
+        assert [stage for stage, _ in chain] == expected
+        for i, (stage, job) in enumerate(chain):
+            info = slurm.job_info(job)
+            assert info["JobName"] == f"adaspec-{stage}"
+            assert info["JobState"] == "PENDING" and info["Requeue"] == "1", info
+            dependency = info["Dependency"]  # e.g. "afterok:12(unfulfilled)"
+            if i == 0:
+                assert dependency == "(null)", info
+            else:
+                assert dependency.startswith(f"afterok:{chain[i - 1][1]}"), info
+    finally:
+        slurm.run("scancel", *[job for _, job in chain], check=False)
