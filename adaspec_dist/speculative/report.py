@@ -1,0 +1,113 @@
+"""Presenting an evaluation result: text table, JSON, PNG plots, tensorboard scalars.
+
+Input is the dict returned by ``evaluate.evaluate_drafts``. Files written by ``write_all``:
+``eval.json``, ``per_position_acceptance.png`` (one line per draft and γ, position 1..γ),
+``tau_vs_gamma.png`` (measured τ and τ(α_logits, γ) per draft) and tensorboard event files
+under ``tb/`` (``{draft}/{metric}`` with γ as the step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """One block per draft: a row per γ. Conventions are printed under the tables."""
+    s = result["settings"]
+    lines = [f"target alone: {_fmt(result['target']['tokens_per_s'], '.1f')} tokens/s   "
+             f"(batch {s['batch_size']}, temperature {s['temperature']}, top_p {s['top_p']}, "
+             f"{s['num_prompts']} prompts, max_new_tokens {s['max_new_tokens']}, device {s['device']})"]
+    for name, d in result["drafts"].items():
+        lines.append("")
+        lines.append(f"draft {name}: alpha_logits {_fmt(d['alpha_logits'])} over {d['alpha_positions']} positions, "
+                     f"draft alone {_fmt(d['draft_tokens_per_s'], '.1f')} tokens/s, cost ratio c {_fmt(d['cost_ratio'])}")
+        head = (f"{'gamma':>5} {'accept':>7} {'tau':>6} {'tau_th':>6} {'tok/s':>8} {'speedup':>8} "
+                f"{'bound':>6} {'batch':>5} {'temp':>5}  per-position acceptance")
+        lines.append(head)
+        lines.append("-" * len(head))
+        for g, r in d["by_gamma"].items():
+            pos = " ".join(_fmt(x, ".2f") for x in r["per_position"])
+            lines.append(f"{g:>5} {_fmt(r['acceptance_rate']):>7} {_fmt(r['tau'], '.2f'):>6} "
+                         f"{_fmt(r.get('tau_theory'), '.2f'):>6} {_fmt(r['tokens_per_s'], '.1f'):>8} "
+                         f"{_fmt(r['speedup'], '.2f'):>7}x {_fmt(r['speedup_bound'], '.2f'):>6} "
+                         f"{s['batch_size']:>5} {s['temperature']:>5}  {pos}")
+    lines.append("")
+    lines.append(result["conventions"])
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "eval.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, d in result["drafts"].items():
+        for g, r in d["by_gamma"].items():
+            ax.plot(range(1, len(r["per_position"]) + 1), r["per_position"], marker="o", label=f"{name} γ={g}")
+    ax.set(xlabel="draft position", ylabel="P(accept | previous accepted)", title="per-position acceptance",
+           ylim=(0, 1.05))
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    paths.append(out_dir / "per_position_acceptance.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, d in result["drafts"].items():
+        gs = [int(g) for g in d["by_gamma"]]
+        line, = ax.plot(gs, [r["tau"] for r in d["by_gamma"].values()], marker="o", label=f"{name} measured")
+        if d["alpha_logits"] is not None:
+            ax.plot(gs, [r["tau_theory"] for r in d["by_gamma"].values()], linestyle="--", color=line.get_color(),
+                    label=f"{name} theory (α={d['alpha_logits']:.2f})")
+    ax.set(xlabel="γ (draft tokens per target call)", ylabel="τ (tokens per target call)", title="τ vs γ")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "tau_vs_gamma.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def write_tensorboard(result: dict[str, Any], log_dir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(log_dir))
+    try:
+        writer.add_scalar("target/tokens_per_s", result["target"]["tokens_per_s"], 0)
+        for name, d in result["drafts"].items():
+            if d["alpha_logits"] is not None:
+                writer.add_scalar(f"{name}/alpha_logits", d["alpha_logits"], 0)
+            for g, r in d["by_gamma"].items():
+                for key in ("acceptance_rate", "tau", "tau_theory", "tokens_per_s", "speedup", "speedup_bound"):
+                    if r.get(key) is not None:
+                        writer.add_scalar(f"{name}/{key}", r[key], int(g))
+    finally:
+        writer.close()
+
+
+def write_all(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_json(result, out), *write_plots(result, out)]
+    write_tensorboard(result, out / "tb")
+    return paths

@@ -1,0 +1,72 @@
+"""`adaspec-dist eval` end to end: saved HF models in, table + JSON + PNG + tensorboard out."""
+import json
+
+import torch
+
+from adaspec_dist.models.load import build_preset, save_hf
+from tests.fixtures import TINY_VOCAB, spm_tokenizer_dir  # noqa: F401  (pytest fixture)
+from tests.helpers import run_cli
+
+
+def _models(tmp_path, vocab, tokenizer=None):
+    target = build_preset("tiny-llama", vocab, seed=0, initializer_range=0.2)
+    noisy = build_preset("tiny-llama", vocab, seed=0, initializer_range=0.2)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in noisy.parameters():
+            p.add_(0.03 * torch.randn(p.shape, generator=gen))
+    save_hf(target, tmp_path / "target", tokenizer)
+    save_hf(noisy, tmp_path / "noisy", tokenizer)
+    return tmp_path / "target", tmp_path / "noisy"
+
+
+def _check_outputs(out, stdout, names, gammas):
+    result = json.loads((out / "eval.json").read_text())
+    for name in names:
+        assert f"draft {name}: alpha_logits" in stdout
+        assert list(result["drafts"][name]["by_gamma"]) == [str(g) for g in gammas]
+    assert "conventions: alpha_logits" in stdout and "tau" in stdout
+    for png in ("per_position_acceptance.png", "tau_vs_gamma.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    assert (out / "config.yaml").exists()
+    return result
+
+
+def test_eval_synthetic_prompts(tmp_path, capsys):
+    """In-process through cli.main (the task-split test below runs the console script)."""
+    from adaspec_dist.cli import main
+
+    target, noisy = _models(tmp_path, 48)
+    out = tmp_path / "eval"
+    assert main(["eval", f"target.name_or_path={target}", f"drafts.self={target}", f"drafts.noisy={noisy}",
+                 "gammas=[1,3]", "num_prompts=6", "batch_size=3", "max_new_tokens=10", f"out_dir={out}"]) == 0
+    result = _check_outputs(out, capsys.readouterr().out, ["self", "noisy"], [1, 3])
+    same, other = result["drafts"]["self"], result["drafts"]["noisy"]
+    assert abs(same["alpha_logits"] - 1.0) < 1e-6           # a model against itself
+    assert same["by_gamma"]["3"]["acceptance_rate"] > 0.95   # (float noise may flip a near-tie)
+    assert other["alpha_logits"] < 1.0
+    for row in (*same["by_gamma"].values(), *other["by_gamma"].values()):
+        assert row["matches_target"] >= 5 / 6                # greedy SD == target-only output
+
+
+def test_eval_on_a_task_split(tmp_path, spm_tokenizer_dir):  # noqa: F811
+    from adaspec_dist.data.tokenizer import load_tokenizer
+
+    target, noisy = _models(tmp_path, TINY_VOCAB, load_tokenizer(spm_tokenizer_dir))
+    out = tmp_path / "eval"
+    proc = run_cli(["eval", f"target.name_or_path={target}", f"drafts.noisy={noisy}", "data.task=arith",
+                    "data.split=test", "data.max_length=64", "gammas=[2]", "num_prompts=4", "batch_size=4",
+                    "max_new_tokens=6", "temperature=1.0", f"out_dir={out}"], timeout=240)
+    result = _check_outputs(out, proc.stdout, ["noisy"], [2])
+    assert result["drafts"]["noisy"]["alpha_positions"] > 0
+
+
+def test_eval_user_errors_are_one_line(capsys):
+    from adaspec_dist.cli import main
+
+    assert main(["eval", "target.name_or_path=/x", "drafts.x=/y", "gamas=[1]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'gamas'" in err and "gammas" in err and "\n" not in err
+    assert main(["eval", "target.name_or_path=/x"]) == 2
+    assert "at least one draft" in capsys.readouterr().err
