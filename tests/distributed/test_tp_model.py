@@ -1,31 +1,56 @@
-"""Tensor-parallel targets (issue 6): one 2-rank gloo launch of tp_worker.py checks them all.
+"""Tensor-parallel targets (issue 6): ONE 2-rank gloo launch of tp_worker.py checks them all.
 
 Against the single-process HF model on tiny GPTNeoX / Llama-GQA / Llama-tied (k/v replicated)
 checkpoints with a vocabulary of 101 (not divisible by TP = 2): logits, padding masks and KV-cache
 decoding within 1e-5; vocab-parallel top-k ids equal full-vocab topk(log_softmax), log-probs
 within 1e-5; the sampled scheme draws the same ids as cache.sparse; Gumbel sampling and the
 vocab-parallel verify step pass chi-square tests (and fail them against a wrong distribution);
-greedy speculative decoding with a TP target equals the TP = 1 output; refusals are one clear line.
+greedy speculative decoding with a TP target equals the TP = 1 output; refusals are one clear
+line. The same launch runs the real ``adaspec-dist cache ... tp=2`` job on a tiny Llama-GQA of
+vocabulary 401, compared here with the single-process (HF, full-vocabulary) cache.
 """
 import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from tests.helpers import run_torchrun
 
+pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("tp_worker.py")
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def recipe(tmp_path_factory) -> Path:
+    from adaspec_dist.data.tasks import DataConfig, load_examples
+    from adaspec_dist.data.tokenizer import train_sentencepiece
+    from adaspec_dist.models.load import build_preset, save_hf
+
+    root = tmp_path_factory.mktemp("tpjob")
+    examples = load_examples(DataConfig(task="arith", limit=12))
+    tok = train_sentencepiece([e.prompt + e.answer for e in examples], 400, root / "tok")
+    # One id more than the tokenizer: 401 is odd, so the last TP shard holds a padded row.
+    save_hf(build_preset("tiny-llama", len(tok) + 1, seed=0), root / "target", tokenizer=tok)
+    cfg = {"data": {"task": "arith", "limit": 12, "max_length": 64},
+           "model": {"name_or_path": str(root / "target"), "dtype": "float32"},
+           "scheme": "topk", "top_k": 16, "batch_size": 3, "shard_size": 6}
+    path = root / "cache.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, recipe):
     out = tmp_path_factory.mktemp("tp")
-    run_torchrun([str(WORKER), str(out)], nproc=2, timeout=400)
-    return json.loads((out / "results.json").read_text())
+    run_torchrun([str(WORKER), str(out), str(recipe)], nproc=2, timeout=500)
+    res = json.loads((out / "results.json").read_text())
+    res["out"] = out
+    return res
 
 
-@pytest.mark.distributed
 @pytest.mark.parametrize("name", ["neox", "llama_gqa", "llama_kv1_tied"])
 def test_tp2_logits_match_hf(results, name):
     assert results[f"{name}/logits_maxdiff"] < TOL
@@ -37,7 +62,6 @@ def test_tp2_logits_match_hf(results, name):
     assert results[f"{name}/local_params"] < 0.56 * results[f"{name}/full_params"]
 
 
-@pytest.mark.distributed
 def test_vocab_parallel_math(results):
     assert results["topk/ids_equal"]
     assert results["topk/logp_maxdiff"] < TOL
@@ -47,7 +71,6 @@ def test_vocab_parallel_math(results):
     assert results["sampled_T1.0/ids_equal"] and results["sampled_T0.7/ids_equal"]
 
 
-@pytest.mark.distributed
 def test_sharded_sampling_is_exact(results):
     # Fixed seeds; each check also has a control that the same samples must fail.
     assert results["gumbel/p_value"] > 0.01
@@ -58,7 +81,6 @@ def test_sharded_sampling_is_exact(results):
     assert results["verify/ranks_agree"]
 
 
-@pytest.mark.distributed
 def test_speculative_with_tp_target(results):
     for name in ("neox", "llama_gqa"):
         assert results[f"spec/{name}/greedy_equal"]
@@ -66,9 +88,46 @@ def test_speculative_with_tp_target(results):
         assert results[f"spec/{name}/sampled_ok"]
 
 
-@pytest.mark.distributed
 def test_refusals_are_one_clear_line(results):
     assert "num_key_value_heads=3" in results["error/bad_kv"] and "--tp" in results["error/bad_kv"]
     assert "num_attention_heads=3" in results["error/bad_heads"]
     assert "'gpt2'" in results["error/gpt2"] and "--tp 1" in results["error/gpt2"]
     assert all("\n" not in results[k] for k in ("error/bad_kv", "error/bad_heads", "error/gpt2"))
+
+
+def _tp1_cache(recipe: Path, out: Path) -> None:
+    """The single-process HF cache of the same recipe (what `adaspec-dist cache` does at tp=1)."""
+    from adaspec_dist.cache.produce import CacheConfig, hf_target_fn, produce_cache, spec_from_config
+    from adaspec_dist.config import load_config
+    from adaspec_dist.data.tasks import load_examples
+    from adaspec_dist.data.tokenize import tokenize_examples
+    from adaspec_dist.data.tokenizer import load_tokenizer
+    from adaspec_dist.models.load import load_causal_lm
+
+    cfg = load_config(CacheConfig, str(recipe), [f"out_dir={out}"])
+    tok = load_tokenizer(cfg.model.name_or_path)
+    seqs = tokenize_examples(load_examples(cfg.data), tok, max_length=cfg.data.max_length)
+    model = load_causal_lm(cfg.model)
+    produce_cache(seqs, hf_target_fn(model, scheme="topk", top_k=cfg.top_k), spec_from_config(cfg, 401, {}), out)
+
+
+def _read_all(cache_dir: Path):
+    from adaspec_dist.cache.reader import CacheReader
+
+    reader = CacheReader(cache_dir, batch_size=64, shuffle=False, prefetch=0)
+    (batch,) = list(reader)
+    return reader.manifest, batch
+
+
+def test_tp2_cache_equals_tp1(results, recipe, tmp_path):
+    assert results["cache/rc"] == 0
+    _tp1_cache(recipe, tmp_path / "tp1")
+    m1, b1 = _read_all(tmp_path / "tp1")
+    m2, b2 = _read_all(results["out"] / "cache_tp2")
+    assert m1["vocab_size"] == m2["vocab_size"] == 401
+    assert m2["target"]["tp"] == 2 and m1["num_supervised"] == m2["num_supervised"] > 0
+    assert torch.equal(b1.input_ids, b2.input_ids) and torch.equal(b1.loss_mask, b2.loss_mask)
+    assert torch.equal(b1.target.ids, b2.target.ids)
+    # Stored as fp16: equal up to one fp16 step at each value's magnitude.
+    ulp = torch.finfo(torch.float16).eps * b1.target.logp.abs().clamp_min(2.0 ** -14)
+    assert ((b1.target.logp - b2.target.logp).abs() <= ulp).all()

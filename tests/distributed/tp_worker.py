@@ -5,7 +5,8 @@ tensor-parallel and check, against the single-process HF model / full-vocabulary
 the same rank: logits (gathered here for checking only), KV-cache decoding, padding masks,
 vocab-parallel top-k / log-probs / argmax / inverse-CDF sampling, Gumbel sampling and the
 vocab-parallel verify step (chi-square), the refusals, and greedy speculative decoding with a
-TP target. Rank 0 writes everything it measured to ``OUT/results.json``; the test asserts.
+TP target; then, given a cache recipe, the real ``adaspec-dist cache ... tp=2`` command writes
+``OUT/cache_tp2``. Rank 0 writes everything it measured to ``OUT/results.json``; the test asserts.
 """
 from __future__ import annotations
 
@@ -184,19 +185,31 @@ def check_speculative(out: Path, ps, res: dict) -> None:
         res[f"spec/{name}/sampled_ok"] = all(len(s) == 8 and max(s) < VOCAB for s in sampled)
 
 
+def run_cache_cli(recipe: str, out: Path, res: dict) -> None:
+    """The real ``adaspec-dist cache ... tp=2`` command in this (already initialised) job; it shuts
+    torch.distributed down at the end, so it runs last."""
+    from adaspec_dist.cli import main as cli_main
+
+    res["cache/rc"] = cli_main(["cache", "--config", recipe, f"out_dir={out / 'cache_tp2'}", "tp=2"])
+
+
 def main() -> None:
-    out = Path(sys.argv[1])
+    out, recipe = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else None)
     torch.manual_seed(0)
     ps = init_distributed(tp_size=2)
     save_checkpoints(out, ps.rank)
     res: dict = {}
     sections = [lambda n=n: check_model(out / n, ps, res, n) for n in CHECKPOINTS]
-    for section in sections + [lambda: check_errors(out, ps, res), lambda: check_speculative(out, ps, res)]:
+    sections += [lambda: check_errors(out, ps, res), lambda: check_speculative(out, ps, res)]
+    if recipe:
+        sections.append(lambda: run_cache_cli(recipe, out, res))
+    for section in sections:
         section()
         if ps.rank == 0:  # written after each section, so a failure still shows what passed
             (out / "results.json").write_text(json.dumps(res, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
