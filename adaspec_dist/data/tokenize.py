@@ -6,8 +6,16 @@ Contract
 
 * ``input_ids = [BOS] + prompt_ids + answer_ids + [EOS]`` (BOS only when the tokenizer has
   one); ``labels`` are ``-100`` on BOS and the prompt and equal ``input_ids`` on the answer and
-  its EOS (the model learns to stop). Prompt and answer are tokenized separately, without
-  special tokens, so the boundary between them is exact.
+  its EOS (the model learns to stop).
+* The boundary. Prompts often end in a space ("Answer: "); BPE tokenizers attach a space to
+  the word after it ("ĠNatalia", "▁Nat"), so tokenizing prompt and answer apart would train
+  on segmentations that running text never has. Hence: the prompt's trailing spaces go with
+  the answer. ``prompt_ids = tokenizer(prompt.rstrip(" "))`` (exactly what ``prompt_ids()``
+  returns for generation) and ``answer_ids`` are the remaining tokens of the joint
+  tokenization of ``prompt + answer`` (fast tokenizers, located with character offsets).
+  When the joint tokenization does not start with exactly ``prompt_ids`` (a merge across the
+  boundary) or the tokenizer has no offsets, the answer part (with those spaces) is tokenized
+  on its own instead, so the prompt part is always the generation prompt.
 * Truncation policy (the answer is what we train on, so it wins):
   1. nothing is cut when ``len(input_ids) <= max_length``;
   2. otherwise the prompt is cut from the LEFT (its end, next to the answer, is the most
@@ -53,6 +61,41 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
+def _split_prompt(prompt: str) -> tuple[str, str]:
+    """(head, trailing spaces): the spaces are tokenized with the answer (module docstring)."""
+    head = prompt.rstrip(" ")
+    return head, prompt[len(head):]
+
+
+def encode_pairs(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, answer_ids) per example, no special tokens, split as the module docstring states."""
+    if not examples:
+        return []
+    heads, tails = zip(*(_split_prompt(e.prompt) for e in examples))
+    head_ids = _encode(tokenizer, heads)
+    rests = [t + e.answer for t, e in zip(tails, examples)]
+    if not getattr(tokenizer, "is_fast", False):
+        return list(zip(head_ids, _encode(tokenizer, rests)))
+    joint = tokenizer([h + r for h, r in zip(heads, rests)], add_special_tokens=False,
+                      return_offsets_mapping=True)
+    out, fallback = [], []
+    for i, (ids, offsets, head, prompt) in enumerate(zip(joint["input_ids"], joint["offset_mapping"], heads,
+                                                         head_ids)):
+        # The first token that covers any character after the head starts the answer.
+        cut = next((j for j, (_, end) in enumerate(offsets) if end > len(head)), len(ids))
+        if ids[:cut] == prompt:
+            out.append((prompt, ids[cut:]))
+        else:
+            out.append((prompt, []))
+            fallback.append(i)
+    if fallback:
+        for i, ids in zip(fallback, _encode(tokenizer, [rests[i] for i in fallback])):
+            out[i] = (out[i][0], ids)
+        logger.debug("%d of %d examples merged tokens across the prompt/answer boundary; their answers "
+                     "were tokenized on their own", len(fallback), len(examples))
+    return out
+
+
 def build_sequence(prompt: list[int], answer: list[int], *, bos: list[int], eos: int,
                    max_length: int) -> TokenizedExample:
     """Apply the truncation policy of the module docstring to one (prompt, answer) pair of ids."""
@@ -82,10 +125,8 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, *, max_length: int
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
     bos = _bos(tokenizer)
-    prompts = _encode(tokenizer, [e.prompt for e in examples])
-    answers = _encode(tokenizer, [e.answer for e in examples])
     out, dropped, truncated = [], 0, 0
-    for p, a in zip(prompts, answers):
+    for p, a in encode_pairs(tokenizer, examples):
         seq = build_sequence(p, a, bos=bos, eos=tokenizer.eos_token_id, max_length=max_length)
         truncated += len(seq.input_ids) < len(bos) + len(p) + len(a) + 1
         if supervised_count(seq) < min_answer_tokens:
@@ -113,9 +154,10 @@ def data_fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
 
 
 def prompt_ids(example: Example, tokenizer, *, max_length: int | None = None) -> list[int]:
-    """``[BOS] + prompt`` token ids to generate from (cut from the left to ``max_length``)."""
+    """``[BOS] + prompt`` ids to generate from, exactly the training prefix (trailing spaces belong to
+    the answer; see the module docstring); cut from the left to ``max_length``."""
     bos = _bos(tokenizer)
-    ids = _encode(tokenizer, [example.prompt])[0]
+    ids = _encode(tokenizer, [_split_prompt(example.prompt)[0]])[0]
     if max_length is not None and len(bos) + len(ids) > max_length:
         ids = ids[len(bos) + len(ids) - max_length:]
     return bos + ids

@@ -7,7 +7,7 @@ import pytest
 
 from adaspec_dist.data.tasks import Example
 from adaspec_dist.data.tokenize import (IGNORE, TokenizedExample, build_sequence, data_fingerprint, prompt_ids,
-                                        supervised_count, tokenize_examples)
+                                        encode_pairs, supervised_count, tokenize_examples)
 from tests.fixtures import spm_tokenizer, spm_tokenizer_dir  # noqa: F401  (pytest fixtures)
 
 BOS, EOS = [2], 3
@@ -56,7 +56,7 @@ def test_tokenize_examples_policy_on_real_tokenizer(spm_tokenizer, caplog):
     assert all(len(t.input_ids) <= 24 for t in cut)
     long_prompt = cut[1]
     assert len(long_prompt.input_ids) == 24 and long_prompt.input_ids[0] == tok.bos_token_id
-    assert tok.decode([i for i, l in zip(long_prompt.input_ids, long_prompt.labels) if l != IGNORE]) == "short</s>"
+    assert tok.decode([i for i, l in zip(long_prompt.input_ids, long_prompt.labels) if l != IGNORE]) == " short</s>"
     # A minimum the short answers cannot meet drops them, with one warning that counts them.
     with caplog.at_level(logging.WARNING, logger="adaspec_dist.data.tokenize"):
         kept = tokenize_examples(examples, tok, max_length=4096, min_answer_tokens=6)
@@ -93,3 +93,41 @@ def test_prompt_ids_match_the_training_prefix(spm_tokenizer):
     assert ids[0] == tok.bos_token_id
     short = prompt_ids(ex, tok, max_length=5)
     assert len(short) == 5 and short[0] == tok.bos_token_id and short[1:] == ids[-4:]
+
+
+def _byte_level_bpe():
+    """A GPT-2/GPT-NeoX-style byte-level BPE (spaces attach to the next word), trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    text = ["Question: Natalia sold 48 clips.\nAnswer: Natalia sold 48 clips in April.", "abcdef abcdef abc def"] * 50
+    tk.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+
+
+def test_trailing_prompt_space_goes_with_the_answer_for_byte_level_bpe():
+    tok = _byte_level_bpe()
+    ex = Example(prompt="Question: Natalia sold 48 clips.\nAnswer: ", answer="Natalia sold 48 clips in April.")
+    (seq,) = tokenize_examples([ex], tok, max_length=128)
+    # The sequence is the tokenization of the running text, as the model will see it at inference.
+    assert seq.input_ids[:-1] == tok(ex.prompt + ex.answer, add_special_tokens=False)["input_ids"]
+    first = seq.input_ids[seq.labels.index(next(l for l in seq.labels if l != IGNORE))]
+    assert tok.convert_ids_to_tokens(first).startswith("Ġ")  # " Natalia", not a lone "Ġ" in the prompt
+    ids = prompt_ids(ex, tok)
+    assert ids == seq.input_ids[:len(ids)] and set(seq.labels[:len(ids)]) == {IGNORE}
+    assert seq.labels[len(ids)] != IGNORE
+
+
+def test_merge_across_the_boundary_falls_back_to_separate_answer():
+    tok = _byte_level_bpe()
+    assert len(tok("abcdef", add_special_tokens=False)["input_ids"]) == 1  # one merged word
+    ex = Example(prompt="abc", answer="def")
+    ((p, a),) = encode_pairs(tok, [ex])
+    assert p == tok("abc", add_special_tokens=False)["input_ids"]
+    assert a == tok("def", add_special_tokens=False)["input_ids"]
+    (seq,) = tokenize_examples([ex], tok, max_length=16)
+    assert seq.input_ids == p + a + [tok.eos_token_id] and seq.labels == [IGNORE] * len(p) + a + [tok.eos_token_id]
