@@ -16,6 +16,8 @@ another seed gives another choice/order. Train and test are disjoint *by constru
 item's split is a pure function of a content key (the problem text, the documentation
 topic, the module name) hashed with sha256, independent of the seed, so no seed can put the
 same item in both splits. Splits: ``train``, ``test`` (``validation`` is an alias of test).
+``pydoc`` and ``stdlib_code`` come from the running Python, so they are fixed per seed *and
+Python version*; the data fingerprint of the tokenized result records which one was used.
 """
 from __future__ import annotations
 

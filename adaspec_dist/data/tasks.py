@@ -180,7 +180,13 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None)
         config = task.hub_config if hub_id == task.hub_id else None
         # Slicing in the split string keeps a limited preview from materialising a huge split.
         hub_split = f"{split}[:{limit}]" if limit else split
-        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+        try:
+            ds = datasets.load_dataset(hub_id, config, split=hub_split)
+        except OSError as err:  # unreachable hub, unknown id, missing split (ConnectionError is an OSError)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot load hub dataset '{hub_id}' split '{split}' ({first}); check the id and "
+                             "network access, or pass data.source / --source a local .jsonl/.parquet file or "
+                             "directory") from None
         origin = f"hub dataset {hub_id}" + (f" ({config})" if config else "") + f" split {split}"
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))

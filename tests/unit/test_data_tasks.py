@@ -137,6 +137,8 @@ def test_config_errors(tmp_path):
         DataConfig(task="arith", source="x.jsonl").validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(DataConfig(task="gsm8k", source=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ValueError, match="cannot load hub dataset 'nobody/no-such-dataset'.*local"):
+        load_examples(DataConfig(task="xsum", source="nobody/no-such-dataset"))  # tests run with HF_HUB_OFFLINE=1
     with pytest.raises(ConfigError, match="did you mean: split"):
         build_config(DataConfig, {"task": "arith", "splitt": "test"})
     assert build_config(DataConfig, {"task": "arith", "limit": 4}).limit == 4
