@@ -21,6 +21,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("adaspec_dist.cache.summary", "summarise a logit cache; --verify re-hashes every shard"),
     "train": ("adaspec_dist.distill.command", "train a draft with DeepSpeed: sft, kd or adaspec (selective distillation)"),
     "eval": ("adaspec_dist.speculative.command", "acceptance (alpha, tau, per-position) and SD speed of drafts vs a target"),
+    "pipeline": ("adaspec_dist.pipeline", "run a recipe's stages (sft, cache, kd reference, add-reference, adaspec, eval), resumably"),
+    "demo": ("adaspec_dist.demo", "the embedded end-to-end demo (no network, no GPU): DistillSpec vs AdaSPEC table and plots"),
+    "report": ("adaspec_dist.report", "AdaSPEC vs DistillSpec per task and seed (mean ± std) from run directories: markdown + PNG"),
 }
 
 

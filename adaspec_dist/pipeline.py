@@ -29,10 +29,12 @@ Contract
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +107,9 @@ class Stage:
     outputs: list[str] = field(default_factory=list)
     """Paths that exist once the stage is complete."""
     resume_dir: str | None = None
-    """When this directory exists, the stage is resumed (train: --resume)."""
+    """When this directory holds a checkpoint, the stage is resumed (train: --resume)."""
+    workdir: str | None = None
+    """The directory the stage owns; --force deletes it so the stage starts afresh."""
 
     def command_line(self) -> str:
         return " ".join(["adaspec-dist", self.command or "pipeline --stage " + self.name, *self.argv])
@@ -157,7 +161,8 @@ def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str
     conf = merge(conf, section)
     # A killed run resumes from its newest checkpoint; without one it restarts (deterministically).
     return Stage(name, "train", ["--config", f"{{configs}}/{name}.yaml"], conf,
-                 outputs=[str(Path(out_dir) / EXPORT_SUBDIR)], resume_dir=str(Path(out_dir) / "checkpoints"))
+                 outputs=[str(Path(out_dir) / EXPORT_SUBDIR)], resume_dir=str(Path(out_dir) / "checkpoints"),
+                 workdir=out_dir)
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -168,7 +173,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     eval_data = merge(train_data, cfg.eval_data)
     stages: list[Stage] = []
     if cfg.tokenizer is None and cfg.tokenizer_train is not None:
-        stages.append(Stage("tokenizer", None, [], dict(cfg.tokenizer_train), outputs=[p["tokenizer"]]))
+        stages.append(Stage("tokenizer", None, [], dict(cfg.tokenizer_train), outputs=[p["tokenizer"]],
+                            workdir=p["tokenizer"]))
     if cfg.sft is not None:
         stages.append(_train_stage("sft", cfg, objective="sft", out_dir=p["target_train"], init=cfg.target,
                                    section=cfg.sft, extra={"data": train_data}))
@@ -177,7 +183,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         conf = merge({"data": data, "model": target, "tokenizer": tok, "out_dir": p[f"cache_{split}"],
                       "seed": cfg.seed}, cfg.cache)
         stages.append(Stage(f"cache_{split}", "cache", ["--config", f"{{configs}}/cache_{split}.yaml"], conf,
-                            outputs=[str(Path(p[f"cache_{split}"]) / "manifest.json")]))
+                            outputs=[str(Path(p[f"cache_{split}"]) / "manifest.json")], workdir=p[f"cache_{split}"]))
     common = {"cache_dir": p["cache_train"], "eval_cache_dir": p["cache_eval"], "divergence": cfg.divergence}
     stages.append(_train_stage("reference", cfg, objective="kd", out_dir=p["reference"], init=cfg.draft,
                                section=cfg.reference, extra=common))
@@ -192,7 +198,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                        "drafts": {"distillspec": ref_export,
                                   "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}}, cfg.eval)
     stages.append(Stage("eval", "eval", ["--config", f"{{configs}}/eval.yaml"], eval_conf,
-                        outputs=[str(Path(p["eval"]) / "eval.json")]))
+                        outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"]))
     for s in stages:
         s.argv = [a.replace("{configs}", p["configs"]) for a in s.argv]
     return stages
@@ -256,7 +262,7 @@ def _world() -> tuple[int, int]:
 
 
 def _barrier() -> None:
-    """All ranks meet (stages tear their process group down, so one is (re)made here)."""
+    """All ranks meet (on the pipeline's one process group, made by the first caller)."""
     rank, world = _world()
     if world == 1:
         return
@@ -277,16 +283,23 @@ def _write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
 
 
 def _run_tokenizer(cfg: PipelineConfig, stage: Stage) -> int:
-    from adaspec_dist.data.tokenizer import embedded_tokenizer_corpus, train_sentencepiece
+    """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
+    or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
+    from adaspec_dist.data import tokenizer as tk
 
     opts = dict(stage.config or {})
     vocab = int(opts.pop("vocab_size", 1024))
-    limit = opts.pop("limit_per_corpus", None)
+    task, limit = opts.pop("task", None), opts.pop("limit", None)
     if opts:
-        raise ConfigError(f"unknown tokenizer_train keys {sorted(opts)}; use vocab_size and limit_per_corpus")
+        raise ConfigError(f"unknown tokenizer_train keys {sorted(opts)}; use vocab_size, task and limit")
     # The tokenizer does not depend on the run's seed: every seed of a recipe shares its vocabulary.
-    texts = embedded_tokenizer_corpus(0, limit_per_corpus=limit)
-    train_sentencepiece(texts, vocab, stage.outputs[0], seed=0)
+    if task is None:
+        tk.embedded_tokenizer(stage.outputs[0], vocab_size=vocab, seed=0, limit_per_corpus=limit)
+        return 0
+    from adaspec_dist.data.tasks import DataConfig, load_examples
+
+    examples = load_examples(DataConfig(task=task, limit=limit, seed=0), "train")
+    tk.train_sentencepiece([e.prompt + e.answer for e in examples], vocab, stage.outputs[0], seed=0)
     return 0
 
 
@@ -319,9 +332,33 @@ def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
     return int(module.run(args) or 0)
 
 
+@contextlib.contextmanager
+def _one_process_group():
+    """Keep one process group for all stages of this process, torn down at the end.
+
+    Each stage command destroys its group when run alone; chained in one process, a second
+    DeepSpeed engine would then meet the first one's stale group (DeepSpeed caches it), so the
+    stages' ``dist.shutdown`` is deferred to the end of the pipeline (they import it lazily).
+    """
+    from adaspec_dist import dist as dist_mod
+
+    real = dist_mod.shutdown
+    dist_mod.shutdown = lambda: None
+    try:
+        yield
+    finally:
+        dist_mod.shutdown = real
+        real()
+
+
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,
                  echo=print) -> list[str]:
     """Run the plan, skipping complete stages; returns the names of the stages that ran."""
+    with _one_process_group():
+        return _run_pipeline(cfg, only=only, force=force, echo=echo)
+
+
+def _run_pipeline(cfg: PipelineConfig, *, only, force, echo) -> list[str]:
     stages = plan(cfg)
     names = [s.name for s in stages]
     for n in (only or []) + (force or []):
@@ -336,7 +373,10 @@ def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: l
         if only and stage.name not in only:
             continue
         if i >= forced_from and rank == 0:
+            # Redo from scratch: no marker, and no checkpoint or partial output to resume from.
             _marker(cfg, stage.name).unlink(missing_ok=True)
+            if stage.workdir and Path(stage.workdir).exists():
+                shutil.rmtree(stage.workdir)
         _barrier()
         if is_complete(cfg, stage):
             echo(f"[{i + 1}/{len(stages)}] {stage.name}: complete, skipped")
