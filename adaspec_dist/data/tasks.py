@@ -7,8 +7,9 @@ Contract
 * Hub tasks (``gsm8k alpaca mbpp cnn_dailymail xsum``): ``source=None`` loads the task's hub
   dataset with ``datasets.load_dataset`` (users' clusters); ``source`` may also be a hub id, a
   local ``.jsonl``/``.json``/``.parquet`` file (used for whatever split is asked), or a
-  directory holding ``{split}.jsonl``/``{split}.json``/``{split}.parquet`` (air-gapped
-  clusters, tests). Local files also go through ``datasets`` so one code path is exercised.
+  directory holding ``{split}.jsonl``/``.json``/``.parquet`` or shards ``{split}-*.parquet``
+  (also under ``data/`` or ``{hub config}/``: a downloaded hub snapshot works as is; for
+  air-gapped clusters and tests). Local files also go through ``datasets`` so one code path is exercised.
 * A row lacking a column the task needs raises ``ValueError`` naming the file, the missing
   column and the expected columns.
 * Embedded tasks (``arith pydoc stdlib_code``) need no network: see ``embedded.py``. Their
@@ -147,18 +148,32 @@ def task_names() -> list[str]:
 _LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def _local_file(source: str, split: str) -> Path | None:
-    """The local file for ``split`` when ``source`` is a path; None when it names a hub dataset."""
+def _split_files(directory: Path, split: str, config: str | None) -> list[Path]:
+    """``{split}.ext``, or shards ``{split}-*.ext`` (the hub's parquet layout), in ``directory``,
+    ``directory/data`` or ``directory/{config}`` -- the first place and suffix that has any."""
+    places = [directory, directory / "data"] + ([directory / config] if config else [])
+    for place in places:
+        for suffix in _LOCAL_SUFFIXES:
+            exact = place / f"{split}{suffix}"
+            if exact.is_file():
+                return [exact]
+            shards = sorted(place.glob(f"{split}-*{suffix}"))
+            if shards:
+                return shards
+    return []
+
+
+def _local_files(source: str, split: str, config: str | None) -> list[Path] | None:
+    """The local files for ``split`` when ``source`` is a path; None when it names a hub dataset."""
     path = Path(os.path.expanduser(source))
     if path.is_file():
         if path.suffix not in _LOCAL_SUFFIXES:
             raise ValueError(f"data source '{path}' must be a .jsonl, .json or .parquet file")
-        return path
+        return [path]
     if path.is_dir():
-        for suffix in _LOCAL_SUFFIXES:
-            candidate = path / f"{split}{suffix}"
-            if candidate.is_file():
-                return candidate
+        files = _split_files(path, split, config)
+        if files:
+            return files
         found = sorted(p.name for p in path.iterdir() if p.suffix in _LOCAL_SUFFIXES)
         raise ValueError(f"data source directory '{path}' has no {split}.jsonl/.json/.parquet "
                          f"(found: {', '.join(found) or 'nothing'}); add it or pick another split")
@@ -171,10 +186,11 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None)
     """Rows of the split (a ``datasets.Dataset``) and a name for error messages."""
     import datasets  # heavy; imported only when a hub/local task is actually loaded
 
-    local = _local_file(source, split) if source else None
-    if local is not None:
-        ds = datasets.load_dataset(_LOCAL_SUFFIXES[local.suffix], data_files=str(local), split="train")
-        origin = str(local)
+    local = _local_files(source, split, task.hub_config) if source else None
+    if local:
+        ds = datasets.load_dataset(_LOCAL_SUFFIXES[local[0].suffix], data_files=[str(f) for f in local],
+                                   split="train")
+        origin = str(local[0]) if len(local) == 1 else f"{local[0].parent}/{split}-*{local[0].suffix}"
     else:
         hub_id = source or task.hub_id
         config = task.hub_config if hub_id == task.hub_id else None

@@ -120,6 +120,19 @@ def test_directory_source_picks_split_and_parquet(tmp_path):
         load_examples(DataConfig(task="xsum", source=str(tmp_path), split="validation"))
 
 
+def test_hub_snapshot_layout_with_shards(tmp_path):
+    import datasets
+
+    # What `huggingface-cli download openai/gsm8k --repo-type dataset` leaves: main/{split}-0000N-of-0000M.parquet
+    (tmp_path / "main").mkdir()
+    datasets.Dataset.from_list(ROWS["gsm8k"][:1]).to_parquet(str(tmp_path / "main" / "train-00000-of-00002.parquet"))
+    datasets.Dataset.from_list(ROWS["gsm8k"][1:]).to_parquet(str(tmp_path / "main" / "train-00001-of-00002.parquet"))
+    datasets.Dataset.from_list(ROWS["gsm8k"] * 2).to_parquet(str(tmp_path / "main" / "test-00000-of-00001.parquet"))
+    train = load_examples(DataConfig(task="gsm8k", source=str(tmp_path)))
+    assert [e.answer[-2:] for e in train] == ["72", "10"]  # shards in order
+    assert len(load_examples(DataConfig(task="gsm8k", source=str(tmp_path), split="test"))) == 4
+
+
 def test_missing_column_names_file_column_and_expected(tmp_path):
     rows = [{"question": r["question"], "solution": r["answer"]} for r in ROWS["gsm8k"]]
     src = write_jsonl(tmp_path / "bad.jsonl", rows)
