@@ -20,15 +20,16 @@ Estimators on a ``SparseTarget`` (see ``adaspec_dist.cache.sparse``)
   is the log-sum-exp of its logits OFF those ids, computed directly (no 1 − Σq cancellation).
   Both sides are proper distributions over the same buckets, so the value is the divergence of
   the coarsened distributions: a lower bound of the full f-divergence (data processing
-  inequality) and exact when K covers the vocabulary. Neither side is renormalised alone.
+  inequality) and exact when K covers the vocabulary (K = V: the rest bucket is dropped, it is
+  empty by definition). Neither side is renormalised alone.
 * ``sampled``: every kind is an f-divergence D_f = E_p[f(q/p)] with f(1) = 0; ids drawn from p
   with importance weights w give the unbiased Σ_i w_i f(q_i/p_i). We use generators with
   f'(1) = 0 (adding c·(t − 1) changes nothing in expectation since E_p[q/p] = 1), which makes
   every row's estimate non-negative: fkl f = t − 1 − log t, rkl f = t log t − t + 1.
   Padding entries (weight 0) are ignored whatever their ids / log-probs hold.
 
-All arithmetic is fp32; the only V-sized tensors are the student's own logits (an fp32 view
-of them and, for top-k, one masked copy for the rest bucket).
+All arithmetic is fp32; the only V-sized tensors are the student's own logits and their
+gradient (top-k walks row chunks in a custom autograd function; see ``_SparseLogQ``).
 """
 from __future__ import annotations
 
@@ -97,11 +98,52 @@ def _f_generator(log_t: Tensor, kind: str, beta: float) -> Tensor:
     raise AssertionError("unreachable")
 
 
-def _student_logq_at(student_logits_NV: Tensor, ids_NK: Tensor) -> tuple[Tensor, Tensor]:
-    """(fp32 student logits, log q at ``ids``) without materialising a log-softmax copy."""
-    z = student_logits_NV.float()
-    lse_N = torch.logsumexp(z, dim=-1)
-    return z, z.gather(-1, ids_NK) - lse_N[:, None]
+_CHUNK_ELEMS = 1 << 22  # rows per chunk such that a chunk holds ~4M fp32 values (16 MiB)
+
+
+class _SparseLogQ(torch.autograd.Function):
+    """(log q at ids (N,K), log q of the rest bucket (N,)) from logits (N,V), memory-lean.
+
+    Forward and backward walk row chunks, so the only N×V tensor created is the gradient of
+    the logits itself (autograd's generic path would keep a log-softmax, a masked copy and
+    scatter buffers alive: ~3-4 N×V). Exact: the rest is the log-sum-exp OFF the ids.
+    """
+
+    @staticmethod
+    def forward(ctx, z_NV: Tensor, ids_NK: Tensor):
+        n, v = z_NV.shape
+        rows = max(1, _CHUNK_ELEMS // max(1, v))
+        lse = torch.empty(n, dtype=torch.float32, device=z_NV.device)
+        lse_rest = torch.empty_like(lse)
+        lq_K = torch.empty(ids_NK.shape, dtype=torch.float32, device=z_NV.device)
+        for a in range(0, n, rows):
+            zc = z_NV[a:a + rows].float()
+            lse[a:a + rows] = torch.logsumexp(zc, -1)
+            lq_K[a:a + rows] = zc.gather(-1, ids_NK[a:a + rows]) - lse[a:a + rows, None]
+            lse_rest[a:a + rows] = torch.logsumexp(zc.scatter(-1, ids_NK[a:a + rows], float("-inf")), -1)
+        ctx.save_for_backward(z_NV, ids_NK, lse, lse_rest)
+        return lq_K, lse_rest - lse
+
+    @staticmethod
+    def backward(ctx, g_K: Tensor, g_rest: Tensor):
+        # d lq_K[i,j]/dz_x = [x = ids_ij] − q_x ;  d lq_rest[i]/dz_x = [x ∉ ids_i]·exp(z_x − lse_rest_i) − q_x
+        z_NV, ids_NK, lse, lse_rest = ctx.saved_tensors
+        n, v = z_NV.shape
+        rows = max(1, _CHUNK_ELEMS // max(1, v))
+        grad = torch.empty(n, v, dtype=z_NV.dtype, device=z_NV.device)
+        g_K, g_rest = g_K.float(), g_rest.float()
+        finite = torch.isfinite(lse_rest)  # rows whose ids cover the vocabulary have no rest
+        for a in range(0, n, rows):
+            sl = slice(a, a + rows)
+            zc = z_NV[sl].float()
+            total = g_K[sl].sum(-1) + g_rest[sl]
+            out = torch.exp(zc - lse[sl, None]) * (-total[:, None])
+            gr = torch.where(finite[sl], g_rest[sl], torch.zeros_like(g_rest[sl]))
+            rest = torch.exp(zc - torch.where(finite[sl], lse_rest[sl], torch.zeros_like(lse_rest[sl]))[:, None])
+            out += rest.scatter_(-1, ids_NK[sl], 0.0) * gr[:, None]
+            out.scatter_add_(-1, ids_NK[sl], g_K[sl])
+            grad[sl] = out.to(z_NV.dtype)
+        return grad, None
 
 
 def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", beta: float = 0.5) -> Tensor:
@@ -114,10 +156,13 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
     if n == 0:
         return student_logits_NV.float().sum(-1)  # (0,), still attached to the graph
     if target.scheme == "topk":
-        z, lq_K = _student_logq_at(student_logits_NV, ids)
-        lse_N = torch.logsumexp(z, dim=-1)
-        # Student "rest": log-sum-exp of the logits off the kept ids, relative to the full one.
-        lq_rest = torch.logsumexp(z.scatter(-1, ids, float("-inf")), dim=-1) - lse_N
+        # Student: log q at the ids and of the "rest" (log-sum-exp of the logits off the ids).
+        lq_K, lq_rest = _SparseLogQ.apply(student_logits_NV, ids)
+        if ids.shape[1] >= v:
+            # The ids cover the vocabulary: the rest bucket is empty on both sides by definition.
+            # (Computing it would turn the teacher's storage rounding, |1 − Σp| ~ 1e-3 in fp16,
+            # into mass where the student has none: a spurious, huge divergence.)
+            return bucket_divergence(logp, lq_K, kind, beta)
         lp_rest = log1mexp(torch.logsumexp(logp, dim=-1))
         # A rest bucket that is empty on one side only by rounding (K ≈ V, fp16 storage) would
         # give 0·log 0 = nan or a spurious inf: floor both rest masses at 1e-30.
@@ -129,7 +174,7 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
         if target.weights is None:
             raise ValueError("a sampled SparseTarget needs weights; rebuild the cache with scheme=sampled")
         w = target.weights.to(student_logits_NV.device).float()
-        _, lq_K = _student_logq_at(student_logits_NV, ids)
+        lq_K, _ = _SparseLogQ.apply(student_logits_NV, ids)
         live = w > 0
         # Padding rows may hold -inf/garbage log-probs: neutralise before exp, then weight 0.
         log_t = torch.where(live, lq_K - torch.where(live, logp, torch.zeros_like(logp)), torch.zeros_like(logp))
