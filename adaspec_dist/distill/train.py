@@ -421,6 +421,9 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
             if cfg.save_every and run.step % cfg.save_every == 0:
                 checkpoint(run)
                 if cfg.kill_after_step == run.step:
+                    from adaspec_dist.dist import barrier
+
+                    barrier()  # every rank's partition is on disk before anyone dies
                     logger.warning("kill_after_step=%d: exiting abruptly (simulated kill)", run.step)
                     os._exit(17)
             if stop.requested():  # collective: every rank stops at the same step

@@ -1,0 +1,48 @@
+"""Shared setup of the train tests: tiny real caches (train with a reference column, eval) and recipes.
+
+The caches hold the FULL vocabulary (top_k = V = 640) so the cached and online losses must
+agree up to the fp16 storage of the log-probs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+TARGET = {"preset": "tiny-llama", "seed": 1}
+REFERENCE = {"preset": "tiny-llama", "seed": 7}
+DRAFT = {"preset": "tiny-llama", "seed": 5}
+
+
+def build_caches(root: Path) -> dict:
+    """Build (once per root) the train cache (+ reference column) and the eval cache."""
+    from adaspec_dist.cache.produce import CacheConfig, run_job
+    from adaspec_dist.cache.reference import add_reference
+    from adaspec_dist.config import load_config
+    from adaspec_dist.models.load import ModelConfig, load_causal_lm
+    from tests.fixtures import tiny_tokenizer_dir
+
+    tok = tiny_tokenizer_dir(root)
+    out = {"tokenizer": str(tok)}
+    for split, n in (("train", 24), ("test", 12)):
+        cache = root / f"cache_{split}"
+        out[split] = str(cache)
+        if (cache / "manifest.json").exists():
+            continue
+        cfg = load_config(CacheConfig, None, {
+            "data": {"task": "arith", "split": split, "limit": n, "max_length": 48}, "model": dict(TARGET),
+            "tokenizer": str(tok), "out_dir": str(cache), "scheme": "topk", "top_k": 640, "shard_size": 8})
+        run_job(cfg)
+        if split == "train":
+            ref = load_causal_lm(ModelConfig(**REFERENCE), vocab_size=640)
+            add_reference(cache, ref, divergence="fkl", identity="preset:tiny-llama(seed=7)")
+    return out
+
+
+def recipe(caches: dict, run_dir: Path, **over) -> dict:
+    """A TrainConfig mapping for the tiny setup; ``over`` are top-level / nested overrides."""
+    from adaspec_dist.config import merge
+
+    base = {"objective": "adaspec", "draft": dict(DRAFT), "target": dict(TARGET), "reference": dict(REFERENCE),
+            "tokenizer": caches["tokenizer"], "cache_dir": caches["train"], "eval_cache_dir": caches["test"],
+            "run_dir": str(run_dir), "max_steps": 4, "seed": 3,
+            "engine": {"zero_stage": 1, "micro_batch_size": 3, "lr": 3e-3, "schedule": "cosine", "warmup_steps": 1}}
+    return merge(base, over)

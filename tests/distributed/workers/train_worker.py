@@ -1,0 +1,62 @@
+"""2-rank worker for the DeepSpeed training tests. argv: MODE OUT_DIR CACHES_JSON.
+
+MODE "main": ZeRO-1/2/3 short kd runs (eval before/after; the ZeRO-3 export is probed for logits),
+the cached-vs-online adaspec pair, sft; then a 6-step adaspec run (ZeRO-2, global selection,
+grad accumulation) that kills its own process right after its step-3 checkpoint.
+MODE "resume": resumes that run to step 6, then runs the same recipe uninterrupted.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from adaspec_dist.config import build_config
+from adaspec_dist.dist import init_distributed
+from adaspec_dist.distill.engine import gathered_module
+from adaspec_dist.distill.train import TrainConfig, train
+from tests.distributed.train_setup import recipe
+
+mode, out = sys.argv[1], Path(sys.argv[2])
+caches = json.loads(Path(sys.argv[3]).read_text())
+ps = init_distributed(tp_size=1)
+results = {}
+
+RESUME_RUN = dict(objective="adaspec", selection_scope="global", max_steps=6, save_every=3, eval_cache_dir=None,
+                  engine={"zero_stage": 2, "grad_accum": 2, "micro_batch_size": 2})
+
+
+if mode == "main":
+    for stage in (1, 2, 3):
+        s = train(build_config(TrainConfig, recipe(caches, out / f"kd{stage}", objective="kd", max_steps=5,
+                                                   export=stage == 3, engine={"zero_stage": stage})), keep_run=True)
+        r = s.pop("run")
+        results[f"kd{stage}"] = {"eval_start": s["eval_start"], "eval_end": s["eval_end"], "steps": s["steps"],
+                                 "stage": r.engine.zero_optimization_stage()}
+        if stage == 3:  # probe logits of the live ZeRO-3 module against its export
+            probe = torch.arange(2, 30).reshape(2, 14) % 640
+            with gathered_module(r.engine) as module, torch.no_grad():
+                module.eval()
+                logits = module(input_ids=probe).logits
+            if ps.is_main:
+                torch.save({"probe": probe, "logits": logits}, out / "kd3_probe.pt")
+    for mode_name in ("cached", "online"):
+        s = train(build_config(TrainConfig, recipe(caches, out / f"ada_{mode_name}", teacher_mode=mode_name,
+                                                   max_steps=1, export=False, eval_cache_dir=None)))
+        results[f"ada_{mode_name}"] = {"loss": s["last_loss"], "trained": s["trained_tokens"]}
+    s = train(build_config(TrainConfig, recipe(caches, out / "sft", objective="sft", cache_dir=None, max_steps=2,
+                                               eval_cache_dir=None, export=False,
+                                               data={"task": "arith", "limit": 12, "max_length": 48})))
+    results["sft"] = {"steps": s["steps"], "loss": s["last_loss"]}
+    with open(out / f"{mode}_rank{ps.rank}.json", "w") as fh:
+        json.dump(results, fh, default=str)
+    # Last: the run that is "killed" (exits the process) right after its step-3 checkpoint.
+    train(build_config(TrainConfig, recipe(caches, out / "resumed", kill_after_step=3, **RESUME_RUN)))
+    raise SystemExit("kill_after_step did not stop the run")
+elif mode == "resume":
+    s = train(build_config(TrainConfig, recipe(caches, out / "resumed", **RESUME_RUN)), resume_run=True)
+    results["resumed"] = {"steps": s["steps"], "passes": s["passes"]}
+    s = train(build_config(TrainConfig, recipe(caches, out / "full", **RESUME_RUN)))
+    results["full"] = {"steps": s["steps"], "passes": s["passes"], "kept": s["kept_token_epochs"]}
+with open(out / f"{mode}_rank{ps.rank}.json", "w") as fh:
+    json.dump(results, fh, default=str)
