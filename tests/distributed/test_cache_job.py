@@ -38,6 +38,24 @@ def finished(d: Path) -> int:
     return len(list((d / "shards").glob("shard-?????.json"))) if (d / "shards").is_dir() else 0
 
 
+def check_reference(cache: Path, ref_dir: Path) -> None:
+    """L_ref in the cache = the trainer's estimator of the reference model against the cached target."""
+    import torch
+
+    from adaspec_dist.cache.reader import CacheReader
+    from adaspec_dist.distill.losses import per_token_divergence
+    from adaspec_dist.models.load import load_causal_lm
+
+    ref = load_causal_lm(str(ref_dir))
+    reader = CacheReader(cache, batch_size=7, seed=1, verify="full")
+    assert reader.manifest["reference"]["divergence"] == "fkl"
+    for batch in reader:
+        with torch.no_grad():
+            logits = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        expected = per_token_divergence(logits[batch.loss_mask], batch.target, kind="fkl")
+        torch.testing.assert_close(batch.ref_loss, expected, atol=1e-4, rtol=1e-4)
+
+
 def content(d: Path) -> dict[str, bytes]:
     """Every file that defines the cache (tensorboard logs and the resolved config's out_dir aside)."""
     files = sorted((d / "shards").iterdir()) + [d / "manifest.json", d / "job.json"]
@@ -71,6 +89,13 @@ def test_two_ranks_and_a_killed_run_equal_one_uninterrupted_process(recipe, tmp_
     run_torchrun([TOOL, "--config", str(recipe), f"out_dir={killed}"], nproc=2)
     assert content(killed) == reference
     assert not list(killed.rglob("*.tmp"))
+
+    # The reference column, data-parallel over 2 ranks, through the CLI.
+    ref_dir = recipe.parent / "target"
+    run_torchrun([TOOL, "--add-reference", str(ref_dir), str(killed), "--batch-size", "3"], nproc=2)
+    assert {k: v for k, v in content(killed).items() if k in reference and k != "manifest.json"} == \
+        {k: v for k, v in reference.items() if k != "manifest.json"}  # shards untouched
+    check_reference(killed, ref_dir)
 
     # `adaspec-dist inspect --verify` reads it back and re-hashes every shard.
     from adaspec_dist.cli import main
