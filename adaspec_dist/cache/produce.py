@@ -166,7 +166,7 @@ def _pad(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return ids, attn, mask, masks
 
 
-def compute_shard(sequences: Sequence[Any], start: int, target_fn: TargetFn, spec: JobSpec, index: int,
+def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, index: int,
                   device: Any) -> tuple[list[np.ndarray], list[np.ndarray], SparseTarget]:
     """Run the target over one shard's sequences in order: -> (input ids, loss masks, targets)."""
     gen = torch.Generator().manual_seed(shard_seed(spec.seed, index))
@@ -218,7 +218,7 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     done_tokens = 0
     for j in todo:
         chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
-        ids, masks, target = compute_shard(chunk, j * spec.shard_size, target_fn, spec, j, device)
+        ids, masks, target = compute_shard(chunk, target_fn, spec, j, device)
         if writes:
             write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
                         input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
