@@ -110,6 +110,8 @@ class Stage:
     """When this directory holds a checkpoint, the stage is resumed (train: --resume)."""
     workdir: str | None = None
     """The directory the stage owns; --force deletes it so the stage starts afresh."""
+    rank0_only: bool = False
+    """Single-process stages (eval): rank 0 runs it while the other ranks wait."""
 
     def command_line(self) -> str:
         return " ".join(["adaspec-dist", self.command or "pipeline --stage " + self.name, *self.argv])
@@ -198,7 +200,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                        "drafts": {"distillspec": ref_export,
                                   "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}}, cfg.eval)
     stages.append(Stage("eval", "eval", ["--config", f"{{configs}}/eval.yaml"], eval_conf,
-                        outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"]))
+                        outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"], rank0_only=True))
     for s in stages:
         s.argv = [a.replace("{configs}", p["configs"]) for a in s.argv]
     return stages
@@ -314,6 +316,7 @@ def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
         code = _run_tokenizer(cfg, stage) if rank == 0 else 0
         _barrier()
         return code
+
     if stage.config is not None and rank == 0:
         Path(_paths(cfg)["configs"]).mkdir(parents=True, exist_ok=True)
         path = Path(stage.argv[stage.argv.index("--config") + 1])
@@ -321,6 +324,8 @@ def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
         tmp.write_text(yaml.safe_dump(stage.config, sort_keys=False))
         os.replace(tmp, path)
     _barrier()
+    if stage.rank0_only and rank != 0:
+        return 0  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
     argv = list(stage.argv)
     if stage.resume_dir and (Path(stage.resume_dir) / "latest").is_file():  # DeepSpeed writes it last
         argv.append("--resume")
@@ -367,16 +372,19 @@ def _run_pipeline(cfg: PipelineConfig, *, only, force, echo) -> list[str]:
     rank, _ = _world()
     if rank == 0:
         save_resolved(cfg, cfg.run_dir, name="pipeline.yaml")
+    else:
+        echo = lambda *_: None  # noqa: E731  (rank 0 speaks for the job)
     forced_from = min((names.index(n) for n in force or []), default=len(names))
-    ran = []
-    for i, stage in enumerate(stages):
-        if only and stage.name not in only:
-            continue
-        if i >= forced_from and rank == 0:
+    if rank == 0:
+        for stage in stages[forced_from:]:
             # Redo from scratch: no marker, and no checkpoint or partial output to resume from.
             _marker(cfg, stage.name).unlink(missing_ok=True)
             if stage.workdir and Path(stage.workdir).exists():
                 shutil.rmtree(stage.workdir)
+    ran = []
+    for i, stage in enumerate(stages):
+        if only and stage.name not in only:
+            continue
         _barrier()
         if is_complete(cfg, stage):
             echo(f"[{i + 1}/{len(stages)}] {stage.name}: complete, skipped")
@@ -387,6 +395,7 @@ def _run_pipeline(cfg: PipelineConfig, *, only, force, echo) -> list[str]:
         if code != 0:
             raise RuntimeError(f"stage '{stage.name}' failed with exit code {code}; fix it and rerun the "
                                f"pipeline (complete stages are skipped)")
+        _barrier()  # every rank is done (rank-0-only stages included) before outputs are checked
         missing = [o for o in stage.outputs if not Path(o).exists()]
         if missing:
             raise RuntimeError(f"stage '{stage.name}' returned 0 but did not write {missing[0]}")
