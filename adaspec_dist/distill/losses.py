@@ -98,7 +98,7 @@ def _f_generator(log_t: Tensor, kind: str, beta: float) -> Tensor:
     raise AssertionError("unreachable")
 
 
-_CHUNK_ELEMS = 1 << 22  # rows per chunk such that a chunk holds ~4M fp32 values (16 MiB)
+_CHUNK_ELEMS = 1 << 20  # rows per chunk such that a chunk holds ~1M fp32 values (4 MiB)
 
 
 class _SparseLogQ(torch.autograd.Function):
@@ -137,12 +137,13 @@ class _SparseLogQ(torch.autograd.Function):
             sl = slice(a, a + rows)
             zc = z_NV[sl].float()
             total = g_K[sl].sum(-1) + g_rest[sl]
-            out = torch.exp(zc - lse[sl, None]) * (-total[:, None])
             gr = torch.where(finite[sl], g_rest[sl], torch.zeros_like(g_rest[sl]))
-            rest = torch.exp(zc - torch.where(finite[sl], lse_rest[sl], torch.zeros_like(lse_rest[sl]))[:, None])
-            out += rest.scatter_(-1, ids_NK[sl], 0.0) * gr[:, None]
-            out.scatter_add_(-1, ids_NK[sl], g_K[sl])
-            grad[sl] = out.to(z_NV.dtype)
+            ref = torch.where(finite[sl], lse_rest[sl], torch.zeros_like(lse_rest[sl]))
+            # In place, two chunk-sized buffers: out = −total·q + g_rest·[x ∉ ids]·q_rest-normalised.
+            out = (zc - lse[sl, None]).exp_().mul_(-total[:, None])
+            rest = (zc - ref[:, None]).exp_().scatter_(-1, ids_NK[sl], 0.0).mul_(gr[:, None])
+            out.add_(rest).scatter_add_(-1, ids_NK[sl], g_K[sl])
+            grad[sl] = out
         return grad, None
 
 

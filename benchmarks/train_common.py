@@ -1,0 +1,66 @@
+"""Shared setup of the training benchmarks: a demo-sized cache (target ~36x the draft) on an
+embedded task, built once under a work directory, and helpers to run the trainer in-process."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(os.environ.get("ADASPEC_BENCH_DIR", Path(tempfile.gettempdir()) / "adaspec-bench-train"))
+TARGET = {"preset": "demo-target", "seed": 1}
+DRAFT = {"preset": "demo-draft", "seed": 5}
+REFERENCE = {"preset": "demo-draft", "seed": 9}
+DATA = {"task": "arith", "split": "train", "limit": 96, "max_length": 128}
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**result, "machine": machine()}, indent=1) + "\n")
+    return path
+
+
+def setup(top_k: int = 64) -> dict:
+    """Tokenizer (4096 pieces), cache of the demo target with a reference column; reused if present."""
+    from adaspec_dist.cache.produce import CacheConfig, run_job
+    from adaspec_dist.cache.reference import add_reference
+    from adaspec_dist.config import load_config
+    from adaspec_dist.data.tokenizer import embedded_tokenizer
+    from adaspec_dist.models.load import ModelConfig, load_causal_lm
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    tok_dir = WORK / "tokenizer"
+    tok = embedded_tokenizer(tok_dir, vocab_size=4096)
+    cache = WORK / f"cache_k{top_k}"
+    if not (cache / "manifest.json").exists():
+        cfg = load_config(CacheConfig, None, {"data": DATA, "model": TARGET, "tokenizer": str(tok_dir),
+                                              "out_dir": str(cache), "top_k": top_k, "shard_size": 32})
+        run_job(cfg)
+        ref = load_causal_lm(ModelConfig(**REFERENCE), vocab_size=len(tok))
+        add_reference(cache, ref, divergence="fkl", identity="preset:demo-draft(seed=9)")
+    return {"tokenizer": str(tok_dir), "cache": str(cache), "vocab": len(tok)}
+
+
+def run_train(paths: dict, name: str, steps: int, **over) -> dict:
+    """One in-process training run (world size 1) and its summary."""
+    from adaspec_dist.config import build_config, merge
+    from adaspec_dist.distill.train import TrainConfig, train
+
+    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "reference": REFERENCE,
+            "tokenizer": paths["tokenizer"], "cache_dir": paths["cache"], "run_dir": str(WORK / "runs" / name),
+            "max_steps": steps, "export": False, "seed": 0,
+            "engine": {"zero_stage": 1, "micro_batch_size": 8, "lr": 1e-3, "schedule": "constant"}}
+    return train(build_config(TrainConfig, merge(base, over)))
