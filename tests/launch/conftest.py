@@ -7,7 +7,8 @@ can be checked against the baseline: the final checkpoint's parameters must be e
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,18 +25,16 @@ def launch_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def launch_env(launch_root) -> dict[str, str]:
-    """Child environment: venv first on PATH, one thread per rank, a private torch_extensions copy.
+    """Child environment: venv first on PATH, one thread per rank, DeepSpeed's ops built.
 
-    The copy holds the ops `tools/warm_deepspeed.py` built, without any stale ``lock`` file, so a
-    run killed in one test cannot hang the next (DeepSpeed JIT-builds into this directory).
+    ``tools/warm_deepspeed.py --clear-stale-locks`` (also run by ``make test``) builds the JIT ops
+    once, with no timeout, and removes a ``lock`` left by a build killed earlier, which would
+    hang every launch below. (A private copy of the build directory does not help: the JIT
+    rebuilds a moved build directory.)
     """
-    ext = launch_root / "torch_extensions"
-    warm = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    if warm.is_dir():
-        shutil.copytree(warm, ext, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
-    ext.mkdir(exist_ok=True)
-    return child_env(TORCH_EXTENSIONS_DIR=str(ext), ADASPEC_REPO=str(REPO),
-                     PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    subprocess.run([sys.executable, str(REPO / "tools" / "warm_deepspeed.py"), "--clear-stale-locks"],
+                   env=child_env(MASTER_PORT=str(free_port())), check=True, capture_output=True)
+    return child_env(ADASPEC_REPO=str(REPO), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 @pytest.fixture(scope="session")

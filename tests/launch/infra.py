@@ -95,6 +95,7 @@ def edited_file(path: Path, text: str, *, prepend: bool = False) -> Iterator[Non
     Written in place (not rename) because /etc/hosts is often a bind mount in containers.
     """
     old = path.read_bytes() if path.exists() else None
+    made_parent = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     base = (old or b"").decode()
     if base and not base.endswith("\n"):
@@ -107,6 +108,9 @@ def edited_file(path: Path, text: str, *, prepend: bool = False) -> Iterator[Non
     finally:
         if old is None:
             path.unlink(missing_ok=True)
+            if made_parent:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
         else:
             with open(path, "wb") as fh:
                 fh.write(old)
