@@ -291,8 +291,8 @@ class TPCausalLM(nn.Module):
         """
         if attention_mask is not None and attention_mask.dim() == 4:
             return attention_mask.bool()
-        if attention_mask is None and past == 0:
-            return None  # plain causal: SDPA's fast path
+        if past == 0 and (attention_mask is None or bool(attention_mask.all())):
+            return None  # plain causal: SDPA's fast path (one host sync, once per forward)
         s = past + t
         q_pos = torch.arange(past, s, device=device)[:, None]
         causal = torch.arange(s, device=device)[None, :] <= q_pos                # (T,S)
@@ -447,7 +447,11 @@ def load_tp_model(path: str | Path, *, tp_group: Any, dtype: torch.dtype = torch
     arch = arch_from_config(hf_config, tp_size)
     with torch.device("meta"):
         model = TPCausalLM(hf_config, arch, tp_group=tp_group, dtype=dtype)
-    state = {k: v.to(dtype) for k, v in _shard_state(model, _Checkpoint(path)).items()}
+    # copy=True: own the memory. Whole-tensor slices can be zero-copy views of the safetensors
+    # mmap; weights must not depend on the file staying unchanged, and the map closes after this.
+    # One tensor at a time, dropping each source as it is copied: the load peak stays ~1x the shard.
+    raw = _shard_state(model, _Checkpoint(path))
+    state = {k: raw.pop(k).to(dtype, copy=True) for k in list(raw)}
     # Megatron's layers add an empty `_extra_state` on load; keep strict=True to catch any missing tensor.
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("_extra_state")]

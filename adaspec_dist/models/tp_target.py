@@ -66,6 +66,7 @@ def make_target_fn(cfg: Any, ps: Any):
             w = w / w.sum(-1, keepdim=True)
         return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled").to("cpu")
 
+    target.model = model  # for callers that report on it (memory benchmarks, logs)
     return target, V
 
 
