@@ -120,3 +120,33 @@ def pair(dev=None):
 def prompts(n: int, seed: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (n, PROMPT_LEN), generator=gen).tolist()
+
+
+def forward_ms(model, batch: int, new_tokens: int, context: int = 40, reps: int = 7) -> float:
+    """Median time (ms) of one cached forward over ``new_tokens`` tokens after ``context`` cached ones."""
+    import time
+
+    from adaspec_dist.speculative.kv_cache import SlotCache
+    from adaspec_dist.speculative.lm import HFCausalLM
+
+    lm = HFCausalLM(model)
+    slot = SlotCache(lm.new_cache(), batch, lm.device)
+    ids = torch.randint(3, VOCAB, (batch, context), device=lm.device)
+    valid = torch.ones((batch, context), dtype=torch.bool, device=lm.device)
+    lm.forward(ids, torch.arange(context, device=lm.device).expand(batch, context), slot.attention_mask(valid),
+               slot.cache)
+    slot.append(valid)
+    times = []
+    for _ in range(reps):
+        x = torch.randint(3, VOCAB, (batch, new_tokens), device=lm.device)
+        v = torch.ones((batch, new_tokens), dtype=torch.bool, device=lm.device)
+        pos = (context + torch.arange(new_tokens, device=lm.device)).expand(batch, new_tokens)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        lm.forward(x, pos, slot.attention_mask(v), slot.cache)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        slot.cache.crop(-new_tokens)   # back to `context` cached slots for the next repetition
+    return 1000 * sorted(times)[len(times) // 2]

@@ -185,7 +185,7 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
         dslot.keep_last(torch.cat([st["dvalid"], arange[None, 1:G] <= n[:, None]], 1))
         cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
         batch.buf.scatter_(1, batch.n_out[:, None] + arange[None], cand)
-        hist += torch.bincount(n, minlength=G + 1)
+        hist += torch.nn.functional.one_hot(n, G + 1).sum(0)   # (bincount would sync on CUDA)
         batch.trace[:, step - 1] = n
         batch.n_out += n + 1
         batch.pos += n + 1
