@@ -4,7 +4,7 @@ finish >= 1.7x faster than 1 rank on a 2-core machine.
 Runs the same job (``produce_cache`` over the demo-target preset, a real LlamaForCausalLM with
 ~5M parameters, vocab 8000, 64 sequences x 128 tokens, top-64, 8 shards) under
 ``torchrun --nproc_per_node 1`` (the baseline) and ``--nproc_per_node 2``, timing the job itself
-(after model load, up to the manifest) on rank 0, and checks that both caches are byte-identical.
+(after model load, up to the manifest) on rank 0 (best of 2 interleaved repeats), and checks that both caches are byte-identical.
 Prints t(1 rank) / t(2 ranks); writes benchmarks/results/cache_dp_scaling.json. Needs two idle
 cores to show the real ratio: the load average at the start is recorded.
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cache_common import task_sequences, write_result  # noqa: E402
 
 VOCAB = 8000
+REPEATS = 2
 
 
 def worker(out_dir: str, timing: str) -> None:
@@ -63,10 +64,15 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        one = launch(1, tmp / "one", tmp / "t1.json")
-        two = launch(2, tmp / "two", tmp / "t2.json")
-        same = all((tmp / "one" / "shards" / p.name).read_bytes() == p.read_bytes()
-                   for p in (tmp / "two" / "shards").iterdir())
+        # Interleaved repeats, best of each: other load on the machine only ever slows a run down.
+        runs = {1: [], 2: []}
+        for rep in range(REPEATS):
+            for n in (1, 2):
+                runs[n].append(launch(n, tmp / f"c{n}-{rep}", tmp / f"t{n}-{rep}.json"))
+        one = min(runs[1], key=lambda r: r["seconds"])
+        two = min(runs[2], key=lambda r: r["seconds"])
+        same = all((tmp / "c1-0" / "shards" / p.name).read_bytes() == p.read_bytes()
+                   for p in (tmp / "c2-0" / "shards").iterdir())
     ratio = one["seconds"] / two["seconds"]
     print(f"1 rank: {one['seconds']:.2f} s ({one['tokens'] / one['seconds']:,.0f} tokens/s); "
           f"2 ranks: {two['seconds']:.2f} s ({two['tokens'] / two['seconds']:,.0f} tokens/s)")
@@ -75,7 +81,7 @@ def main() -> None:
     path = write_result("cache_dp_scaling", {
         "claim": "2 DP ranks >= 1.7x faster than 1 rank on 2 cores",
         "one_rank_s": round(one["seconds"], 3), "two_ranks_s": round(two["seconds"], 3), "speedup": round(ratio, 2),
-        "byte_identical": same, "load_avg_at_start": round(load, 2),
+        "byte_identical": same, "all_runs_s": {str(n): [round(r["seconds"], 3) for r in v] for n, v in runs.items()}, "load_avg_at_start": round(load, 2),
         "setup": "demo-target preset, vocab 8000, 64 x 128 tokens, top-64, batch 4, 8 shards; 1 thread per rank"})
     print(f"wrote {path}")
 
