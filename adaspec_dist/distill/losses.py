@@ -107,44 +107,55 @@ class _SparseLogQ(torch.autograd.Function):
     Forward and backward walk row chunks, so the only N×V tensor created is the gradient of
     the logits itself (autograd's generic path would keep a log-softmax, a masked copy and
     scatter buffers alive: ~3-4 N×V). Exact: the rest is the log-sum-exp OFF the ids.
+    ``distinct``: the ids of a row are distinct (top-k). Then one pass over the vocabulary gives
+    both sums (log-sum-exp off the ids, then combined with the K logits at the ids); otherwise
+    (sampled rows padded with repeated ids) the rest is not needed and is returned as −inf.
     """
 
     @staticmethod
-    def forward(ctx, z_NV: Tensor, ids_NK: Tensor):
+    def forward(ctx, z_NV: Tensor, ids_NK: Tensor, distinct: bool):
         n, v = z_NV.shape
         rows = max(1, _CHUNK_ELEMS // max(1, v))
         lse = torch.empty(n, dtype=torch.float32, device=z_NV.device)
-        lse_rest = torch.empty_like(lse)
+        lse_rest = torch.full_like(lse, float("-inf"))
         lq_K = torch.empty(ids_NK.shape, dtype=torch.float32, device=z_NV.device)
         for a in range(0, n, rows):
-            zc = z_NV[a:a + rows].float()
-            lse[a:a + rows] = torch.logsumexp(zc, -1)
-            lq_K[a:a + rows] = zc.gather(-1, ids_NK[a:a + rows]) - lse[a:a + rows, None]
-            lse_rest[a:a + rows] = torch.logsumexp(zc.scatter(-1, ids_NK[a:a + rows], float("-inf")), -1)
-        ctx.save_for_backward(z_NV, ids_NK, lse, lse_rest)
+            sl = slice(a, a + rows)
+            zc = z_NV[sl].float()
+            z_ids = zc.gather(-1, ids_NK[sl])
+            if distinct:
+                lse_rest[sl] = torch.logsumexp(zc.scatter(-1, ids_NK[sl], float("-inf")), -1)
+                lse[sl] = torch.logaddexp(lse_rest[sl], torch.logsumexp(z_ids, -1))
+            else:
+                lse[sl] = torch.logsumexp(zc, -1)
+            lq_K[sl] = z_ids - lse[sl, None]
+        ctx.distinct = distinct
+        ctx.save_for_backward(z_NV, ids_NK, lse, lse_rest, lq_K)
         return lq_K, lse_rest - lse
 
     @staticmethod
     def backward(ctx, g_K: Tensor, g_rest: Tensor):
-        # d lq_K[i,j]/dz_x = [x = ids_ij] − q_x ;  d lq_rest[i]/dz_x = [x ∉ ids_i]·exp(z_x − lse_rest_i) − q_x
-        z_NV, ids_NK, lse, lse_rest = ctx.saved_tensors
+        # d lq_K[i,j]/dz_x = [x = ids_ij] − q_x ;  d lq_rest[i]/dz_x = [x ∉ ids_i]·q_x/q_rest_i − q_x
+        z_NV, ids_NK, lse, lse_rest, lq_K = ctx.saved_tensors
         n, v = z_NV.shape
         rows = max(1, _CHUNK_ELEMS // max(1, v))
         grad = torch.empty(n, v, dtype=z_NV.dtype, device=z_NV.device)
-        g_K, g_rest = g_K.float(), g_rest.float()
-        finite = torch.isfinite(lse_rest)  # rows whose ids cover the vocabulary have no rest
+        g_K = g_K.float()
+        g_rest = g_rest.float() if ctx.distinct else torch.zeros_like(lse)
+        total = g_K.sum(-1) + g_rest  # (N,)
+        # Off the ids: q_x·(−total + g_rest/q_rest); rows without a rest (ids cover V) get no term.
+        finite = torch.isfinite(lse_rest)
+        off = torch.where(finite, g_rest * torch.exp(lse - torch.where(finite, lse_rest, lse)), 0.0) - total
+        at_ids = g_K - lq_K.exp() * total[:, None]  # exact values at the ids (no cancellation)
         for a in range(0, n, rows):
             sl = slice(a, a + rows)
-            zc = z_NV[sl].float()
-            total = g_K[sl].sum(-1) + g_rest[sl]
-            gr = torch.where(finite[sl], g_rest[sl], torch.zeros_like(g_rest[sl]))
-            ref = torch.where(finite[sl], lse_rest[sl], torch.zeros_like(lse_rest[sl]))
-            # In place, two chunk-sized buffers: out = −total·q + g_rest·[x ∉ ids]·q_rest-normalised.
-            out = (zc - lse[sl, None]).exp_().mul_(-total[:, None])
-            rest = (zc - ref[:, None]).exp_().scatter_(-1, ids_NK[sl], 0.0).mul_(gr[:, None])
-            out.add_(rest).scatter_add_(-1, ids_NK[sl], g_K[sl])
+            out = (z_NV[sl].float() - lse[sl, None]).exp_().mul_(off[sl, None])
+            if ctx.distinct:
+                out.scatter_(-1, ids_NK[sl], at_ids[sl])
+            else:  # repeated (padding) ids carry zero gradient, so accumulating is exact
+                out.scatter_add_(-1, ids_NK[sl], g_K[sl])
             grad[sl] = out
-        return grad, None
+        return grad, None, None
 
 
 def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", beta: float = 0.5) -> Tensor:
@@ -158,7 +169,7 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
         return student_logits_NV.float().sum(-1)  # (0,), still attached to the graph
     if target.scheme == "topk":
         # Student: log q at the ids and of the "rest" (log-sum-exp of the logits off the ids).
-        lq_K, lq_rest = _SparseLogQ.apply(student_logits_NV, ids)
+        lq_K, lq_rest = _SparseLogQ.apply(student_logits_NV, ids, True)
         if ids.shape[1] >= v:
             # The ids cover the vocabulary: the rest bucket is empty on both sides by definition.
             # (Computing it would turn the teacher's storage rounding, |1 − Σp| ~ 1e-3 in fp16,
@@ -175,7 +186,7 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
         if target.weights is None:
             raise ValueError("a sampled SparseTarget needs weights; rebuild the cache with scheme=sampled")
         w = target.weights.to(student_logits_NV.device).float()
-        lq_K, _ = _SparseLogQ.apply(student_logits_NV, ids)
+        lq_K, _ = _SparseLogQ.apply(student_logits_NV, ids, False)
         live = w > 0
         # Padding rows may hold -inf/garbage log-probs: neutralise before exp, then weight 0.
         log_t = torch.where(live, lq_K - torch.where(live, logp, torch.zeros_like(logp)), torch.zeros_like(logp))
