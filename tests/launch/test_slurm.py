@@ -113,3 +113,40 @@ def test_pipeline_chain_submits_afterok_dependencies(slurm, launch_env):
                 assert dependency.startswith(f"afterok:{chain[i - 1][1]}"), info
     finally:
         slurm.run("scancel", *[job for _, job in chain], check=False)
+
+
+def test_sbatch_cache_two_nodes_equals_one_process(slurm, launch_root, tokenizer_dir):
+    """launchers/slurm/cache.sbatch on 2 nodes writes the same cache, byte for byte, as one process."""
+    import yaml
+
+    from adaspec_dist.cache.produce import CacheConfig, prepare_job, produce_cache
+    from adaspec_dist.config import load_config
+    from adaspec_dist.data.tokenizer import load_tokenizer
+    from adaspec_dist.models.load import build_preset, save_hf
+
+    root = launch_root / "slurm_cache"
+    tok = load_tokenizer(str(tokenizer_dir))
+    save_hf(build_preset("tiny-llama", len(tok), seed=0), root / "target", tokenizer=tok)
+    recipe = root / "cache.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"task": "arith", "limit": 16, "max_length": 48}, "model": {"name_or_path": str(root / "target")},
+        "scheme": "topk", "top_k": 8, "batch_size": 2, "shard_size": 2, "seed": 0}))
+
+    one = root / "one"
+    produce_cache(*prepare_job(load_config(CacheConfig, recipe, [f"out_dir={one}"])), one)
+    two, log = root / "two", root / "job.log"
+    slurm.run("sbatch", "--wait", f"--output={log}", f"--chdir={REPO}", str(LAUNCHERS / "slurm" / "cache.sbatch"),
+              "--config", str(recipe), f"out_dir={two}", timeout=400)
+    out = log.read_text(errors="replace")
+    job = re.search(r"adaspec-dist sbatch: job (\d+)", out).group(1)
+    info = slurm.job_info(job)
+    assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "2", (info, out[-3000:])
+    assert node_ranks_seen(out) == {0, 1}, out[-3000:]
+
+    def content(d: Path) -> dict[str, bytes]:
+        files = sorted((d / "shards").iterdir()) + [d / "manifest.json"]
+        return {str(p.relative_to(d)): p.read_bytes() for p in files}
+
+    want = content(one)
+    assert len([k for k in want if k.endswith(".safetensors")]) == 8  # 16 sequences / shard_size 2
+    assert content(two) == want
