@@ -383,7 +383,11 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
     from tqdm import tqdm
 
     from adaspec_dist.distill.engine import latest_step
+    from adaspec_dist.preemption import Preempted, StopSignal
 
+    # Installed before setup, so a SIGTERM that lands while the job starts up still ends in a
+    # checkpoint (after the first step) rather than a death with nothing to resume from.
+    stop = StopSignal.install()  # SIGTERM/SIGUSR1 -> checkpoint at a step boundary, exit 143 (launch helper)
     run = setup(cfg)
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     if resume_run:
@@ -401,9 +405,6 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
     summary: dict = {"eval_start": evaluate(run) if not resume_run else {}}
     _log_eval(run, summary["eval_start"])
     bar = tqdm(total=run.total_steps, initial=run.step, desc=cfg.objective, disable=not run.ps.is_main)
-    from adaspec_dist.preemption import Preempted, StopSignal
-
-    stop = StopSignal.install()  # SIGTERM/SIGUSR1 -> checkpoint at a step boundary, exit 143 (launch helper)
     t0, tok0, last_stats = time.perf_counter(), run.tokens_seen, {}
     while run.step < run.total_steps:
         run.stream.set_epoch(run.micro_step // per_pass)

@@ -10,7 +10,7 @@ import yaml
 from tests.helpers import REPO
 
 LAUNCHERS = REPO / "launchers"
-MAX_STEPS = 40
+MAX_STEPS = 80  # enough steps (several seconds) for the preemption test to land mid-run
 # Equality of parameters across launchers: the same ranks do the same fp32 math and a 2-way
 # gloo all-reduce is order-independent, so the runs agree to rounding (in practice bitwise).
 ATOL = 1e-6

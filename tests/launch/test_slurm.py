@@ -68,7 +68,7 @@ def test_sbatch_preempted_requeues_and_resumes(slurm, make_recipe, baseline):
         return max(done, default=0)
 
     # Preempt early in the run (well before MAX_STEPS), once the loop is stepping.
-    infra.wait_for(lambda: progress() >= 2, 300, "training to make progress", poll=0.2)
+    infra.wait_for(lambda: progress() >= 1, 300, "training to make progress", poll=0.05)
     slurm.run("scontrol", "requeue", job)
     # Slurm holds a requeued job for a while (BeginTime); let it start right away.
     infra.wait_for(lambda: slurm.job_info(job).get("JobState") == "PENDING" or None, 120,
