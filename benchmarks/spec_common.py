@@ -1,6 +1,7 @@
 """Shared setup of the speculative-decoding benchmarks (spec_*.py): a target/draft pair, results files.
 
-The pair: a random-weight Llama target (hidden 1024, 4 layers: ~46M parameters, large enough that
+The pair: a random-weight Llama target (hidden 1024, 4 layers: ~46M parameters; 8 layers, ~88M, for
+spec_speedup.py so that the target costs >= 20x the draft per forward; large enough that
 one forward on CPU is dominated by reading its weights, as on a GPU) with a sharpened output head
 (logits std ~3, so sampling is not near-uniform), and a ``demo-draft`` Llama (hidden 64, 1 layer)
 DISTILLED here with plain torch: forward KL to the target's teacher-forced distributions on
@@ -42,10 +43,10 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_target(dev) -> torch.nn.Module:
+def build_target(dev, layers: int = 4) -> torch.nn.Module:
     from adaspec_dist.models.load import build_preset
 
-    target = build_preset("demo-target", VOCAB, seed=0, hidden_size=1024, num_hidden_layers=4,
+    target = build_preset("demo-target", VOCAB, seed=0, hidden_size=1024, num_hidden_layers=layers,
                           num_attention_heads=16, num_key_value_heads=8, intermediate_size=2752)
     with torch.no_grad():
         target.lm_head.weight.mul_(5.0)   # default init gives near-uniform next-token distributions
@@ -100,21 +101,22 @@ PAIR_DIR = Path(os.environ.get("ADASPEC_BENCH_TMP", "/tmp")) / "adaspec_spec_ben
 PROMPT_LEN = 8
 
 
-def pair(dev=None):
-    """(target, draft, held-out sequences): built once, then reused from PAIR_DIR by every spec_* script."""
+def pair(dev=None, layers: int = 4):
+    """(target, draft, held-out sequences): built once per target depth, then reused from disk."""
     from adaspec_dist.models.load import load_causal_lm, save_hf
 
     dev = dev or device()
-    if not (PAIR_DIR / "held_out.json").exists():
-        target = build_target("cpu")
+    pair_dir = PAIR_DIR if layers == 4 else PAIR_DIR.with_name(f"{PAIR_DIR.name}_L{layers}")
+    if not (pair_dir / "held_out.json").exists():
+        target = build_target("cpu", layers)
         draft = distill_draft(target, 64, 32, 300)
         seqs = target_text(target, 48, PROMPT_LEN, 32, seed=1)
-        save_hf(target, PAIR_DIR / "target")
-        save_hf(draft, PAIR_DIR / "draft")
-        (PAIR_DIR / "held_out.json").write_text(json.dumps(seqs))
-    seqs = json.loads((PAIR_DIR / "held_out.json").read_text())
-    return (load_causal_lm(str(PAIR_DIR / "target"), device=dev, dtype="float32"),
-            load_causal_lm(str(PAIR_DIR / "draft"), device=dev, dtype="float32"), held_out(seqs, PROMPT_LEN))
+        save_hf(target, pair_dir / "target")
+        save_hf(draft, pair_dir / "draft")
+        (pair_dir / "held_out.json").write_text(json.dumps(seqs))
+    seqs = json.loads((pair_dir / "held_out.json").read_text())
+    return (load_causal_lm(str(pair_dir / "target"), device=dev, dtype="float32"),
+            load_causal_lm(str(pair_dir / "draft"), device=dev, dtype="float32"), held_out(seqs, PROMPT_LEN))
 
 
 def prompts(n: int, seed: int) -> list[list[int]]:

@@ -105,3 +105,32 @@ def test_sampled_tokens_follow_the_target_distribution(gamma):
     assert p_ok > 0.01
     p_bad, _ = pvalue(_broken)
     assert p_bad < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["tiny-neox", "tiny-llama"])
+def test_holes_are_invisible_and_compaction_keeps_logits(preset):
+    """A row with hole slots (garbage tokens masked out, explicit positions) gives the same logits
+    as the same tokens without holes; compacting all-hole columns changes nothing."""
+    from adaspec_dist.speculative.kv_cache import SlotCache
+    from adaspec_dist.speculative.lm import HFCausalLM
+
+    lm = HFCausalLM(build_preset(preset, 40, seed=2, initializer_range=0.2))
+    real = [3, 9, 4, 22, 17]
+    ids = torch.tensor([[3, 31, 9, 4, 35, 22, 17], real + [0, 0]])          # row 0: holes at slots 1 and 4
+    valid = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    pos = (valid.long().cumsum(1) - 1).clamp_min(0)
+    slot = SlotCache(lm.new_cache(), 2, "cpu")
+    lm.forward(ids, pos, slot.attention_mask(valid), slot.cache)
+    slot.append(valid)
+    nxt = torch.tensor([[5], [5]])
+    step_pos = torch.tensor([[5], [5]])
+    one = torch.ones((2, 1), dtype=torch.bool)
+    before = lm.forward(nxt, step_pos, slot.attention_mask(one), slot.cache)
+    slot.cache.crop(-1)
+    assert torch.allclose(before[0], before[1], atol=1e-5)                  # holes invisible
+    assert slot.compact() == 0                                              # no column is a hole in both rows
+    slot.keep_last(torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], dtype=torch.bool))
+    slot.valid_BS[0, 4] = False                                             # slot 4: a hole in both rows now
+    assert slot.compact() == 1 and slot.num_slots == 6
+    after = lm.forward(nxt, step_pos, slot.attention_mask(one), slot.cache)
+    assert torch.allclose(after[0], before[0], atol=1e-5)
