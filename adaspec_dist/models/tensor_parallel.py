@@ -34,7 +34,6 @@ V this rank's vocabulary width.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from adaspec_dist.models.tp_checkpoint import Checkpoint, shard_state
 from adaspec_dist.models.vocab_parallel import shard_range
 
 logger = logging.getLogger(__name__)
@@ -329,109 +329,6 @@ class TPCausalLM(nn.Module):
         return logits
 
 
-class _Checkpoint:
-    """Lazy reader of an HF safetensors checkpoint (single file or index)."""
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        index = path / "model.safetensors.index.json"
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        elif (path / "model.safetensors").exists():
-            weight_map = None
-        else:
-            raise ValueError(f"no safetensors weights in '{path}'; save the model with safetensors "
-                             "(save_pretrained(safe_serialization=True))")
-        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
-        self.handles = {f: safe_open(str(path / f), framework="pt") for f in files}
-        self.where = weight_map or {k: "model.safetensors" for k in self.handles["model.safetensors"].keys()}
-
-    def has(self, name: str) -> bool:
-        return name in self.where
-
-    def get(self, name: str, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None):
-        if name not in self.where:
-            raise ValueError(f"checkpoint lacks tensor '{name}'; is it a complete HF checkpoint?")
-        sl = self.handles[self.where[name]].get_slice(name)
-        if rows is not None and cols is not None:
-            return sl[rows[0]:rows[1], cols[0]:cols[1]]
-        if rows is not None:
-            return sl[rows[0]:rows[1]]
-        if cols is not None:
-            return sl[:, cols[0]:cols[1]]
-        return sl[:]
-
-
-def _vocab_rows(ck: _Checkpoint, name: str, start: int, end: int, vocab: int) -> torch.Tensor:
-    """This shard's vocabulary rows, zero-padded past the real vocabulary."""
-    real = ck.get(name, rows=(min(start, vocab), min(end, vocab)))
-    if real.shape[0] == end - start:
-        return real
-    pad = torch.zeros(end - start - real.shape[0], *real.shape[1:], dtype=real.dtype)
-    return torch.cat([real, pad])
-
-
-def _shard_state(model: TPCausalLM, ck: _Checkpoint) -> dict[str, torch.Tensor]:
-    """Read exactly this rank's slices; keys match ``model.state_dict()``."""
-    a, r, n = model.arch, model.tp_rank, model.tp_size
-    d, sd = a.head_dim, {}
-
-    def col(p: str, out: int):  # rows [r*out/n, (r+1)*out/n)
-        return (r * out // n, (r + 1) * out // n)
-
-    if a.family == "gpt_neox":
-        pre, emb, norm, head = "gpt_neox.layers", "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "embed_out"
-    else:
-        pre, emb, norm, head = "model.layers", "model.embed_tokens.weight", "model.norm", "lm_head"
-    sd["embed.weight"] = _vocab_rows(ck, emb, model.vocab_start, model.vocab_end, a.vocab)
-    if not a.tied:
-        sd["head.weight"] = _vocab_rows(ck, f"{head}.weight", model.vocab_start, model.vocab_end, a.vocab)
-    for i, blk in enumerate(model.blocks):
-        src, dst = f"{pre}.{i}", f"blocks.{i}"
-        if a.family == "gpt_neox":
-            names = {"ln1": "input_layernorm", "ln2": "post_attention_layernorm"}
-            for mine, theirs in names.items():
-                sd[f"{dst}.{mine}.weight"] = ck.get(f"{src}.{theirs}.weight")
-                sd[f"{dst}.{mine}.bias"] = ck.get(f"{src}.{theirs}.bias")
-            col_map = {"qkv": ("attention.query_key_value", 3 * a.hidden), "up": ("mlp.dense_h_to_4h", a.intermediate)}
-            row_map = {"o": ("attention.dense", a.hidden), "down": ("mlp.dense_4h_to_h", a.intermediate)}
-            biases = {"qkv": a.attn_bias, "up": True, "o": a.out_bias, "down": True}
-        else:
-            sd[f"{dst}.ln1_w"] = ck.get(f"{src}.input_layernorm.weight")
-            sd[f"{dst}.ln2_w"] = ck.get(f"{src}.post_attention_layernorm.weight")
-            kv = a.kv_heads * d
-            col_map = {"q": ("self_attn.q_proj", a.heads * d), "gate": ("mlp.gate_proj", a.intermediate),
-                       "up": ("mlp.up_proj", a.intermediate)}
-            if blk.replicated_kv:
-                head_i = (r * blk.h_local) // (a.heads // a.kv_heads)
-                for mine in ("k", "v"):
-                    sd[f"{dst}.{mine}.weight"] = ck.get(f"{src}.self_attn.{mine}_proj.weight",
-                                                        rows=(head_i * d, (head_i + 1) * d))
-                    if a.attn_bias:
-                        sd[f"{dst}.{mine}.bias"] = ck.get(f"{src}.self_attn.{mine}_proj.bias",
-                                                          rows=(head_i * d, (head_i + 1) * d))
-            else:
-                col_map.update(k=("self_attn.k_proj", kv), v=("self_attn.v_proj", kv))
-            row_map = {"o": ("self_attn.o_proj", a.heads * d), "down": ("mlp.down_proj", a.intermediate)}
-            biases = {"q": a.attn_bias, "k": a.attn_bias, "v": a.attn_bias, "gate": a.mlp_bias, "up": a.mlp_bias,
-                      "o": a.out_bias, "down": a.mlp_bias}
-        for mine, (theirs, out) in col_map.items():
-            sd[f"{dst}.{mine}.weight"] = ck.get(f"{src}.{theirs}.weight", rows=col(mine, out))
-            if biases[mine]:
-                sd[f"{dst}.{mine}.bias"] = ck.get(f"{src}.{theirs}.bias", rows=col(mine, out))
-        for mine, (theirs, inp) in row_map.items():
-            sd[f"{dst}.{mine}.weight"] = ck.get(f"{src}.{theirs}.weight", cols=col(mine, inp))
-            if biases[mine]:
-                sd[f"{dst}.{mine}.bias"] = ck.get(f"{src}.{theirs}.bias")  # added once, after the all-reduce
-    if a.family == "gpt_neox":
-        sd["final_norm.weight"] = ck.get(f"{norm}.weight")
-        sd["final_norm.bias"] = ck.get(f"{norm}.bias")
-    else:
-        sd["final_norm_w"] = ck.get(f"{norm}.weight")
-    return sd
-
-
 def load_tp_model(path: str | Path, *, tp_group: Any, dtype: torch.dtype = torch.float32,
                   device: Any = "cpu") -> TPCausalLM:
     """Build a :class:`TPCausalLM` over ``tp_group`` from an HF checkpoint directory (see module doc)."""
@@ -450,7 +347,7 @@ def load_tp_model(path: str | Path, *, tp_group: Any, dtype: torch.dtype = torch
     # copy=True: own the memory. Whole-tensor slices can be zero-copy views of the safetensors
     # mmap; weights must not depend on the file staying unchanged, and the map closes after this.
     # One tensor at a time, dropping each source as it is copied: the load peak stays ~1x the shard.
-    raw = _shard_state(model, _Checkpoint(path))
+    raw = shard_state(model, Checkpoint(path))
     state = {k: raw.pop(k).to(dtype, copy=True) for k in list(raw)}
     # Megatron's layers add an empty `_extra_state` on load; keep strict=True to catch any missing tensor.
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

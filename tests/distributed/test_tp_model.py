@@ -6,7 +6,7 @@ decoding within 1e-5; vocab-parallel top-k ids equal full-vocab topk(log_softmax
 within 1e-5; the sampled scheme draws the same ids as cache.sparse; Gumbel sampling and the
 vocab-parallel verify step pass chi-square tests (and fail them against a wrong distribution);
 greedy speculative decoding with a TP target equals the TP = 1 output; refusals are one clear
-line. The same launch runs the real ``adaspec-dist cache ... tp=2`` job on a tiny Llama-GQA of
+line. The same launch runs the real ``adaspec-dist cache ... --tp 2`` job on a tiny Llama-GQA of
 vocabulary 401, compared here with the single-process (HF, full-vocabulary) cache.
 """
 import json

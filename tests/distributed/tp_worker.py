@@ -5,7 +5,7 @@ tensor-parallel and check, against the single-process HF model / full-vocabulary
 the same rank: logits (gathered here for checking only), KV-cache decoding, padding masks,
 vocab-parallel top-k / log-probs / argmax / inverse-CDF sampling, Gumbel sampling and the
 vocab-parallel verify step (chi-square), the refusals, and greedy speculative decoding with a
-TP target; then, given a cache recipe, the real ``adaspec-dist cache ... tp=2`` command writes
+TP target; then, given a cache recipe, the real ``adaspec-dist cache ... --tp 2`` command writes
 ``OUT/cache_tp2``. Rank 0 writes everything it measured to ``OUT/results.json``; the test asserts.
 """
 from __future__ import annotations
@@ -95,7 +95,8 @@ def check_vocab_math(local_NV, full_NV, tp, ps, res: dict) -> None:
     ids, logp = vp.topk(local_NV, 8, vocab_start=start, group=grp, chunk_rows=5)
     res["topk/ids_equal"] = bool(torch.equal(ids, ref.ids))
     res["topk/logp_maxdiff"] = (logp - ref.logp).abs().max().item()
-    res["logz_maxdiff"] = (vp.log_normaliser(local_NV, grp, chunk_rows=7) - torch.logsumexp(full_NV, -1)).abs().max().item()
+    logz = vp.log_normaliser(local_NV, grp, chunk_rows=7)
+    res["logz_maxdiff"] = (logz - torch.logsumexp(full_NV, -1)).abs().max().item()
     probe = torch.randint(0, VOCAB, (local_NV.shape[0], 5), generator=torch.Generator().manual_seed(3))
     lp = vp.gather_logprobs(local_NV, probe, vocab_start=start, group=grp)
     res["gather_logp_maxdiff"] = (lp - torch.log_softmax(full_NV, -1).gather(1, probe)).abs().max().item()
@@ -190,7 +191,7 @@ def run_cache_cli(recipe: str, out: Path, res: dict) -> None:
     torch.distributed down at the end, so it runs last."""
     from adaspec_dist.cli import main as cli_main
 
-    res["cache/rc"] = cli_main(["cache", "--config", recipe, f"out_dir={out / 'cache_tp2'}", "tp=2"])
+    res["cache/rc"] = cli_main(["cache", "--config", recipe, f"out_dir={out / 'cache_tp2'}", "--tp", "2"])
 
 
 def main() -> None:
