@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--divergence", default="fkl", help="reference loss kind: fkl, rkl, jsd, tvd (default fkl)")
     parser.add_argument("--beta", type=float, default=0.5, help="JSD beta (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per reference forward (default 8)")
+    parser.add_argument("--tp", type=int, default=None,
+                        help="tensor-parallel size of the target (same as tp=N; world = TP x DP ranks)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. out_dir=/tmp/c scheme=sampled")
 
 
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("cache needs --config RECIPE.yaml (and/or overrides), or --add-reference REF_MODEL CACHE_DIR")
     from adaspec_dist.cache.produce import CacheConfig, run_job
 
-    cfg = load_config(CacheConfig, args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
+    cfg = load_config(CacheConfig, args.config, overrides)
     manifest = run_job(cfg)
     from adaspec_dist.dist import shutdown
     shutdown()
