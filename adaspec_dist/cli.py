@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from adaspec_dist.config import ConfigError
@@ -47,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(load=command)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # Dotted overrides may be written as flags (`--train.lr=3e-4`) or bare (`train.lr=3e-4`);
+    # argparse cannot declare every config key, so flag-style ones arrive here as unknowns.
+    flag_overrides = [u for u in unknown if re.match(r"^--[A-Za-z_][\w.]*=", u)]
+    rest = [u for u in unknown if u not in flag_overrides]
+    if rest or (flag_overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest or flag_overrides)}")
+    if flag_overrides:
+        args.overrides = list(args.overrides or []) + flag_overrides
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.command:

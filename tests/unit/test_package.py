@@ -58,3 +58,14 @@ def test_every_registered_module_has_the_contract():
 def test_unknown_subcommand_fails():
     proc = run_cli(["frobnicate"], check=False)
     assert proc.returncode != 0 and "invalid choice" in proc.stderr
+
+
+def test_flag_style_dotted_overrides_reach_the_config(tmp_path):
+    """`--a.b=c` flags are config overrides: a misspelled one fails naming the key."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("objective: kd\n")
+    proc = run_cli(["train", "--config", str(recipe), "--engine.zero_stagee=2"], check=False)
+    assert proc.returncode == 2
+    assert "engine.zero_stagee" in proc.stderr and "zero_stage" in proc.stderr
+    proc = run_cli(["train", "--config", str(recipe), "--bogus-flag"], check=False)
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr
