@@ -42,6 +42,7 @@ def test_zero_stages_run_and_kd_reduces_heldout_kl(runs):
     for stage in (1, 2, 3):
         a, b = runs["res"][("main", 0)][f"kd{stage}"], runs["res"][("main", 1)][f"kd{stage}"]
         assert a["stage"] == b["stage"] == stage and a["steps"] == 5
+        assert a["checkpointing"] == (stage == 2)
         # Held-out forward KL on the eval cache drops; both ranks report the same all-reduced value.
         assert a["eval_end"]["fkl"] < 0.8 * a["eval_start"]["fkl"], a
         assert a["eval_end"]["alpha"] > a["eval_start"]["alpha"]

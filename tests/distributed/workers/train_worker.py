@@ -28,11 +28,14 @@ RESUME_RUN = dict(objective="adaspec", selection_scope="global", max_steps=6, sa
 
 if mode == "main":
     for stage in (1, 2, 3):
+        # ZeRO-2 also exercises the activation-checkpointing switch (recomputation: same numbers).
+        engine = {"zero_stage": stage, "activation_checkpointing": stage == 2}
         s = train(build_config(TrainConfig, recipe(caches, out / f"kd{stage}", objective="kd", max_steps=5,
-                                                   export=stage == 3, engine={"zero_stage": stage})), keep_run=True)
+                                                   export=stage == 3, engine=engine)), keep_run=True)
         r = s.pop("run")
         results[f"kd{stage}"] = {"eval_start": s["eval_start"], "eval_end": s["eval_end"], "steps": s["steps"],
-                                 "stage": r.engine.zero_optimization_stage()}
+                                 "stage": r.engine.zero_optimization_stage(),
+                                 "checkpointing": bool(r.engine.module.is_gradient_checkpointing)}
         if stage == 3:  # probe logits of the live ZeRO-3 module against its export
             probe = torch.arange(2, 30).reshape(2, 14) % 640
             with gathered_module(r.engine) as module, torch.no_grad():
