@@ -18,6 +18,8 @@ GQA included) and returns a :class:`TPCausalLM` sharded over ``tp_group``:
   and padded ids' logits are ``-inf``. Use :mod:`adaspec_dist.models.vocab_parallel` for
   normalisers, top-k, sampling and argmax across the shards.
 * Tied embeddings: the LM head reuses the embedding's shard (same vocab partition).
+* Mistral's sliding window is applied over cache slots, like HF's masks; Qwen2's per-layer
+  sliding window (``use_sliding_window``) is refused.
 * ``num_key_value_heads`` must be divisible by TP (column-parallel k/v), or TP divisible by it:
   then each rank holds a *replica* of the one k/v head its query heads use. Anything else, or an
   unsupported architecture, is a ``ValueError`` naming the fix.
@@ -276,6 +278,8 @@ class TPCausalLM(nn.Module):
                                          bias=False, gather_output=False, tp_group=tp_group,
                                          skip_weight_param_allocation=arch.tied)
         self.rotary = None  # built after loading, off the meta device (see load_tp_model)
+        # Mistral: every layer attends to the last `sliding_window` cache slots only (as HF's masks).
+        self.window = getattr(hf_config, "sliding_window", None) if hf_config.model_type == "mistral" else None
 
     @property
     def local_vocab(self) -> int:
@@ -290,12 +294,17 @@ class TPCausalLM(nn.Module):
         A 4D boolean mask (B,1,T,S) from the caller (True = attend) is used as given.
         """
         if attention_mask is not None and attention_mask.dim() == 4:
+            if self.window is not None and attention_mask.shape[-1] > self.window:
+                raise ValueError("a 4D attention mask with a sliding-window (Mistral) TP model is not supported; "
+                                 "pass a 2D key mask or use --tp 1")
             return attention_mask.bool()
-        if past == 0 and (attention_mask is None or bool(attention_mask.all())):
-            return None  # plain causal: SDPA's fast path (one host sync, once per forward)
         s = past + t
+        windowed = self.window is not None and s > self.window
+        if past == 0 and not windowed and (attention_mask is None or bool(attention_mask.all())):
+            return None  # plain causal: SDPA's fast path (one host sync, once per forward)
         q_pos = torch.arange(past, s, device=device)[:, None]
-        causal = torch.arange(s, device=device)[None, :] <= q_pos                # (T,S)
+        k_pos = torch.arange(s, device=device)[None, :]
+        causal = (k_pos <= q_pos) & (k_pos > q_pos - self.window) if windowed else k_pos <= q_pos  # (T,S)
         mask = causal[None, None]
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :s].bool()

@@ -1,7 +1,7 @@
 """Tensor-parallel targets (issue 6): ONE 2-rank gloo launch of tp_worker.py checks them all.
 
-Against the single-process HF model on tiny GPTNeoX / Llama-GQA / Llama-tied (k/v replicated)
-checkpoints with a vocabulary of 101 (not divisible by TP = 2): logits, padding masks and KV-cache
+Against the single-process HF model on tiny GPTNeoX / Llama-GQA / Llama-tied (k/v replicated) /
+Qwen2 (q/k/v biases) / Mistral (sliding window shorter than the sequence) checkpoints with a vocabulary of 101 (not divisible by TP = 2): logits, padding masks and KV-cache
 decoding within 1e-5; vocab-parallel top-k ids equal full-vocab topk(log_softmax), log-probs
 within 1e-5; the sampled scheme draws the same ids as cache.sparse; Gumbel sampling and the
 vocab-parallel verify step pass chi-square tests (and fail them against a wrong distribution);
@@ -51,7 +51,7 @@ def results(tmp_path_factory, recipe):
     return res
 
 
-@pytest.mark.parametrize("name", ["neox", "llama_gqa", "llama_kv1_tied"])
+@pytest.mark.parametrize("name", ["neox", "llama_gqa", "llama_kv1_tied", "qwen2", "mistral_window"])
 def test_tp2_logits_match_hf(results, name):
     assert results[f"{name}/logits_maxdiff"] < TOL
     assert results[f"{name}/padmask_maxdiff"] < TOL

@@ -28,7 +28,27 @@ CHECKPOINTS = {
     "neox": ("tiny-neox", {}),
     "llama_gqa": ("tiny-llama", {"num_key_value_heads": 2}),                      # k/v split over TP
     "llama_kv1_tied": ("tiny-llama", {"num_key_value_heads": 1, "tie_word_embeddings": True}),  # replicated
+    "qwen2": ("qwen2", {}),                                                       # q/k/v biases
+    "mistral_window": ("mistral", {}),                                            # sliding window 5 < 12
 }
+
+
+def build(preset: str, seed: int, **kw):
+    """Presets from models.load, plus Qwen2 / Mistral variants of tiny-llama's shape."""
+    if preset in ("tiny-neox", "tiny-llama"):
+        return build_preset(preset, VOCAB, seed=seed, **kw)
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    shape = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256)
+    cfg = Qwen2Config(**shape) if preset == "qwen2" else MistralConfig(**shape, sliding_window=5)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():  # random (non-zero) biases so a dropped bias would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
 
 
 def gather_vocab(local, group):
@@ -42,7 +62,7 @@ def save_checkpoints(out: Path, rank: int) -> None:
 
     if rank == 0:
         for i, (name, (preset, kw)) in enumerate(CHECKPOINTS.items()):
-            save_hf(build_preset(preset, VOCAB, seed=i, **kw), out / name)
+            save_hf(build(preset, i, **kw), out / name)
         save_hf(build_preset("tiny-llama", VOCAB, seed=9, num_attention_heads=6, num_key_value_heads=3,
                              hidden_size=48), out / "bad_kv")
         save_hf(build_preset("tiny-llama", VOCAB, seed=9, num_attention_heads=3, num_key_value_heads=3,
