@@ -154,7 +154,13 @@ def _stream(cfg: TrainConfig, ps, tokenizer):
     if cfg.cache_dir:
         from adaspec_dist.cache.reader import CacheReader
 
-        return CacheReader(cfg.cache_dir, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed)
+        fingerprint = None
+        if tokenizer is not None:  # refuse a cache built with another tokenizer
+            from adaspec_dist.data.tokenizer import vocab_fingerprint
+
+            fingerprint = vocab_fingerprint(tokenizer)
+        return CacheReader(cfg.cache_dir, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed,
+                           tokenizer_fingerprint=fingerprint)
     from adaspec_dist.data.tasks import load_examples
     from adaspec_dist.data.tokenize import tokenize_examples
     from adaspec_dist.distill.batches import TokenStream
@@ -205,6 +211,10 @@ def setup(cfg: TrainConfig) -> Run:
     _check_reference_column(cfg, stream)
     vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
     draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
+    draft_vocab = int(draft.get_output_embeddings().weight.shape[0])
+    if vocab is not None and draft_vocab != int(vocab):
+        raise ValueError(f"the draft's vocabulary ({draft_vocab}) differs from the cache/tokenizer's ({vocab}); "
+                         "use a draft that shares the target's tokenizer")
     draft.train()
     total = total_steps_for(cfg, len(stream))
     engine = build_engine(draft, cfg=cfg.engine, total_steps=total, device=ps.device)
