@@ -47,7 +47,19 @@ def _task_inputs(cfg: EvalConfig):
     examples = load_examples(data)[: cfg.num_prompts]
     prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
     held_out = tokenize_examples(examples, tokenizer, max_length=data.max_length)
+    _check_draft_tokenizers(cfg, tokenizer)
     return prompts, held_out, tokenizer.eos_token_id, len(tokenizer)
+
+
+def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
+    """Refuse a draft saved with a different tokenizer (same size is not enough: ids must mean the same)."""
+    from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+
+    want = vocab_fingerprint(tokenizer)
+    for name, path in cfg.drafts.items():
+        if (Path(path) / "tokenizer_config.json").exists() and vocab_fingerprint(load_tokenizer(path)) != want:
+            raise ValueError(f"draft '{name}' ({path}) was saved with a different tokenizer than the target's; "
+                             f"evaluate drafts trained on the target's tokenizer")
 
 
 def _synthetic_inputs(cfg: EvalConfig, target, vocab: int):

@@ -50,7 +50,7 @@ def test_eval_synthetic_prompts(tmp_path, capsys):
         assert row["matches_target"] >= 5 / 6                # greedy SD == target-only output
 
 
-def test_eval_on_a_task_split(tmp_path, spm_tokenizer_dir):  # noqa: F811
+def test_eval_on_a_task_split(tmp_path, spm_tokenizer_dir, capsys):  # noqa: F811
     from adaspec_dist.data.tokenizer import load_tokenizer
 
     target, noisy = _models(tmp_path, TINY_VOCAB, load_tokenizer(spm_tokenizer_dir))
@@ -60,6 +60,19 @@ def test_eval_on_a_task_split(tmp_path, spm_tokenizer_dir):  # noqa: F811
                     "max_new_tokens=6", "temperature=1.0", f"out_dir={out}"], timeout=240)
     result = _check_outputs(out, proc.stdout, ["noisy"], [2])
     assert result["drafts"]["noisy"]["alpha_positions"] > 0
+
+    # a draft saved with another tokenizer (one extra token) is refused with one line
+    import shutil
+
+    from adaspec_dist.cli import main
+
+    other = load_tokenizer(spm_tokenizer_dir)
+    other.add_tokens(["<extra>"])
+    shutil.copytree(noisy, tmp_path / "foreign")
+    other.save_pretrained(tmp_path / "foreign")
+    assert main(["eval", f"target.name_or_path={target}", f"drafts.foreign={tmp_path / 'foreign'}",
+                 "data.task=arith", "data.split=test", "num_prompts=2", f"out_dir={tmp_path / 'e2'}"]) == 2
+    assert "different tokenizer" in capsys.readouterr().err
 
 
 def test_eval_user_errors_are_one_line(capsys):
