@@ -47,8 +47,9 @@ def test_zero_stages_run_and_kd_reduces_heldout_kl(runs):
         assert a["eval_end"]["fkl"] < 0.8 * a["eval_start"]["fkl"], a
         assert a["eval_end"]["alpha"] > a["eval_start"]["alpha"]
         assert a["eval_end"] == b["eval_end"]
-    # ZeRO partitioning changes where the optimiser state lives, not the maths.
-    ends = [runs["res"][("main", 0)][f"kd{s}"]["eval_end"]["fkl"] for s in (1, 2, 3)]
+    # ZeRO partitioning changes where the optimiser state lives, not the maths (ZeRO-3 runs with
+    # another micro-batch, so that rank 1 meets an empty last batch, and is not compared).
+    ends = [runs["res"][("main", 0)][f"kd{s}"]["eval_end"]["fkl"] for s in (1, 2)]
     assert max(ends) - min(ends) <= 1e-5 * max(ends)
 
 
