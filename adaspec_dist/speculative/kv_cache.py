@@ -69,6 +69,8 @@ class SlotCache:
             return 0
         cols = used.nonzero().squeeze(-1)
         for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None:   # a layer not written yet
+                continue
             layer.keys = layer.keys.index_select(-2, cols)
             layer.values = layer.values.index_select(-2, cols)
         self.valid_BS = self.valid_BS[:, cols]
