@@ -18,6 +18,9 @@ Contract
   the decoder's generator (seeded identically on every TP rank, like the replicated draft);
   Gumbel noise from a per-rank generator. Greedy output equals the TP = 1 decoder's.
   ``top_p < 1`` is refused (a nucleus over shards needs a global sort).
+* ``OnlineTPTeacher(path, tp_size=...)``: the online teacher for a data-parallel student —
+  TP groups of ranks pool their micro-batches through one sharded target; each rank gets the
+  SparseTarget rows of its own batch (see the class doc).
 
 Shapes: B rows, G gamma, Q new tokens, N supervised positions, V this shard's vocab width,
 D draws.
@@ -31,18 +34,11 @@ import torch
 from adaspec_dist.models import vocab_parallel as vp
 
 
-def make_target_fn(cfg: Any, ps: Any):
-    """The TP implementation of ``cache.produce.TargetFn`` for a ``CacheConfig`` (see module doc)."""
+def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0):
+    """``TargetFn`` (cache.produce) over a loaded TPCausalLM: -> SparseTarget, equal on every TP rank."""
     from adaspec_dist.cache.sparse import SparseTarget, draw_uniforms, merge_draws
-    from adaspec_dist.models.load import resolve_dtype
-    from adaspec_dist.models.tensor_parallel import load_tp_model
 
-    if not cfg.model.name_or_path:
-        raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
-    model = load_tp_model(cfg.model.name_or_path, tp_group=ps.tp_group,
-                          dtype=resolve_dtype(cfg.model.dtype, ps.device), device=ps.device)
-    V, start, group = model.vocab_size, model.vocab_start, ps.tp_group
-    scheme, top_k, draws, temperature = cfg.scheme, cfg.top_k, cfg.draws, cfg.temperature
+    V, start, group = model.vocab_size, model.vocab_start, model.tp_group
     if scheme == "topk" and not 1 <= top_k <= V:
         raise ValueError(f"top_k={top_k} must be between 1 and the vocabulary size {V}")
 
@@ -67,7 +63,76 @@ def make_target_fn(cfg: Any, ps: Any):
         return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled").to("cpu")
 
     target.model = model  # for callers that report on it (memory benchmarks, logs)
-    return target, V
+    return target
+
+
+def make_target_fn(cfg: Any, ps: Any):
+    """The TP implementation of ``cache.produce.TargetFn`` for a ``CacheConfig`` (see module doc)."""
+    from adaspec_dist.models.load import resolve_dtype
+    from adaspec_dist.models.tensor_parallel import load_tp_model
+
+    if not cfg.model.name_or_path:
+        raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
+    model = load_tp_model(cfg.model.name_or_path, tp_group=ps.tp_group,
+                          dtype=resolve_dtype(cfg.model.dtype, ps.device), device=ps.device)
+    fn = sparse_target_fn(model, scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature)
+    return fn, model.vocab_size
+
+
+class OnlineTPTeacher:
+    """A TP target as the online teacher of a purely data-parallel student (issue 6, part 5).
+
+    Every rank trains the student on its own micro-batch. Contiguous groups of ``tp_size`` ranks
+    (created here, collectively: every rank must construct it) share one sharded target: they
+    all-gather their micro-batches (any B and T), run the TP target once on the union, and each
+    rank keeps the :class:`SparseTarget` rows of its own supervised positions (row-major, as the
+    cache stores them). Sampled targets draw from an internal generator seeded identically on
+    the group's ranks. Feeding these rows to the trainer's cached-mode losses gives the online
+    behaviour with a target no rank could hold.
+    """
+
+    def __init__(self, path: str, *, tp_size: int, scheme: str = "topk", top_k: int = 64, draws: int = 32,
+                 temperature: float = 1.0, dtype: torch.dtype = torch.float32, device: Any = "cpu", seed: int = 0):
+        import torch.distributed as dist
+
+        from adaspec_dist.models.tensor_parallel import load_tp_model
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if tp_size < 1 or world % tp_size:
+            raise ValueError(f"teacher tp={tp_size} does not divide the world size {world}; change the teacher's tp")
+        self.group = None
+        for d in range(world // tp_size):  # collective: same groups, same order, on every rank
+            group = dist.new_group(list(range(d * tp_size, (d + 1) * tp_size)))
+            if d == rank // tp_size:
+                self.group = group
+        self.model = load_tp_model(path, tp_group=self.group, dtype=dtype, device=device)
+        self.fn = sparse_target_fn(self.model, scheme=scheme, top_k=top_k, draws=draws, temperature=temperature)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.vocab_size = self.model.vocab_size
+
+    @torch.no_grad()
+    def __call__(self, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor, loss_mask_BT: torch.Tensor):
+        import torch.distributed as dist
+
+        tp, me = dist.get_world_size(self.group), dist.get_rank(self.group)
+        dev = input_ids_BT.device
+        shape = torch.tensor([input_ids_BT.shape[0], input_ids_BT.shape[1], int(loss_mask_BT.sum())], device=dev)
+        shapes = [torch.empty_like(shape) for _ in range(tp)]
+        dist.all_gather(shapes, shape, group=self.group)
+        b_max, t_max = max(int(s[0]) for s in shapes), max(int(s[1]) for s in shapes)
+
+        def gather(x: torch.Tensor) -> torch.Tensor:
+            padded = torch.zeros(b_max, t_max, dtype=x.dtype, device=dev)
+            padded[:x.shape[0], :x.shape[1]] = x
+            parts = [torch.empty_like(padded) for _ in range(tp)]
+            dist.all_gather(parts, padded, group=self.group)
+            return torch.cat([p[:int(s[0])] for p, s in zip(parts, shapes)])
+
+        target = self.fn(gather(input_ids_BT), gather(attention_mask_BT), gather(loss_mask_BT.bool()), self.generator)
+        starts = [0]
+        for s in shapes:
+            starts.append(starts[-1] + int(s[2]))
+        return target[starts[me]:starts[me + 1]]
 
 
 class TPTargetLM:

@@ -88,6 +88,12 @@ def test_speculative_with_tp_target(results):
         assert results[f"spec/{name}/sampled_ok"]
 
 
+def test_online_teacher_for_a_data_parallel_student(results):
+    # Two ranks with different micro-batches share one TP = 2 target; each gets its own rows.
+    assert results["online/ids_equal_all_ranks"]
+    assert results["online/logp_maxdiff"] < TOL
+
+
 def test_refusals_are_one_clear_line(results):
     assert "num_key_value_heads=3" in results["error/bad_kv"] and "--tp" in results["error/bad_kv"]
     assert "num_attention_heads=3" in results["error/bad_heads"]

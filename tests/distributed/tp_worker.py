@@ -206,6 +206,31 @@ def check_speculative(out: Path, ps, res: dict) -> None:
         res[f"spec/{name}/sampled_ok"] = all(len(s) == 8 and max(s) < VOCAB for s in sampled)
 
 
+def check_online_teacher(out: Path, ps, res: dict) -> None:
+    """Ranks hold different micro-batches (different B and T); each gets its own rows' top-k."""
+    from transformers import AutoModelForCausalLM
+
+    from adaspec_dist.cache.sparse import topk_targets
+    from adaspec_dist.models.tp_target import OnlineTPTeacher
+
+    teacher = OnlineTPTeacher(str(out / "llama_gqa"), tp_size=2, scheme="topk", top_k=6)
+    g = torch.Generator().manual_seed(50 + ps.rank)
+    b, t = (2, 7) if ps.rank == 0 else (3, 10)
+    ids = torch.randint(0, VOCAB, (b, t), generator=g)
+    attn = torch.ones(b, t, dtype=torch.long)
+    loss_mask = torch.rand(b, t, generator=g) < 0.6
+    got = teacher(ids, attn, loss_mask)
+    hf = AutoModelForCausalLM.from_pretrained(out / "llama_gqa", dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = topk_targets(hf(ids).logits[loss_mask], 6)
+    equal = torch.tensor([float(torch.equal(got.ids, want.ids) and len(got) == int(loss_mask.sum()))])
+    diff = torch.tensor([(got.logp - want.logp).abs().max().item()])
+    dist.all_reduce(equal, op=dist.ReduceOp.MIN)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    res["online/ids_equal_all_ranks"] = bool(equal.item() == 1.0)
+    res["online/logp_maxdiff"] = diff.item()
+
+
 def run_cache_cli(recipe: str, out: Path, res: dict) -> None:
     """The real ``adaspec-dist cache ... tp=2`` command in this (already initialised) job; it shuts
     torch.distributed down at the end, so it runs last."""
@@ -221,7 +246,8 @@ def main() -> None:
     save_checkpoints(out, ps.rank)
     res: dict = {}
     sections = [lambda n=n: check_model(out / n, ps, res, n) for n in CHECKPOINTS]
-    sections += [lambda: check_errors(out, ps, res), lambda: check_speculative(out, ps, res)]
+    sections += [lambda: check_errors(out, ps, res), lambda: check_speculative(out, ps, res),
+                 lambda: check_online_teacher(out, ps, res)]
     if recipe:
         sections.append(lambda: run_cache_cli(recipe, out, res))
     for section in sections:
