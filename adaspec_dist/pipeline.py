@@ -58,7 +58,8 @@ class PipelineConfig:
     run_dir: str
     """Everything the pipeline writes goes under here (one directory per stage)."""
     seed: int = 0
-    """Seed of the run: model initialisation, data order, decoding (the report groups by it)."""
+    """Seed of the run: data selection and order, training, caching, decoding (the report groups
+    by it). A preset model's initialisation has its own seed (target.seed / draft.seed)."""
     task: str
     """Task name for reports (gsm8k, alpaca, mbpp, cnn_dailymail, xsum, arith, ...)."""
     data: dict = field(default_factory=dict)
@@ -114,7 +115,7 @@ class Stage:
     """Single-process stages (eval): rank 0 runs it while the other ranks wait."""
 
     def command_line(self) -> str:
-        return " ".join(["adaspec-dist", self.command or "pipeline --stage " + self.name, *self.argv])
+        return " ".join(["adaspec-dist", self.command or "pipeline RECIPE --stage " + self.name, *self.argv])
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
