@@ -79,6 +79,8 @@ class TrainConfig:
     """If set: passes = kept_token_epochs / filter_fraction for adaspec (the paper's epoch count)."""
     save_every: int = 0
     """Checkpoint every N optimiser steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept in run_dir/checkpoints (0 = keep all)."""
     eval_every: int = 0
     """Evaluate every N optimiser steps (0 = at the start and the end only)."""
     eval_batches: int | None = None
@@ -320,8 +322,16 @@ def checkpoint(run: Run) -> None:
 
     client = {"step": run.step, "micro_step": run.micro_step, "tokens_seen": run.tokens_seen,
               "trained_tokens": run.trained_tokens, "reader": run.stream.state_dict(), "rng": _rng_state()}
-    save_checkpoint(run.engine, Path(run.cfg.run_dir) / "checkpoints", run.step, client)
-    logger.info("checkpoint at step %d", run.step)
+    ckpt_dir = Path(run.cfg.run_dir) / "checkpoints"
+    save_checkpoint(run.engine, ckpt_dir, run.step, client)
+    if run.ps.is_main:
+        logger.info("checkpoint at step %d", run.step)
+        if run.cfg.keep_checkpoints > 0:  # older tags only: `latest` always points at a kept one
+            import shutil
+
+            tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+            for old in tags[: -run.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def resume(run: Run) -> None:
