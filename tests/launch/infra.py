@@ -74,11 +74,12 @@ class Daemons:
             if proc.poll() is not None:
                 raise RuntimeError(f"daemon {name} (pid {proc.pid}) exited with {proc.returncode}")
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 15) -> None:
+        """SIGTERM each daemon, SIGKILL what is still alive after ``grace`` seconds."""
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 15
+        deadline = time.time() + grace
         for _, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
