@@ -43,17 +43,23 @@ def wait_state(slurm: infra.Slurm, job: str, states: set[str], timeout: float) -
     return info
 
 
-def test_sbatch_train_two_nodes(slurm, make_recipe, baseline):
-    recipe, run_dir = make_recipe("slurm_train")
+@pytest.mark.parametrize("mode", ["deepspeed", "srun"])
+def test_sbatch_train_two_nodes(mode, slurm, make_recipe, baseline):
+    """deepspeed: one task per node running `deepspeed --no_ssh --node_rank $SLURM_NODEID`;
+    srun: one task per rank, no launcher — adaspec_dist.dist reads SLURM_PROCID/SLURM_NTASKS."""
+    recipe, run_dir = make_recipe(f"slurm_train_{mode}")
     log = run_dir.parent / "job.log"
-    slurm.run("sbatch", "--wait", f"--output={log}", f"--chdir={REPO}", str(TRAIN_SBATCH),
-              "--config", str(recipe), timeout=500)
+    slurm.run("sbatch", "--wait", f"--output={log}", f"--chdir={REPO}", f"--export=ALL,ADASPEC_LAUNCHER={mode}",
+              str(TRAIN_SBATCH), "--config", str(recipe), timeout=500)
     out = log.read_text(errors="replace")
     job = re.search(r"adaspec-dist sbatch: job (\d+)", out).group(1)
     info = slurm.job_info(job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
     assert info["NumNodes"] == "2" and info["NodeList"] == "node[1-2]", info
-    assert node_ranks_seen(out) == {0, 1}, out[-3000:]
+    if mode == "deepspeed":
+        assert node_ranks_seen(out) == {0, 1}, out[-3000:]
+    else:
+        assert {int(r) for r in re.findall(r"initialised gloo rank (\d)/2 \(from slurm launcher env\)", out)} == {0, 1}
     assert_same_params(checkpoint_params(run_dir), baseline)
 
 
