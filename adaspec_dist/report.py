@@ -111,7 +111,7 @@ def to_markdown(runs: list[dict[str, Any]], agg: list[dict[str, Any]]) -> str:
     lines += ["", "## Mean ± std over seeds", "",
               "| recipe | seeds | DistillSpec α | AdaSPEC α | Δα | AdaSPEC α above DistillSpec | DistillSpec τ | AdaSPEC τ |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    pm = lambda t, f=".4f": f"{t[0]:{f}} ± {t[1]:{f}}"  # noqa: E731
+    pm = lambda t, f=".4f": f"{t[0]:{f}} ± {t[1]:{f.lstrip('+')}}"  # noqa: E731  (a std has no sign)
     for g in agg:
         d, a = g["stats"]["distillspec"], g["stats"]["adaspec"]
         lines.append(f"| {g['name']} | {','.join(map(str, g['seeds']))} | {pm(d['alpha_logits'])} | "
@@ -140,7 +140,7 @@ def plot_alpha(runs: list[dict[str, Any]], agg: list[dict[str, Any]], path: Path
     ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(r["methods"][m]["alpha_logits"] for r in runs for m in METHODS) + 0.03))
     ax.set_xticks(range(len(agg)), [g["name"] for g in agg], rotation=15, fontsize=8)
     ax.set_ylabel("α_logits (held-out)")
-    ax.set_title("AdaSPEC vs DistillSpec: mean ± std over seeds (dots = seeds)", fontsize=9)
+    ax.set_title("α_logits: mean ± std over seeds (dots = seeds)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
