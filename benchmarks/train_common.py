@@ -67,3 +67,46 @@ def run_train(paths: dict, name: str, steps: int, **over) -> dict:
             "max_steps": steps, "export": False, "seed": 0,
             "engine": {"zero_stage": 1, "micro_batch_size": 8, "lr": 1e-3, "schedule": "constant"}}
     return train(build_config(TrainConfig, merge(base, over)))
+
+
+def config(paths: dict, name: str, steps: int, **over):
+    """The TrainConfig of one benchmark run (adaspec on the cache unless overridden)."""
+    from adaspec_dist.config import build_config, merge
+    from adaspec_dist.distill.train import TrainConfig
+
+    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "reference": REFERENCE,
+            "tokenizer": paths["tokenizer"], "cache_dir": paths["cache"], "run_dir": str(WORK / "runs" / name),
+            "max_steps": steps, "export": False, "seed": 0,
+            "engine": {"zero_stage": 1, "micro_batch_size": 8, "lr": 1e-3, "schedule": "constant"}}
+    return build_config(TrainConfig, merge(base, over))
+
+
+def _batches(run):
+    epoch = 0
+    while True:
+        run.stream.set_epoch(epoch)
+        yield from run.stream
+        epoch += 1
+
+
+def interleaved_rates(configs: dict, steps: int, warmup: int = 3) -> tuple[dict, dict]:
+    """Build every run side by side and INTERLEAVE their steps (one each, in turn), timing each
+    from fetching its batch to the end of its optimiser step, so load drift on a shared machine
+    hits all alike. Returns (tokens/s, tokens) per name; the first ``warmup`` steps are not counted."""
+    import time
+
+    from adaspec_dist.distill.train import setup as train_setup, train_step
+
+    runs = {name: train_setup(cfg) for name, cfg in configs.items()}
+    streams = {k: _batches(r) for k, r in runs.items()}
+    seconds = {k: 0.0 for k in runs}
+    tokens = {k: 0 for k in runs}
+    for step in range(steps):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            batch = next(streams[name])
+            train_step(run, batch)
+            if step >= warmup:
+                seconds[name] += time.perf_counter() - t0
+                tokens[name] += int(batch.attention_mask.sum())
+    return {k: tokens[k] / seconds[k] for k in runs}, tokens
