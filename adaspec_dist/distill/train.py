@@ -20,6 +20,7 @@ Contract
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -61,6 +62,12 @@ class TrainConfig:
     """The model being trained (its initialisation)."""
     target: ModelConfig | None = None
     """Teacher, needed for teacher_mode=online."""
+    target_tp: int = 1
+    """Online teacher only: shard the target over groups of this many ranks (megatron-core TP;
+    target.name_or_path must be an HF directory). The student stays purely data-parallel; the
+    sharded target yields top-k (+ rest) rows, i.e. a cache computed on the fly."""
+    target_top_k: int = 64
+    """Ids per position the tensor-parallel online teacher keeps (target_tp > 1)."""
     reference: ModelConfig | None = None
     """Reference draft (kd-trained), needed for adaspec unless the cache has a reference column."""
     data: Any = None
@@ -118,6 +125,10 @@ class TrainConfig:
                 raise ValueError("teacher_mode=online needs data (data.task) or cache_dir for its token ids")
         if self.objective == "adaspec" and self.teacher_mode == "online" and self.reference is None:
             raise ValueError("online adaspec needs a reference model (reference.name_or_path): the kd-trained draft")
+        if self.target_tp > 1 and (self.teacher_mode != "online" or self.target is None
+                                   or not self.target.name_or_path):
+            raise ValueError("target_tp > 1 shards an online teacher: set teacher_mode=online and "
+                             "target.name_or_path to an HF model directory")
         if self.passes <= 0 and self.max_steps is None:
             raise ValueError("passes must be positive (or set max_steps)")
 
@@ -134,6 +145,7 @@ class Run:
     tokenizer: Any
     writer: Any
     total_steps: int
+    tp_teacher: Any = None
     step: int = 0
     micro_step: int = 0
     tokens_seen: int = 0
@@ -222,6 +234,14 @@ def setup(cfg: TrainConfig) -> Run:
     engine = build_engine(draft, cfg=cfg.engine, total_steps=total, device=ps.device)
     need_target = cfg.objective != "sft" and cfg.teacher_mode == "online"
     need_ref = cfg.objective == "adaspec" and (cfg.teacher_mode == "online" or stream_lacks_reference(stream))
+    tp_teacher = None
+    if need_target and cfg.target_tp > 1:
+        from adaspec_dist.models.tp_target import OnlineTPTeacher
+
+        # Collective: every rank builds it; groups of target_tp ranks share one sharded target.
+        tp_teacher = OnlineTPTeacher(cfg.target.name_or_path, tp_size=cfg.target_tp, top_k=cfg.target_top_k,
+                                     device=ps.device, seed=cfg.seed)
+        need_target = False
     target = _frozen(cfg.target, vocab, ps.device) if need_target else None
     reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
     eval_reader = None
@@ -237,7 +257,7 @@ def setup(cfg: TrainConfig) -> Run:
         save_resolved(cfg, cfg.run_dir)
         writer = SummaryWriter(str(Path(cfg.run_dir) / "tb"))
     return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
-               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total)
+               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, tp_teacher=tp_teacher)
 
 
 def stream_lacks_reference(stream) -> bool:
@@ -248,6 +268,12 @@ def stream_lacks_reference(stream) -> bool:
 def compute_loss(run: Run, batch) -> tuple[torch.Tensor, dict]:
     """Forward the draft (and the online teacher / reference) on one micro-batch."""
     cfg = run.cfg
+    if run.tp_teacher is not None:
+        # The sharded target's sparse rows stand in for the cache's (called on every rank: collective).
+        # A cached reference column was scored against the cache's rows, not these: drop it so that
+        # L_ref comes from the online reference against the very same rows (like with like).
+        batch = dataclasses.replace(batch, ref_loss=None, target=run.tp_teacher(
+            batch.input_ids, batch.attention_mask, batch.loss_mask))
     draft_NV = obj.supervised_logits(run.engine, batch)
     target_NV = ref_NV = None
     with torch.no_grad():

@@ -60,6 +60,13 @@ def test_cached_and_online_adaspec_losses_agree_when_k_covers_vocab(runs):
     assert cached["trained"] == online["trained"] > 0
 
 
+def test_tensor_parallel_online_teacher_agrees_with_dense_online(runs):
+    online, tp2 = runs["res"][("main", 0)]["ada_online"], runs["res"][("main", 0)]["ada_online_tp2"]
+    # K = V: the sharded teacher's top-k rows carry the whole distribution (in fp32, no storage rounding).
+    assert tp2["loss"] == pytest.approx(online["loss"], rel=1e-4)
+    assert tp2["trained"] == online["trained"] > 0
+
+
 def test_sft_runs(runs):
     sft = runs["res"][("main", 0)]["sft"]
     assert sft["steps"] == 2 and 0 < sft["loss"] < 10

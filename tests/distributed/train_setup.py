@@ -21,7 +21,11 @@ def build_caches(root: Path) -> dict:
     from tests.fixtures import tiny_tokenizer_dir
 
     tok = tiny_tokenizer_dir(root)
-    out = {"tokenizer": str(tok)}
+    out = {"tokenizer": str(tok), "target_dir": str(root / "target_hf")}
+    if not (root / "target_hf").exists():  # the same target as an HF directory, for the TP online teacher
+        from adaspec_dist.models.load import save_hf
+
+        save_hf(load_causal_lm(ModelConfig(**TARGET), vocab_size=640), root / "target_hf")
     for split, n in (("train", 24), ("test", 12)):
         cache = root / f"cache_{split}"
         out[split] = str(cache)

@@ -45,9 +45,13 @@ if mode == "main":
                 logits = module(input_ids=probe).logits
             if ps.is_main:
                 torch.save({"probe": probe, "logits": logits}, out / "kd3_probe.pt")
-    for mode_name in ("cached", "online"):
-        s = train(build_config(TrainConfig, recipe(caches, out / f"ada_{mode_name}", teacher_mode=mode_name,
-                                                   max_steps=1, export=False, eval_cache_dir=None)))
+    # The same first adaspec step three ways: cached sparse targets, a dense online target, and the
+    # target sharded over both ranks (TP=2, megatron-core) as the online teacher of a DP student.
+    tp2 = {"teacher_mode": "online", "target": {"name_or_path": caches["target_dir"], "preset": None}, "target_tp": 2,
+           "target_top_k": 640}
+    for mode_name, extra in (("cached", {}), ("online", {"teacher_mode": "online"}), ("online_tp2", tp2)):
+        s = train(build_config(TrainConfig, recipe(caches, out / f"ada_{mode_name}", max_steps=1, export=False,
+                                                   eval_cache_dir=None, **extra)))
         results[f"ada_{mode_name}"] = {"loss": s["last_loss"], "trained": s["trained_tokens"]}
     s = train(build_config(TrainConfig, recipe(caches, out / "sft", objective="sft", cache_dir=None, max_steps=2,
                                                eval_cache_dir=None, export=False,
