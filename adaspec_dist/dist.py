@@ -20,6 +20,7 @@ Library code receives groups from here; it never reads globals.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -184,9 +185,28 @@ def barrier(group: Any = None) -> None:
         dist.barrier(group=group)
 
 
+_keepers = 0  # depth of keep_process_group() blocks in this process
+
+
+@contextlib.contextmanager
+def keep_process_group():
+    """Defer :func:`shutdown` to the end of the outermost block.
+
+    Stages run alone tear their process group down when they finish; chained in one process (the
+    pipeline), they must share one group, since DeepSpeed caches the group it first saw.
+    """
+    global _keepers
+    _keepers += 1
+    try:
+        yield
+    finally:
+        _keepers -= 1
+        shutdown()
+
+
 def shutdown() -> None:
-    """Destroy the default process group if this process created one."""
+    """Destroy the default process group, unless a :func:`keep_process_group` block holds it."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if _keepers == 0 and dist.is_initialized():
         dist.destroy_process_group()

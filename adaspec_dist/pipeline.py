@@ -29,7 +29,6 @@ Contract
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -338,29 +337,13 @@ def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
     return int(module.run(args) or 0)
 
 
-@contextlib.contextmanager
-def _one_process_group():
-    """Keep one process group for all stages of this process, torn down at the end.
-
-    Each stage command destroys its group when run alone; chained in one process, a second
-    DeepSpeed engine would then meet the first one's stale group (DeepSpeed caches it), so the
-    stages' ``dist.shutdown`` is deferred to the end of the pipeline (they import it lazily).
-    """
-    from adaspec_dist import dist as dist_mod
-
-    real = dist_mod.shutdown
-    dist_mod.shutdown = lambda: None
-    try:
-        yield
-    finally:
-        dist_mod.shutdown = real
-        real()
-
-
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,
                  echo=print) -> list[str]:
     """Run the plan, skipping complete stages; returns the names of the stages that ran."""
-    with _one_process_group():
+    from adaspec_dist.dist import keep_process_group
+
+    # Chained stages share one process group (see keep_process_group).
+    with keep_process_group():
         return _run_pipeline(cfg, only=only, force=force, echo=echo)
 
 

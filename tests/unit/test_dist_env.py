@@ -44,3 +44,18 @@ def test_first_slurm_host(nodelist, first):
 
 def test_grid_layout_contiguous_tp():
     assert [grid_position(r, 2) for r in range(4)] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+
+
+def test_keep_process_group_defers_shutdown(tmp_path):
+    """Chained stages: inner shutdown() calls are no-ops until the outermost block ends."""
+    import torch.distributed as dist
+
+    from adaspec_dist.dist import init_distributed, keep_process_group, shutdown
+
+    with keep_process_group():
+        init_distributed()
+        with keep_process_group():
+            shutdown()
+        shutdown()
+        assert dist.is_initialized()
+    assert not dist.is_initialized()
