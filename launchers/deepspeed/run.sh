@@ -19,7 +19,8 @@
 #   --venv-script FILE  sourced on every node first (default launchers/env.sh)
 #   --module MOD        python module to run instead of adaspec_dist.cli (default $ADASPEC_MODULE or that)
 #
-# Environment forwarded to remote nodes: the thread/cache/hub variables below plus any names
+# Environment forwarded to remote nodes: OMP/MKL threads, TOKENIZERS_PARALLELISM, TORCH_EXTENSIONS_DIR,
+# HF_HOME and the HF offline switches, ADASPEC_VENV, ADASPEC_MODULE, plus any names
 # listed in ADASPEC_EXPORT (space-separated). PYTHON* variables travel anyway (DeepSpeed).
 set -euo pipefail
 
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
         --ssh-port) ssh_port="$2"; shift 2 ;;
         --module) module="$2"; shift 2 ;;
         --venv-script) venv_script="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; exit 0 ;;
         --*) die "unknown option $1; launcher options go before the stage name (see --help)" ;;
         *) break ;;
     esac

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1; shift ;;
         --sbatch) extra+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; exit 0 ;;
         --*) die "unknown option $1 (see --help)" ;;
         *) break ;;
     esac

@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --rdzv) rdzv="$2"; shift 2 ;;
         --rdzv-id) rdzv_id="$2"; shift 2 ;;
         --module) module="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; exit 0 ;;
         --*) die "unknown option $1; launcher options go before the stage name (see --help)" ;;
         *) break ;;
     esac

@@ -32,6 +32,9 @@ def launch_env(launch_root) -> dict[str, str]:
     hang every launch below. (A private copy of the build directory does not help: the JIT
     rebuilds a moved build directory.)
     """
+    from tests.launch.infra import ensure_packages
+
+    ensure_packages(["pgrep"])
     subprocess.run([sys.executable, str(REPO / "tools" / "warm_deepspeed.py"), "--clear-stale-locks"],
                    env=child_env(MASTER_PORT=str(free_port())), check=True, capture_output=True)
     return child_env(ADASPEC_REPO=str(REPO), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")

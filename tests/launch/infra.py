@@ -34,6 +34,7 @@ SSH_PORT = 2222
 PACKAGES = {
     "munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
     "sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client", "pdsh": "pdsh",
+    "pgrep": "procps",  # the launcher scripts track their children with it; slim images lack it
 }
 
 
