@@ -17,7 +17,10 @@ Contract
   Gumbel-max + distributed argmax, greedy = distributed argmax. Acceptance uniforms come from
   the decoder's generator (seeded identically on every TP rank, like the replicated draft);
   Gumbel noise from a per-rank generator. Greedy output equals the TP = 1 decoder's.
-  ``top_p < 1`` is refused (a nucleus over shards needs a global sort).
+  ``top_p < 1`` is refused (a nucleus over shards needs a global sort). For ``adaspec-dist
+  eval`` it also has ``next_token(...)`` (the target-only baseline's pick: distributed argmax,
+  or per-shard Gumbel-max) and ``overlap(...)`` (per-position Σ_x min(p, q) for α_logits: each
+  rank sums its vocab slice with p normalised globally, then one SUM all-reduce).
 * ``OnlineTPTeacher(path, tp_size=...)``: the online teacher for a data-parallel student —
   TP groups of ranks pool their micro-batches through one sharded target; each rank gets the
   SparseTarget rows of its own batch (see the class doc).
@@ -196,3 +199,46 @@ class TPTargetLM:
         logw = torch.where(use_p[:, None], logp_n, residual.log())
         nxt = vp.gumbel_sample(logw, vocab_start=start, group=group, generator=self.local_gen)
         return n, nxt
+
+    def _check_top_p(self, sampling: Any) -> None:
+        if sampling.top_p < 1.0:
+            raise ValueError("top_p < 1 is not supported with a tensor-parallel target; use top_p=1")
+
+    @torch.inference_mode()
+    def next_token(self, logits_BV: torch.Tensor, vocab: int, sampling: Any,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """The autoregressive baseline's pick (B,), identical on every TP rank.
+
+        Greedy = distributed argmax (equals the TP = 1 pick); sampling = Gumbel-max over the
+        shards with the per-rank generator (exact, but not the TP = 1 stream of draws:
+        ``generator``, shared by the ranks, is not used).
+        """
+        self._check_top_p(sampling)
+        logits = self._masked(logits_BV, vocab)
+        start, group = self.model.vocab_start, self.group
+        if sampling.temperature == 0:
+            return vp.argmax(logits, vocab_start=start, group=group)
+        return vp.gumbel_sample(logits / sampling.temperature, vocab_start=start, group=group,
+                                generator=self.local_gen)
+
+    @torch.inference_mode()
+    def overlap(self, logits_NV: torch.Tensor, draft_probs_NV: torch.Tensor, vocab: int, sampling: Any) -> torch.Tensor:
+        """Σ_x min(p(x), q(x)) per position (N,) fp32, identical on every TP rank (α_logits' term).
+
+        ``draft_probs_NV`` is the draft's full q over the ``vocab`` real ids (as
+        ``sampling.probs_from_logits`` makes it); this rank compares it with p on its own columns
+        only. Greedy p is the one-hot of the distributed argmax, so the term is q(argmax p).
+        """
+        self._check_top_p(sampling)
+        logits = self._masked(logits_NV, vocab)
+        start, group = self.model.vocab_start, self.group
+        q = draft_probs_NV.float()
+        if sampling.temperature == 0:
+            best = vp.argmax(logits, vocab_start=start, group=group)
+            return q.gather(1, best[:, None])[:, 0]
+        scaled = logits / sampling.temperature
+        p_local = (scaled - vp.log_normaliser(scaled, group)[:, None]).exp()      # padded / cut ids: 0
+        v_local = p_local.shape[-1]
+        q_local = q[:, start:start + v_local]
+        q_local = torch.nn.functional.pad(q_local, (0, v_local - q_local.shape[-1]))  # ids >= vocab: q = 0
+        return vp.global_sum(torch.minimum(p_local, q_local).sum(-1), group)

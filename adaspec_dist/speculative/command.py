@@ -5,6 +5,11 @@ teacher-forced sequences from a task split (``data.tasks`` + ``data.tokenize``) 
 ``data``, synthetic token prompts whose held-out continuations are the target's own greedy
 output; then ``evaluate.evaluate_drafts``, prints the table and writes JSON, PNG plots and
 tensorboard scalars into ``out_dir``.
+
+With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model sharded over
+the N launched ranks (``torchrun --nproc_per_node N``; exactly one TP group): every rank runs
+the replicated drafts identically, with identically seeded generators, and only global rank 0
+prints and writes.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe with an EvalConfig (target, drafts, data, gammas, ...)")
+    parser.add_argument("--tp", type=int, default=None,
+                        help="tensor-parallel size of the target (same as tp=N; launch N ranks with torchrun)")
     parser.add_argument("overrides", nargs="*",
                         help="dotted overrides, e.g. target.name_or_path=runs/sft drafts.kd=runs/kd gammas=[1,2,4]")
 
@@ -31,6 +38,31 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _width(model) -> int:
+    """Logit columns of an HF model, or of a ``CausalLM`` (the TP target's real vocabulary)."""
+    if hasattr(model, "vocab_width"):
+        return int(model.vocab_width)
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def _tp_target(cfg: EvalConfig):
+    """-> (TPTargetLM over the launched ranks, ParallelState); collective: every rank calls it."""
+    from adaspec_dist.dist import init_distributed
+    from adaspec_dist.models.load import resolve_dtype
+    from adaspec_dist.models.tensor_parallel import load_tp_model
+    from adaspec_dist.models.tp_target import TPTargetLM
+
+    if not cfg.target.name_or_path:
+        raise ValueError("tp > 1 needs target.name_or_path (an HF checkpoint directory to slice), not a preset")
+    ps = init_distributed(tp_size=cfg.tp)
+    if ps.dp_size != 1:
+        raise ValueError(f"eval runs one tensor-parallel group: launch exactly tp={cfg.tp} processes, "
+                         f"not {ps.world_size}")
+    model = load_tp_model(cfg.target.name_or_path, tp_group=ps.tp_group,
+                          dtype=resolve_dtype(cfg.target.dtype, ps.device), device=ps.device)
+    return TPTargetLM(model, seed=cfg.seed), ps
 
 
 def _task_inputs(cfg: EvalConfig):
@@ -75,34 +107,49 @@ def _synthetic_inputs(cfg: EvalConfig, target, vocab: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from adaspec_dist.speculative.report import format_table, write_all
-
     if not args.config and not args.overrides:
         raise ValueError("eval needs --config RECIPE.yaml and/or overrides such as target.name_or_path=DIR drafts.kd=DIR")
-    cfg = load_config(EvalConfig, args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
+    cfg = load_config(EvalConfig, args.config, overrides)
     if cfg.target is None:
         raise ValueError("eval needs a target: set target.name_or_path=DIR (or target.preset=NAME)")
     if not cfg.drafts:
         raise ValueError("eval needs at least one draft: set drafts.NAME=DIR")
-    device = _device(cfg.device)
+    if cfg.tp == 1:
+        return _evaluate(cfg, _device(cfg.device), None)
+    from adaspec_dist.dist import shutdown
+
+    try:
+        target, ps = _tp_target(cfg)
+        return _evaluate(cfg, ps.device, target, is_main=ps.is_main)
+    finally:
+        shutdown()
+
+
+def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = True) -> int:
+    """Load the drafts (and the HF target when ``target`` is None), evaluate; rank 0 reports."""
+    from tqdm.auto import tqdm
+
+    from adaspec_dist.speculative.report import format_table, write_all
+
     torch.manual_seed(cfg.seed)
     drafts = {name: load_causal_lm(ModelConfig(name_or_path=str(path)), device=device)
               for name, path in cfg.drafts.items()}
-    # a preset target (smoke tests) takes the first draft's vocabulary
-    preset_vocab = next(iter(drafts.values())).get_output_embeddings().weight.shape[0]
-    target = load_causal_lm(cfg.target, vocab_size=preset_vocab, device=device)
+    if target is None:
+        # a preset target (smoke tests) takes the first draft's vocabulary
+        preset_vocab = next(iter(drafts.values())).get_output_embeddings().weight.shape[0]
+        target = load_causal_lm(cfg.target, vocab_size=preset_vocab, device=device)
     if cfg.data is not None:
         prompts, held_out, eos, tok_len = _task_inputs(cfg)
     else:
-        vocab = min([target.get_output_embeddings().weight.shape[0]]
-                    + [d.get_output_embeddings().weight.shape[0] for d in drafts.values()])
+        vocab = min([_width(target)] + [_width(d) for d in drafts.values()])
         prompts, held_out, eos, tok_len = _synthetic_inputs(cfg, target, vocab)
-    bar = tqdm(total=len(drafts) * len(cfg.gammas), desc="eval (draft x gamma)")
+    bar = tqdm(total=len(drafts) * len(cfg.gammas), desc="eval (draft x gamma)", disable=not is_main)
     result = evaluate_drafts(target, drafts, prompts, held_out, cfg, eos_token_id=eos, vocab_size=tok_len,
                              progress=lambda name, g: bar.update(1))
     bar.close()
+    if not is_main:
+        return 0
     out = Path(cfg.out_dir)
     save_resolved(cfg, out)
     paths = write_all(result, out)

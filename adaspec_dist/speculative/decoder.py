@@ -234,8 +234,11 @@ def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: 
         logits = lm.forward(batch.last[:, None], batch.pos[:, None], slot.attention_mask(valid), slot.cache,
                             logits_to_keep=1)
         slot.append(valid)
-        x = _pick(probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p),
-                  sampling.temperature == 0, generator)
+        if hasattr(lm, "next_token"):  # vocab-parallel target (models/tp_target.py): logits stay sharded
+            x = lm.next_token(logits[:, -1], V, sampling, generator)
+        else:
+            x = _pick(probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p),
+                      sampling.temperature == 0, generator)
         batch.buf.scatter_(1, batch.n_out[:, None], x[:, None])
         batch.n_out += 1
         batch.pos += 1

@@ -5,6 +5,8 @@ Contract
 ``evaluate_drafts(target, drafts, prompts, answers_for_alpha, cfg) -> dict`` (JSON-ready):
 
 * ``target`` and each draft: HF causal LMs (or ``lm.CausalLM`` implementations) on one device;
+  the target may be a tensor-parallel ``models.tp_target.TPTargetLM`` (``cfg.tp > 1``): then
+  every rank of its group calls this with the same inputs and gets the same result;
   ``drafts`` maps a display name to a model; ``prompts`` are token-id lists;
   ``answers_for_alpha`` are held-out teacher-forced sequences (``TokenizedExample`` or
   ``(input_ids, labels)``; ``None`` or empty skips α_logits);
@@ -62,6 +64,9 @@ class EvalConfig:
     """auto = cuda when available, else cpu."""
     out_dir: str = "runs/eval"
     """Receives eval.json, the PNG plots, tensorboard scalars and config.yaml."""
+    tp: int = 1
+    """Tensor-parallel size of the target (megatron-core, sharded over the launched ranks: run under
+    ``torchrun --nproc_per_node TP``); 1 = the HF model on one device."""
 
     def validate(self) -> None:
         if not self.gammas or any(g < 1 for g in self.gammas):
@@ -69,6 +74,10 @@ class EvalConfig:
         if self.batch_size < 1 or self.num_prompts < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size, num_prompts and max_new_tokens must all be >= 1")
         SamplingConfig(temperature=self.temperature, top_p=self.top_p).validate()
+        if self.tp < 1:
+            raise ValueError(f"tp {self.tp} must be >= 1 (1 = no tensor parallelism)")
+        if self.tp > 1 and self.top_p < 1.0:
+            raise ValueError("top_p < 1 is not supported with a tensor-parallel target (tp > 1); use top_p=1")
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -124,7 +133,7 @@ def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]]
         "conventions": CONVENTIONS,
         "settings": {"batch_size": cfg.batch_size, "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "max_new_tokens": cfg.max_new_tokens, "gammas": list(cfg.gammas),
-                     "num_prompts": len(prompts), "seed": cfg.seed, "device": str(device)},
+                     "num_prompts": len(prompts), "seed": cfg.seed, "device": str(device), "tp": cfg.tp},
         "drafts": {},
     }
     target_seqs = target_stats = None

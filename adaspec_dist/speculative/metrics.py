@@ -4,7 +4,8 @@ Contract
 --------
 * ``alpha_logits(target, draft, sequences, ...)`` -> α = mean over held-out supervised
   positions of Σ_x min(p(x), q(x)) (= 1 - TVD(p, q)), teacher-forced from logits (no
-  decoding), with p, q the tempered / nucleus distributions the decoder would use. A
+  decoding), with p, q the tempered / nucleus distributions the decoder would use (a
+  tensor-parallel target supplies the per-position term itself: ``TPTargetLM.overlap``). A
   position t is supervised iff ``labels[t+1] != -100`` (docs/architecture.md). Equals the
   expected acceptance probability of one drafted token at that context.
 * ``summarize(stats)`` turns ``DecodeStats`` into acceptance rate (accepted / drafted),
@@ -101,12 +102,15 @@ def alpha_logits(target, draft, sequences: Sequence, *, sampling: SamplingConfig
             sup_BT[b, :len(ids)] = torch.tensor(_supervised_mask(labels))
         ids_BT, valid_BT, sup_BT = ids_BT.to(device), valid_BT.to(device), sup_BT.to(device)
         pos_BT = torch.arange(L, device=device).expand(len(chunk), L)
-        probs = []
-        for lm in (target, draft):
-            mask = SlotCache(None, len(chunk), device).attention_mask(valid_BT)
-            logits = lm.forward(ids_BT, pos_BT, mask, lm.new_cache())
-            probs.append(probs_from_logits(logits[sup_BT][:, :V], sampling.temperature, sampling.top_p))
-        total += float(torch.minimum(*probs).sum())
+        mask = SlotCache(None, len(chunk), device).attention_mask(valid_BT)
+        q = probs_from_logits(draft.forward(ids_BT, pos_BT, mask, draft.new_cache())[sup_BT][:, :V],
+                              sampling.temperature, sampling.top_p)
+        logits = target.forward(ids_BT, pos_BT, mask, target.new_cache())[sup_BT]
+        if hasattr(target, "overlap"):  # vocab-parallel target (models/tp_target.py): p stays sharded
+            total += float(target.overlap(logits, q, V, sampling).sum())
+        else:
+            total += float(torch.minimum(probs_from_logits(logits[:, :V], sampling.temperature, sampling.top_p),
+                                         q).sum())
         count += int(sup_BT.sum())
     if count == 0:
         raise ValueError("no supervised positions to measure alpha on; labels must mark answer tokens (!= -100)")

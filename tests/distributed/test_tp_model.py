@@ -6,7 +6,8 @@ decoding within 1e-5; vocab-parallel top-k ids equal full-vocab topk(log_softmax
 within 1e-5; the sampled scheme draws the same ids as cache.sparse; Gumbel sampling and the
 vocab-parallel verify step pass chi-square tests (and fail them against a wrong distribution);
 greedy speculative decoding with a TP target equals the TP = 1 output; refusals are one clear
-line. The same launch runs the real ``adaspec-dist cache ... --tp 2`` job on a tiny Llama-GQA of
+line; ``adaspec-dist eval --tp 2`` gives the TP = 1 eval's α_logits (1e-5) and greedy acceptance
+and tokens. The same launch runs the real ``adaspec-dist cache ... --tp 2`` job on a tiny Llama-GQA of
 vocabulary 401, compared here with the single-process (HF, full-vocabulary) cache.
 """
 import json
@@ -99,6 +100,46 @@ def test_refusals_are_one_clear_line(results):
     assert "num_attention_heads=3" in results["error/bad_heads"]
     assert "'gpt2'" in results["error/gpt2"] and "--tp 1" in results["error/gpt2"]
     assert all("\n" not in results[k] for k in ("error/bad_kv", "error/bad_heads", "error/gpt2"))
+
+
+def _tp1_eval(ckpt: Path, out: Path, temperature: str) -> dict:
+    """``adaspec-dist eval`` at TP = 1 (the HF target) with the worker's settings and checkpoints."""
+    from adaspec_dist.cli import main
+    from tests.distributed.tp_worker import EVAL_ARGS
+
+    assert main(["eval", f"target.name_or_path={ckpt / 'llama_gqa'}", f"drafts.self={ckpt / 'llama_gqa'}",
+                 f"drafts.noisy={ckpt / 'noisy'}", *EVAL_ARGS, f"temperature={temperature}",
+                 f"out_dir={out}"]) == 0
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_eval_with_tp2_target_equals_tp1(results, tmp_path):
+    """`adaspec-dist eval --tp 2`: α_logits within 1e-5 of TP = 1 (greedy and T = 1); greedy acceptance,
+    generated tokens and the target-only tokens equal; rank 0 alone wrote the outputs."""
+    assert results["eval/ar_greedy_equal"] and results["eval/ar_tokens"] > 4 * 8
+    for temp in ("0.0", "1.0"):
+        assert results[f"eval/rc_T{temp}"] == 0
+        tp2_dir = results["out"] / f"eval_tp2_T{temp}"
+        tp2 = json.loads((tp2_dir / "eval.json").read_text())
+        assert (tp2_dir / "tau_vs_gamma.png").exists() and tp2["settings"]["tp"] == 2
+        tp1 = _tp1_eval(results["out"], tmp_path / f"T{temp}", temp)
+        assert tp1["settings"]["tp"] == 1
+        for name in ("self", "noisy"):
+            a1, a2 = tp1["drafts"][name], tp2["drafts"][name]
+            assert a1["alpha_positions"] == a2["alpha_positions"] == 4 * 8
+            assert abs(a1["alpha_logits"] - a2["alpha_logits"]) < TOL
+            if temp == "0.0":
+                r1, r2 = a1["by_gamma"]["2"], a2["by_gamma"]["2"]
+                for key in ("accept_hist", "accepted", "target_calls"):  # (per_position follows; may hold NaN)
+                    assert r1[key] == r2[key], key
+                assert r1["matches_target"] == r2["matches_target"] == 1.0
+        if temp == "0.0":  # self-drafting accepts everything; the noisy copy some (both paths run)
+            assert tp2["drafts"]["self"]["by_gamma"]["2"]["acceptance_rate"] > 0.9
+            assert 0.1 < tp2["drafts"]["noisy"]["by_gamma"]["2"]["acceptance_rate"] < 0.9
+        assert tp1["target"]["generated"] == tp2["target"]["generated"]
+        # The α of a model against itself is 1 only if p is normalised over all shards.
+        assert abs(tp2["drafts"]["self"]["alpha_logits"] - 1.0) < TOL
+        assert tp2["drafts"]["noisy"]["alpha_logits"] < 0.99
 
 
 def _tp1_cache(recipe: Path, out: Path) -> None:

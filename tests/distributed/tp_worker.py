@@ -5,20 +5,21 @@ tensor-parallel and check, against the single-process HF model / full-vocabulary
 the same rank: logits (gathered here for checking only), KV-cache decoding, padding masks,
 vocab-parallel top-k / log-probs / argmax / inverse-CDF sampling, Gumbel sampling and the
 vocab-parallel verify step (chi-square), the refusals, and greedy speculative decoding with a
-TP target; then, given a cache recipe, the real ``adaspec-dist cache ... --tp 2`` command writes
-``OUT/cache_tp2``. Rank 0 writes everything it measured to ``OUT/results.json``; the test asserts.
+TP target; the real ``adaspec-dist eval ... --tp 2`` writes ``OUT/eval_tp2_T{0.0,1.0}``; then,
+given a cache recipe, the real ``adaspec-dist cache ... --tp 2`` command writes ``OUT/cache_tp2``. Rank 0 writes everything it measured to ``OUT/results.json``; the test asserts.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from scipy.stats import chisquare
 
-from adaspec_dist.dist import init_distributed
+from adaspec_dist.dist import init_distributed, keep_process_group
 from adaspec_dist.models import vocab_parallel as vp
 from adaspec_dist.models.load import build_preset, save_hf
 from adaspec_dist.models.tensor_parallel import load_tp_model
@@ -69,6 +70,12 @@ def save_checkpoints(out: Path, rank: int) -> None:
                              hidden_size=48), out / "bad_heads")
         save_hf(GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4)), out / "gpt2")
         save_hf(build_preset("tiny-llama", VOCAB, seed=5, num_hidden_layers=1), out / "draft")
+        noisy = build("tiny-llama", 1, num_key_value_heads=2)   # llama_gqa's weights plus noise:
+        gen = torch.Generator().manual_seed(1)                  # a draft agreeing ~60% greedily
+        with torch.no_grad():
+            for p in noisy.parameters():
+                p.add_(0.2 * p.std() * torch.randn(p.shape, generator=gen))
+        save_hf(noisy, out / "noisy")
     dist.barrier()
 
 
@@ -231,6 +238,36 @@ def check_online_teacher(out: Path, ps, res: dict) -> None:
     res["online/logp_maxdiff"] = diff.item()
 
 
+EVAL_ARGS = ["gammas=[2]", "num_prompts=4", "batch_size=2", "max_new_tokens=8", "device=cpu",
+             "target.dtype=float32"]
+"""The eval settings test_tp_model.py repeats at TP = 1 (target llama_gqa; drafts: itself, noisy)."""
+
+
+def run_eval_cli(out: Path, ps, res: dict) -> None:
+    """The real ``adaspec-dist eval ... --tp 2`` (greedy and T = 1), and its target-only tokens vs HF's."""
+    from transformers import AutoModelForCausalLM
+
+    from adaspec_dist.cli import main as cli_main
+    from adaspec_dist.models.tp_target import TPTargetLM
+    from adaspec_dist.speculative.command import _synthetic_inputs
+    from adaspec_dist.speculative.evaluate import EvalConfig
+
+    t0 = time.perf_counter()
+    models = [f"target.name_or_path={out / 'llama_gqa'}", f"drafts.self={out / 'llama_gqa'}",
+              f"drafts.noisy={out / 'noisy'}"]
+    for temp in ("0.0", "1.0"):
+        res[f"eval/rc_T{temp}"] = cli_main(["eval", "--tp", "2", *models, *EVAL_ARGS, f"temperature={temp}",
+                                            f"out_dir={out / f'eval_tp2_T{temp}'}"])
+    # The eval's held-out text is the target-only greedy output: TP (distributed argmax) vs HF.
+    cfg = EvalConfig(num_prompts=4, max_new_tokens=8)
+    hf = AutoModelForCausalLM.from_pretrained(out / "llama_gqa", dtype=torch.float32).eval()
+    tp = TPTargetLM(load_tp_model(out / "llama_gqa", tp_group=ps.tp_group))
+    want, got = _synthetic_inputs(cfg, hf, VOCAB)[1], _synthetic_inputs(cfg, tp, VOCAB)[1]
+    res["eval/ar_greedy_equal"] = got == want
+    res["eval/ar_tokens"] = sum(len(ids) for ids, _ in got)
+    res["eval/seconds"] = time.perf_counter() - t0  # this section's share of the suite's time
+
+
 def run_cache_cli(recipe: str, out: Path, res: dict) -> None:
     """The real ``adaspec-dist cache ... tp=2`` command in this (already initialised) job; it shuts
     torch.distributed down at the end, so it runs last."""
@@ -247,13 +284,15 @@ def main() -> None:
     res: dict = {}
     sections = [lambda n=n: check_model(out / n, ps, res, n) for n in CHECKPOINTS]
     sections += [lambda: check_errors(out, ps, res), lambda: check_speculative(out, ps, res),
-                 lambda: check_online_teacher(out, ps, res)]
+                 lambda: check_online_teacher(out, ps, res), lambda: run_eval_cli(out, ps, res)]
     if recipe:
         sections.append(lambda: run_cache_cli(recipe, out, res))
-    for section in sections:
-        section()
-        if ps.rank == 0:  # written after each section, so a failure still shows what passed
-            (out / "results.json").write_text(json.dumps(res, indent=1))
+    with keep_process_group():  # the eval and cache commands shut the group down when they end
+        for section in sections:
+            section()
+            if ps.rank == 0:  # written after each section, so a failure still shows what passed
+                (out / "results.json").write_text(json.dumps(res, indent=1))
+            dist.barrier()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
