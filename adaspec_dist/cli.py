@@ -29,7 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; only the subcommand named by ``load`` gets its module imported."""
+    """The top-level parser; only the subcommand named by ``load`` gets its module imported.
+
+    ``parser.subcommand_parsers`` maps each name to its sub-parser."""
     table = SUBCOMMANDS if table is None else table
     parser = argparse.ArgumentParser(
         prog="adaspec-dist",
@@ -37,26 +39,49 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str |
     )
     parser.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommand_parsers = {}
     for name, (module, help_text) in table.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        parser.subcommand_parsers[name] = p
         if name == load:
             importlib.import_module(module).add_arguments(p)
     return parser
+
+
+_OVERRIDE = re.compile(r"^(--)?[A-Za-z_][\w.]*=")
+
+
+def split_overrides(argv: list[str], sub_parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Separate config overrides (``key.sub=value`` or ``--key.sub=value``) from the other arguments.
+
+    argparse cannot take positionals after optionals, nor declare every config key, so the
+    overrides are picked out here, anywhere on the line — except a token that is the value of
+    the option before it (``--config a=b.yaml``).
+    """
+    takes_value = {o for a in sub_parser._actions for o in a.option_strings if a.nargs != 0}
+    kept, overrides = [], []
+    for i, token in enumerate(argv):
+        if _OVERRIDE.match(token) and not (i and argv[i - 1] in takes_value):
+            overrides.append(token)
+        else:
+            kept.append(token)
+    return kept, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(load=command)
-    args, unknown = parser.parse_known_args(argv)
-    # Dotted overrides may be written as flags (`--train.lr=3e-4`) or bare (`train.lr=3e-4`);
-    # argparse cannot declare every config key, so flag-style ones arrive here as unknowns.
-    flag_overrides = [u for u in unknown if re.match(r"^--[A-Za-z_][\w.]*=", u)]
-    rest = [u for u in unknown if u not in flag_overrides]
-    if rest or (flag_overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(rest or flag_overrides)}")
-    if flag_overrides:
-        args.overrides = list(args.overrides or []) + flag_overrides
+    overrides: list[str] = []
+    if command:
+        at = argv.index(command) + 1
+        rest, overrides = split_overrides(argv[at:], parser.subcommand_parsers[command])
+        argv = argv[:at] + rest
+    args = parser.parse_args(argv)
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"adaspec-dist {command} takes no config overrides: {' '.join(overrides)}")
+        args.overrides = list(args.overrides or []) + overrides
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.command:

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe with a TrainConfig (objective, draft, cache_dir, engine, ...)")
     parser.add_argument("--objective", help="override the recipe's objective: sft, kd or adaspec")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir's newest checkpoint")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="continue from the newest checkpoint when there is one, else start fresh "
+                             "(for requeued jobs that may have died before their first checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=2 max_steps=100")
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config and not overrides:
         raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     cfg = load_config(TrainConfig, args.config, overrides)
-    summary = train(cfg, resume_run=args.resume)
+    summary = train(cfg, resume_run="auto" if args.auto_resume else args.resume)
     import torch.distributed as dist
 
     is_main = not dist.is_initialized() or dist.get_rank() == 0

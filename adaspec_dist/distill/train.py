@@ -423,9 +423,12 @@ def _log_eval(run: Run, metrics: dict) -> None:
             run.writer.add_scalar(f"eval/{run.cfg.divergence}", metrics[run.cfg.divergence], run.step)
 
 
-def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False) -> dict:
+def train(cfg: TrainConfig, *, resume_run: bool | str = False, keep_run: bool = False) -> dict:
     """The whole job; returns a summary with first/last eval metrics (and the live ``Run`` under
-    ``"run"`` when ``keep_run``, for callers that inspect the engine afterwards)."""
+    ``"run"`` when ``keep_run``, for callers that inspect the engine afterwards).
+
+    ``resume_run``: True = continue from the newest checkpoint (an error when there is none);
+    ``"auto"`` = continue when there is one, else start fresh (requeued jobs)."""
     from tqdm import tqdm
 
     from adaspec_dist.distill.engine import latest_step
@@ -436,6 +439,10 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, keep_run: bool = False)
     stop = StopSignal.install()  # SIGTERM/SIGUSR1 -> checkpoint at a step boundary, exit 143 (launch helper)
     run = setup(cfg)
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    if resume_run == "auto":
+        resume_run = latest_step(ckpt_dir) is not None
+        if not resume_run and run.ps.is_main:
+            logger.info("--auto-resume: no checkpoint in '%s' yet; starting from scratch", ckpt_dir)
     if resume_run:
         if latest_step(ckpt_dir) is None:
             raise ValueError(f"--resume: no checkpoint in '{ckpt_dir}'; start without --resume")
