@@ -83,3 +83,14 @@ def test_eval_user_errors_are_one_line(capsys):
     assert "unknown config key 'gamas'" in err and "gammas" in err and "\n" not in err
     assert main(["eval", "target.name_or_path=/x"]) == 2
     assert "at least one draft" in capsys.readouterr().err
+
+
+def test_eval_tp_refusals_are_one_line(capsys):
+    """tp > 1 (the megatron-core target; run in tests/distributed/test_tp_model.py) refuses what it cannot shard."""
+    from adaspec_dist.cli import main
+
+    assert main(["eval", "--tp", "2", "target.name_or_path=/x", "drafts.x=/y", "top_p=0.9"]) == 2
+    assert "top_p < 1 is not supported with a tensor-parallel target" in capsys.readouterr().err
+    assert main(["eval", "--tp", "2", "target.preset=tiny-llama", "drafts.x=/y"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tp > 1 needs target.name_or_path" in err and "\n" not in err
