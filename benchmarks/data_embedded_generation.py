@@ -10,23 +10,16 @@ the cold/warm ratio; writes benchmarks/results/data_embedded_generation.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+from results_io import machine
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def machine() -> dict:
-    import torch
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def timed(fn) -> tuple[float, object]:

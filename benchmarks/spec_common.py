@@ -11,13 +11,12 @@ enough for acceptance to be meaningful.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
+from results_io import machine as machine_info, write_result  # noqa: F401  (re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VOCAB = 128
@@ -25,18 +24,8 @@ LAYER_SCALE = 0.3
 EMBED_SCALE = 20.0
 
 
-def machine_info() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({**payload, "machine": machine_info()}, indent=2))
-    return path
 
 
 def device() -> torch.device:

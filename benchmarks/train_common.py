@@ -2,12 +2,10 @@
 embedded task, built once under a work directory, and helpers to run the trainer in-process."""
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import tempfile
 from pathlib import Path
+from results_io import machine, write_result  # noqa: F401  (re-exported to the train_* scripts)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -21,19 +19,8 @@ REFERENCE = {"preset": "demo-draft", "seed": 9}
 DATA = {"task": "arith", "split": "train", "limit": 96, "max_length": 128}
 
 
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({**result, "machine": machine()}, indent=1) + "\n")
-    return path
 
 
 def setup(top_k: int = 64) -> dict:
