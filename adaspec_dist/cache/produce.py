@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -105,9 +105,10 @@ class JobSpec:
 
 
 def spec_from_config(cfg: CacheConfig, vocab_size: int, extra: dict) -> JobSpec:
-    return JobSpec(scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature,
-                   value_dtype=cfg.value_dtype, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
-                   seed=cfg.seed, vocab_size=vocab_size, extra=extra)
+    """The byte-determining part of ``cfg``: every JobSpec field the config has, copied by name
+    (so a field added to both can never be forgotten here)."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(JobSpec) if hasattr(cfg, f.name)}
+    return JobSpec(**{**shared, "vocab_size": vocab_size, "extra": extra})
 
 
 def hf_target_fn(model, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0) -> TargetFn:
