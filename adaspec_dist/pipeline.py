@@ -9,7 +9,14 @@ Contract
 * :func:`plan` turns a recipe into an ordered list of :class:`Stage` s — pure, no I/O — so a
   dry run (``--dry-run``) and the recipe tests can inspect it::
 
-      tokenizer -> sft -> cache_train -> cache_eval -> reference -> add_reference -> adaspec -> eval
+      tokenizer -> sft -> cache_train -> cache_eval -> reference -> add_reference -> adaspec
+                -> distillspec_wide -> eval
+
+  The eval compares three arms at equal optimiser steps: ``distillspec`` (the reference: kd on
+  every token at batch B), ``adaspec`` (the top-k tokens at batch B/k under ``budget: paper``)
+  and the compute control ``distillspec_wide`` (kd on every token at AdaSPEC's batch and steps,
+  built from the adaspec section; ``distillspec_wide: null`` skips it). Only the control
+  separates the effect of *selection* from that of the larger batch.
 
   ``tokenizer`` only exists when the recipe trains one (the demo); ``sft`` only when the
   recipe fine-tunes the target (otherwise the target is used as given).
@@ -45,7 +52,8 @@ from adaspec_dist.config import ConfigError, build_config, merge, read_yaml, par
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("tokenizer", "sft", "cache_train", "cache_eval", "reference", "add_reference", "adaspec", "eval")
+STAGE_ORDER = ("tokenizer", "sft", "cache_train", "cache_eval", "reference", "add_reference", "adaspec",
+               "distillspec_wide", "eval")
 # Where `train` exports the final HF model inside its out_dir (the distill trainer's layout).
 EXPORT_SUBDIR = "final"
 
@@ -81,6 +89,9 @@ class PipelineConfig:
     """TrainConfig overrides of the kd run: the reference, which is also the DistillSpec baseline."""
     adaspec: dict = field(default_factory=dict)
     """TrainConfig overrides of the AdaSPEC draft (filter fraction, epochs, ...)."""
+    distillspec_wide: dict | None = field(default_factory=dict)
+    """The compute control: kd on every token with the adaspec section's batch, steps and engine,
+    then these overrides; None = skip it (two arms only)."""
     eval: dict = field(default_factory=dict)
     """EvalConfig overrides (gammas, num_prompts, batch_size, temperature, ...)."""
     divergence: str = "fkl"
@@ -135,6 +146,7 @@ def _paths(cfg: PipelineConfig) -> dict[str, str]:
         "cache_eval": str(r / "cache" / "eval"),
         "reference": str(r / "reference"),
         "adaspec": str(r / "adaspec"),
+        "distillspec_wide": str(r / "distillspec_wide"),
         "eval": str(r / "eval"),
         "configs": str(r / "configs"),
         "stages": str(r / "stages"),
@@ -167,6 +179,16 @@ def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str
                  workdir=out_dir)
 
 
+# Keys of the adaspec section that only concern selection: the compute control drops them.
+_SELECTION_KEYS = ("selection_scope", "loss_normalization", "reference")
+
+
+def wide_section(adaspec: dict) -> dict:
+    """The compute control's TrainConfig overrides: the adaspec section's batch, budget, steps and
+    engine (so ``budget: paper`` gives it batch B/k at the reference's steps) without selection."""
+    return {k: v for k, v in adaspec.items() if k not in _SELECTION_KEYS}
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The ordered stages of a recipe (pure; paths are under cfg.run_dir)."""
     p = _paths(cfg)
@@ -195,10 +217,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                         outputs=[str(Path(p["cache_train"]) / "manifest.json")]))
     stages.append(_train_stage("adaspec", cfg, objective="adaspec", out_dir=p["adaspec"], init=cfg.draft,
                                section=cfg.adaspec, extra=common))
+    drafts = {"distillspec": ref_export, "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}
+    if cfg.distillspec_wide is not None:
+        stages.append(_train_stage("distillspec_wide", cfg, objective="kd", out_dir=p["distillspec_wide"],
+                                   init=cfg.draft, section=merge(wide_section(cfg.adaspec), cfg.distillspec_wide),
+                                   extra=common))
+        drafts["distillspec_wide"] = str(Path(p["distillspec_wide"]) / EXPORT_SUBDIR)
     eval_conf = merge({"target": target, "tokenizer": tok, "data": eval_data, "seed": cfg.seed,
-                       "out_dir": p["eval"],
-                       "drafts": {"distillspec": ref_export,
-                                  "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}}, cfg.eval)
+                       "out_dir": p["eval"], "drafts": drafts}, cfg.eval)
     stages.append(Stage("eval", "eval", ["--config", f"{{configs}}/eval.yaml"], eval_conf,
                         outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"], rank0_only=True))
     for s in stages:
@@ -403,13 +429,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the stage plan and exit")
 
 
+def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
+    """A train stage's resolved budget for the dry run: optimiser steps, sequences per step and
+    passes (steps need the training split's size: known for hub tasks and embedded corpora)."""
+    from adaspec_dist.data.tasks import DataConfig, known_rows
+    from adaspec_dist.distill.train import TrainConfig, budget_for
+
+    if stage.command != "train":
+        return None
+    tc = build_config(TrainConfig, stage.config, prefix=f"{stage.name}.")
+    b = budget_for(tc, dp_size)
+    data = {**cfg.data, "split": cfg.data.get("split", "train"), "seed": cfg.data.get("seed", cfg.seed)}
+    rows = known_rows(build_config(DataConfig, data, prefix="data."))
+    steps = f"{tc.max_steps} steps" if tc.max_steps is not None else (
+        f"{b.steps(rows, dp_size)} steps" if rows else "? steps (unknown split size)")
+    kept = (f", ~{b.global_batch * tc.filter_fraction:g} sequences' tokens kept/step"
+            if tc.objective == "adaspec" else "")
+    over = f" over {rows} sequences" if rows else ""
+    return (f"{steps} x {b.global_batch} sequences/step (micro {b.micro_batch} x accum {b.grad_accum} x "
+            f"{dp_size} rank{'s' if dp_size > 1 else ''}), {b.passes:g} passes{over}{kept}")
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_pipeline_config(args.recipe, args.overrides)
     stages = plan(cfg)
     if args.dry_run:
         validate_stage_configs(stages)
+        _, world = _world()
         for i, s in enumerate(stages, 1):
-            print(f"{i}. {s.name:14s} {s.command_line()}")
+            print(f"{i}. {s.name:16s} {s.command_line()}")
+            line = budget_line(cfg, s, world)
+            if line:
+                print(f"   {'':16s} {line}")
         return 0
     run_pipeline(cfg, only=args.only, force=args.force)
     return 0

@@ -1,16 +1,21 @@
-"""``adaspec-dist report RUN_DIR...``: AdaSPEC vs DistillSpec per task and seed, mean ± std.
+"""``adaspec-dist report RUN_DIR...``: the three arms per task and seed, mean ± std.
 
 Contract
 --------
 * A run directory is what ``adaspec-dist pipeline`` (or ``demo``) made: ``pipeline.yaml`` (the
   resolved recipe: name, task, seed) and ``eval/eval.json`` (``speculative.evaluate`` result
-  with drafts ``distillspec`` and ``adaspec``).
+  with drafts ``distillspec`` and ``adaspec``, and the compute control ``distillspec_wide`` when
+  the recipe ran it — older runs without it are reported with two arms).
+* The arms, at equal optimiser steps: DistillSpec (the reference: kd on every token at batch B),
+  AdaSPEC (the top-k tokens at batch B/k, the paper) and DistillSpec-wide (kd on every token at
+  batch B/k: the control that isolates selection from the larger batch).
 * :func:`load_run` -> one flat record per run; :func:`method_rows` -> the demo's table rows
   (α_logits, acceptance rate, τ, speedup at one γ); :func:`aggregate` -> mean ± std per
-  (recipe, method) over seeds (sample std, ddof = 1; 0 for a single seed) and the number of
-  seeds on which AdaSPEC's α_logits is above DistillSpec's.
-* :func:`write_report` writes ``report.md`` and ``report_alpha.png`` (α per recipe, per seed
-  and mean ± std) into ``out_dir``; the CLI prints the markdown.
+  (recipe, method) over seeds (sample std, ddof = 1; None for a single seed) and the number of
+  seeds on which AdaSPEC's α_logits is above DistillSpec's and above the wide control's;
+  :func:`verdict` says it in one line.
+* :func:`write_report` writes ``report.md``, ``report.json`` and ``report_alpha.png`` (α per
+  recipe and arm, per seed and mean ± std, bars from 0) into ``out_dir``; the CLI prints the markdown.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ from typing import Any
 
 import yaml
 
-METHODS = ("distillspec", "adaspec")
-LABELS = {"distillspec": "DistillSpec", "adaspec": "AdaSPEC"}
+METHODS = ("distillspec", "adaspec", "distillspec_wide")
+REQUIRED = ("distillspec", "adaspec")
+LABELS = {"distillspec": "DistillSpec", "adaspec": "AdaSPEC", "distillspec_wide": "DistillSpec-wide (control)"}
+COLORS = {"distillspec": "tab:gray", "adaspec": "tab:green", "distillspec_wide": "tab:blue"}
 METRICS = ("alpha_logits", "acceptance_rate", "tau", "speedup")
 
 
@@ -57,6 +64,20 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """One line: did AdaSPEC's α_logits beat DistillSpec's, and the wide control's (one run)?"""
+    by = {r["method"]: r["alpha_logits"] for r in rows}
+    if not all(m in by for m in REQUIRED):
+        return "verdict: needs both a distillspec and an adaspec draft"
+    d = by["adaspec"] - by["distillspec"]
+    line = f"AdaSPEC {'beat' if d > 0 else 'did not beat'} DistillSpec (Δα_logits {d:+.4f})"
+    if "distillspec_wide" in by:
+        w = by["adaspec"] - by["distillspec_wide"]
+        line += (f"; {'beat' if w > 0 else 'did not beat'} the compute control DistillSpec-wide (Δα_logits {w:+.4f})"
+                 f" — {'selection itself helped' if w > 0 else 'the gain is not from selection'} in this run")
+    return line
+
+
 def load_run(run_dir: str | Path, gamma: int | None = None) -> dict[str, Any]:
     """Flat record of one pipeline run: recipe name, task, seed and per-method metrics."""
     run_dir = Path(run_dir)
@@ -66,16 +87,22 @@ def load_run(run_dir: str | Path, gamma: int | None = None) -> dict[str, Any]:
             raise FileNotFoundError(f"{path} is missing; is {run_dir} a finished pipeline run directory?")
     cfg = yaml.safe_load(recipe.read_text())
     res = json.loads(result.read_text())
-    missing = [m for m in METHODS if m not in res["drafts"]]
+    missing = [m for m in REQUIRED if m not in res["drafts"]]
     if missing:
-        raise ValueError(f"{result} has no '{missing[0]}' draft; the report compares {' and '.join(METHODS)}")
+        raise ValueError(f"{result} has no '{missing[0]}' draft; the report compares {' and '.join(REQUIRED)}")
     rows = {r["method"]: r for r in method_rows(res, gamma)}
     return {"run_dir": str(run_dir), "name": cfg["name"], "task": cfg["task"], "seed": cfg["seed"],
-            "methods": {m: rows[m] for m in METHODS}}
+            "methods": {m: rows[m] for m in METHODS if m in rows}}
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std; the std is None for one value (a single seed has no spread to show)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def _arms(group: list[dict[str, Any]]) -> list[str]:
+    """The methods every run of the group has (the wide control only when all ran it)."""
+    return [m for m in METHODS if all(m in r["methods"] for r in group)]
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,39 +112,75 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_name.setdefault(r["name"], []).append(r)
     out = []
     for name, group in sorted(by_name.items()):
-        rec = {"name": name, "task": group[0]["task"], "seeds": sorted(r["seed"] for r in group), "stats": {}}
-        for m in METHODS:
+        arms = _arms(group)
+        rec = {"name": name, "task": group[0]["task"], "seeds": sorted(r["seed"] for r in group), "arms": arms,
+               "stats": {}}
+        for m in arms:
             rec["stats"][m] = {k: _mean_std([r["methods"][m][k] for r in group]) for k in METRICS}
-        diffs = [r["methods"]["adaspec"]["alpha_logits"] - r["methods"]["distillspec"]["alpha_logits"] for r in group]
-        rec["alpha_gain"] = _mean_std(diffs)
-        rec["adaspec_wins"] = sum(d > 0 for d in diffs)
+        for other, key in (("distillspec", "alpha_gain"), ("distillspec_wide", "alpha_gain_wide")):
+            if other in arms:
+                diffs = [r["methods"]["adaspec"]["alpha_logits"] - r["methods"][other]["alpha_logits"] for r in group]
+                rec[key] = _mean_std(diffs)
+                rec[key.replace("alpha_gain", "adaspec_wins")] = sum(d > 0 for d in diffs)
         out.append(rec)
     return out
 
 
+def _pm(t: tuple[float, float | None], f: str = ".4f") -> str:
+    """'mean ± std', or the bare mean for a single seed (a std has no sign)."""
+    return f"{t[0]:{f}}" if t[1] is None else f"{t[0]:{f}} ± {t[1]:{f.lstrip('+')}}"
+
+
+def _cell(r: dict[str, Any], m: str, key: str, f: str) -> str:
+    return f"{r['methods'][m][key]:{f}}" if m in r["methods"] else "–"
+
+
 def to_markdown(runs: list[dict[str, Any]], agg: list[dict[str, Any]]) -> str:
-    lines = ["# AdaSPEC vs DistillSpec", "",
-             "α_logits = E[Σ_x min(p, q)] on held-out answer positions (teacher-forced); acceptance rate = "
-             "accepted / drafted; τ = tokens per target call including the bonus token; speedup = SD tokens/s "
-             "over the target alone in the same engine.", "",
+    lines = ["# AdaSPEC vs DistillSpec, and the compute control", "",
+             "Arms at equal optimiser steps: DistillSpec (kd on every token, batch B), AdaSPEC (the top-k tokens "
+             "by L_draft − L_ref, batch B/k: the paper), DistillSpec-wide (kd on every token at batch B/k: "
+             "isolates selection from the larger batch). α_logits = E[Σ_x min(p, q)] on held-out answer positions "
+             "(teacher-forced); acceptance rate = accepted / drafted; τ = tokens per target call including the "
+             "bonus token; speedup = SD tokens/s over the target alone in the same engine.", "",
              "## Per run", "",
-             "| recipe | seed | γ | DistillSpec α | AdaSPEC α | Δα | DistillSpec τ | AdaSPEC τ | DistillSpec speedup | AdaSPEC speedup |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| recipe | seed | γ | DistillSpec α | AdaSPEC α | wide α | Δα vs DistillSpec | Δα vs wide "
+             "| DistillSpec acc. | AdaSPEC acc. | wide acc. | DistillSpec τ | AdaSPEC τ | wide τ |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(runs, key=lambda r: (r["name"], r["seed"])):
-        d, a = r["methods"]["distillspec"], r["methods"]["adaspec"]
-        lines.append(f"| {r['name']} | {r['seed']} | {a['gamma']} | {d['alpha_logits']:.4f} | {a['alpha_logits']:.4f} "
-                     f"| {a['alpha_logits'] - d['alpha_logits']:+.4f} | {d['tau']:.3f} | {a['tau']:.3f} "
-                     f"| {d['speedup']:.2f}x | {a['speedup']:.2f}x |")
+        m = r["methods"]
+        a = m["adaspec"]
+        dw = f"{a['alpha_logits'] - m['distillspec_wide']['alpha_logits']:+.4f}" if "distillspec_wide" in m else "–"
+        lines.append(f"| {r['name']} | {r['seed']} | {a['gamma']} | " + " | ".join(
+            [_cell(r, x, "alpha_logits", ".4f") for x in METHODS]
+            + [f"{a['alpha_logits'] - m['distillspec']['alpha_logits']:+.4f}", dw]
+            + [_cell(r, x, "acceptance_rate", ".4f") for x in METHODS]
+            + [_cell(r, x, "tau", ".3f") for x in METHODS]) + " |")
     lines += ["", "## Mean ± std over seeds", "",
-              "| recipe | seeds | DistillSpec α | AdaSPEC α | Δα | AdaSPEC α above DistillSpec | DistillSpec τ | AdaSPEC τ |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    pm = lambda t, f=".4f": f"{t[0]:{f}} ± {t[1]:{f.lstrip('+')}}"  # noqa: E731  (a std has no sign)
+              "| recipe | seeds | DistillSpec α | AdaSPEC α | wide α | Δα vs DistillSpec | AdaSPEC above "
+              "DistillSpec | Δα vs wide | AdaSPEC above wide |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g in agg:
-        d, a = g["stats"]["distillspec"], g["stats"]["adaspec"]
-        lines.append(f"| {g['name']} | {','.join(map(str, g['seeds']))} | {pm(d['alpha_logits'])} | "
-                     f"{pm(a['alpha_logits'])} | {pm(g['alpha_gain'], '+.4f')} | {g['adaspec_wins']}/{len(g['seeds'])} "
-                     f"| {pm(d['tau'], '.3f')} | {pm(a['tau'], '.3f')} |")
+        n = len(g["seeds"])
+        st = g["stats"]
+        alpha = [_pm(st[m]["alpha_logits"]) if m in st else "–" for m in METHODS]
+        wide = ([_pm(g["alpha_gain_wide"], "+.4f"), f"{g['adaspec_wins_wide']}/{n}"] if "alpha_gain_wide" in g
+                else ["–", "–"])
+        lines.append(f"| {g['name']} | {','.join(map(str, g['seeds']))} | " + " | ".join(
+            alpha + [_pm(g["alpha_gain"], "+.4f"), f"{g['adaspec_wins']}/{n}"] + wide) + " |")
+    lines += ["", "## Verdict", ""] + [f"- {g['name']}: {aggregate_verdict(g)}" for g in agg]
     return "\n".join(lines) + "\n"
+
+
+def aggregate_verdict(g: dict[str, Any]) -> str:
+    """One line per recipe over its seeds."""
+    n = len(g["seeds"])
+    line = f"AdaSPEC's α_logits above DistillSpec's on {g['adaspec_wins']}/{n} seeds (Δ {_pm(g['alpha_gain'], '+.4f')})"
+    if "alpha_gain_wide" in g:
+        line += (f"; above the compute control on {g['adaspec_wins_wide']}/{n} seeds "
+                 f"(Δ {_pm(g['alpha_gain_wide'], '+.4f')})")
+    else:
+        line += "; no compute control in these runs, so selection is not isolated"
+    return line
 
 
 def plot_alpha(runs: list[dict[str, Any]], agg: list[dict[str, Any]], path: Path) -> Path:
@@ -126,22 +189,22 @@ def plot_alpha(runs: list[dict[str, Any]], agg: list[dict[str, Any]], path: Path
     matplotlib.use("Agg")  # files only: no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(agg)), 3.6))
-    width = 0.38
-    for j, m in enumerate(METHODS):
-        xs = [i + (j - 0.5) * width for i in range(len(agg))]
-        means = [g["stats"][m]["alpha_logits"][0] for g in agg]
-        stds = [g["stats"][m]["alpha_logits"][1] for g in agg]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=LABELS[m], alpha=0.8)
+    arms = [m for m in METHODS if any(m in g["stats"] for g in agg)]
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.6 * len(agg)), 3.8))
+    width = 0.8 / len(arms)
+    for j, m in enumerate(arms):
+        xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(agg))]
+        means = [g["stats"][m]["alpha_logits"][0] if m in g["stats"] else 0.0 for g in agg]
+        stds = [(g["stats"][m]["alpha_logits"][1] or 0.0) if m in g["stats"] else 0.0 for g in agg]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=LABELS[m], color=COLORS[m], alpha=0.8)
         for i, g in enumerate(agg):  # the seeds themselves, so a mean never hides a loss
-            ys = [r["methods"][m]["alpha_logits"] for r in runs if r["name"] == g["name"]]
+            ys = [r["methods"][m]["alpha_logits"] for r in runs if r["name"] == g["name"] and m in r["methods"]]
             ax.scatter([xs[i]] * len(ys), ys, color="black", s=8, zorder=3)
-    lo = min(r["methods"][m]["alpha_logits"] for r in runs for m in METHODS)
-    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(r["methods"][m]["alpha_logits"] for r in runs for m in METHODS) + 0.03))
+    ax.set_ylim(0.0, 1.0)  # bars start at 0: differences are read from the labels, not the bar heights
     ax.set_xticks(range(len(agg)), [g["name"] for g in agg], rotation=15, fontsize=8)
     ax.set_ylabel("α_logits (held-out)")
-    ax.set_title("α_logits: mean ± std over seeds (dots = seeds)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title("α_logits per arm: mean ± std over seeds (dots = seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -178,4 +241,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["method_rows", "format_rows", "load_run", "aggregate", "to_markdown", "write_report"]
+__all__ = ["method_rows", "format_rows", "verdict", "load_run", "aggregate", "to_markdown", "write_report"]

@@ -44,16 +44,23 @@ class EngineConfig:
     """ZeRO stage 0-3 (None = keep the JSON's)."""
     precision: str = "auto"
     """auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
+    global_batch_size: int | None = None
+    """Sequences per optimiser step over all ranks. When set, micro_batch_size is an upper bound
+    and grad_accum is derived from the world size (distill/budget.py); None = micro_batch_size x
+    grad_accum x ranks."""
     micro_batch_size: int = 8
-    """Sequences per rank per micro-step."""
+    """Sequences per rank per micro-step (the bound when global_batch_size is set)."""
     grad_accum: int = 1
-    """Micro-steps per optimiser step."""
+    """Micro-steps per optimiser step (derived when global_batch_size is set)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 = off)."""
     lr: float = 3e-4
     """Peak learning rate."""
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (the paper recipes use HF Trainer's defaults, (0.9, 0.999))."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
     schedule: str = "cosine"
     """constant or cosine (with linear warmup, decaying to min_lr_ratio·lr)."""
     warmup_steps: int = 0
@@ -147,7 +154,7 @@ def build_engine(model, *, cfg: EngineConfig, total_steps: int, device: Any = "c
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=conf, dist_init_required=False)

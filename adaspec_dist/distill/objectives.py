@@ -14,10 +14,15 @@ Contract
     cache's reference column, or — when the cache has none — from reference logits run online
     through the SAME estimator, so both modes agree;
   - online teacher: ``dense_divergence`` against full target logits (and reference logits).
-* ``objective(...)`` -> (scalar loss, stats). Normalisation: by the number of tokens trained on
-  summed over the dp group (kept tokens for adaspec), times dp_size because DeepSpeed averages
-  gradients over ranks; the result is the exact global token mean, independent of how tokens fall
-  into ranks, and an empty rank simply contributes nothing.
+* ``objective(...)`` -> (scalar loss, stats). Normalisation: a sum over the tokens trained on,
+  divided by a token count summed over the dp group, times dp_size because DeepSpeed averages
+  gradients over ranks; the result is a global token mean, independent of how tokens fall into
+  ranks, and an empty rank simply contributes nothing. sft / kd divide by the supervised tokens.
+  adaspec divides the kept tokens' sum by ``normalization``: ``"supervised"`` = all supervised
+  tokens (the published code: HF Trainer's ``num_items_in_batch``, so the loss is k_eff × the kept
+  mean with k_eff = kept / supervised) or ``"kept"`` = the kept tokens (the plain kept mean).
+  With gradient accumulation each micro-step is normalised by its own count (HF Trainer counts
+  the whole accumulated step): equal for equal-sized micro-batches.
 """
 from __future__ import annotations
 
@@ -92,8 +97,11 @@ def _global_count(n: int, device, group) -> int:
     return int(t.item())
 
 
+NORMALIZATIONS = ("supervised", "kept")
+
+
 def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4, scope: str = "local",
-              group=None, dp_size: int = 1) -> tuple[Tensor, dict]:
+              normalization: str = "supervised", group=None, dp_size: int = 1) -> tuple[Tensor, dict]:
     """Scalar loss to backpropagate and what to log (see module docstring)."""
     l_draft = losses.l_draft
     stats: dict = {"tokens": int(l_draft.shape[0])}
@@ -101,7 +109,10 @@ def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4
         delta = l_draft.detach() - losses.l_ref
         sel = select_tokens(delta, fraction, scope, group=group)
         kept_sum = l_draft[sel.keep_N].sum()
-        loss = kept_sum / max(1, sel.kept_global) * dp_size
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"loss_normalization '{normalization}' must be one of {list(NORMALIZATIONS)}")
+        denominator = sel.total_global if normalization == "supervised" else sel.kept_global
+        loss = kept_sum / max(1, denominator) * dp_size
         stats.update(kept=int(sel.keep_N.sum()), kept_global=sel.kept_global, total_global=sel.total_global,
                      threshold=sel.threshold, delta=delta, l_ref_mean=float(losses.l_ref.mean()) if delta.numel() else 0.0)
     else:

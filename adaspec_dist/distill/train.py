@@ -28,13 +28,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from adaspec_dist.config import save_resolved
 from adaspec_dist.distill import objectives as obj
+from adaspec_dist.distill.budget import Budget, resolve_budget
 from adaspec_dist.distill.engine import EngineConfig
 from adaspec_dist.distill.losses import check_kind, per_token_divergence, sparse_alpha
 from adaspec_dist.distill.selection import check_selection
@@ -83,7 +84,16 @@ class TrainConfig:
     passes: float = 1.0
     """Passes over the training sequences."""
     kept_token_epochs: float | None = None
-    """If set: passes = kept_token_epochs / filter_fraction for adaspec (the paper's epoch count)."""
+    """Epochs counted in kept tokens (the paper's count for AdaSPEC); how they become steps and
+    batch is ``budget``. None = train ``passes`` at the engine's batch."""
+    budget: Literal["paper", "equal_batch"] = "paper"
+    """With kept_token_epochs: paper = the published scripts (the steps of kept_token_epochs passes
+    at the engine's batch, with batch / filter_fraction sequences per step); equal_batch = the
+    engine's batch for kept_token_epochs / filter_fraction passes (1/k times the steps). With
+    objective kd, paper makes the compute control (DistillSpec at AdaSPEC's batch and steps)."""
+    loss_normalization: Literal["supervised", "kept"] = "supervised"
+    """adaspec: divide the kept tokens' loss sum by all supervised tokens of the step (published
+    code: HF Trainer's num_items_in_batch, so the loss is ~k x the kept mean) or by the kept ones."""
     save_every: int = 0
     """Checkpoint every N optimiser steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -145,6 +155,7 @@ class Run:
     tokenizer: Any
     writer: Any
     total_steps: int
+    budget: Budget
     tp_teacher: Any = None
     step: int = 0
     micro_step: int = 0
@@ -162,9 +173,9 @@ def _frozen(cfg: ModelConfig, vocab: int, device):
     return model
 
 
-def _stream(cfg: TrainConfig, ps, tokenizer):
-    """The training batches: the cache when there is one, else tokenized task data."""
-    mb = cfg.engine.micro_batch_size
+def _stream(cfg: TrainConfig, ps, tokenizer, mb: int):
+    """The training batches (``mb`` sequences per rank): the cache when there is one, else
+    tokenized task data."""
     if cfg.cache_dir:
         from adaspec_dist.cache.reader import CacheReader
 
@@ -199,13 +210,19 @@ def _check_reference_column(cfg: TrainConfig, stream) -> None:
                          "(or run `adaspec-dist cache --add-reference`)")
 
 
-def total_steps_for(cfg: TrainConfig, batches_per_pass: int) -> int:
+def budget_for(cfg: TrainConfig, dp_size: int) -> Budget:
+    """This run's batch split and passes on ``dp_size`` ranks (see distill/budget.py)."""
+    e = cfg.engine
+    return resolve_budget(passes=cfg.passes, kept_token_epochs=cfg.kept_token_epochs, budget=cfg.budget,
+                          fraction=cfg.filter_fraction, global_batch_size=e.global_batch_size,
+                          micro_batch_size=e.micro_batch_size, grad_accum=e.grad_accum, dp_size=dp_size)
+
+
+def total_steps_for(cfg: TrainConfig, budget: Budget, batches_per_pass: int) -> int:
+    """Optimiser steps: max_steps when set, else the budget's passes over batches_per_pass per rank."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    passes = cfg.passes
-    if cfg.kept_token_epochs is not None:
-        passes = cfg.kept_token_epochs / (cfg.filter_fraction if cfg.objective == "adaspec" else 1.0)
-    return max(1, math.ceil(passes * batches_per_pass / cfg.engine.grad_accum))
+    return max(1, math.ceil(budget.passes * batches_per_pass / budget.grad_accum))
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -221,7 +238,11 @@ def setup(cfg: TrainConfig) -> Run:
         from adaspec_dist.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer)
-    stream = _stream(cfg, ps, tokenizer)
+    budget = budget_for(cfg, ps.dp_size)
+    # The engine runs the resolved split: the micro-batch and accumulation this world size gives.
+    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=budget.micro_batch,
+                                     grad_accum=budget.grad_accum, global_batch_size=None)
+    stream = _stream(cfg, ps, tokenizer, budget.micro_batch)
     _check_reference_column(cfg, stream)
     vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
     draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
@@ -230,8 +251,8 @@ def setup(cfg: TrainConfig) -> Run:
         raise ValueError(f"the draft's vocabulary ({draft_vocab}) differs from the cache/tokenizer's ({vocab}); "
                          "use a draft that shares the target's tokenizer")
     draft.train()
-    total = total_steps_for(cfg, len(stream))
-    engine = build_engine(draft, cfg=cfg.engine, total_steps=total, device=ps.device)
+    total = total_steps_for(cfg, budget, len(stream))
+    engine = build_engine(draft, cfg=engine_cfg, total_steps=total, device=ps.device)
     need_target = cfg.objective != "sft" and cfg.teacher_mode == "online"
     need_ref = cfg.objective == "adaspec" and (cfg.teacher_mode == "online" or stream_lacks_reference(stream))
     tp_teacher = None
@@ -248,7 +269,7 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.eval_cache_dir:
         from adaspec_dist.cache.reader import CacheReader
 
-        eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=cfg.engine.micro_batch_size, dp_rank=ps.dp_rank,
+        eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
                                   dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
     writer = None
     if ps.is_main:
@@ -257,7 +278,8 @@ def setup(cfg: TrainConfig) -> Run:
         save_resolved(cfg, cfg.run_dir)
         writer = SummaryWriter(str(Path(cfg.run_dir) / "tb"))
     return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
-               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, tp_teacher=tp_teacher)
+               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, budget=budget,
+               tp_teacher=tp_teacher)
 
 
 def stream_lacks_reference(stream) -> bool:
@@ -284,7 +306,7 @@ def compute_loss(run: Run, batch) -> tuple[torch.Tensor, dict]:
     losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
                               target_NV=target_NV, ref_NV=ref_NV)
     return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=cfg.selection_scope,
-                         group=run.ps.dp_group, dp_size=run.ps.dp_size)
+                         normalization=cfg.loss_normalization, group=run.ps.dp_group, dp_size=run.ps.dp_size)
 
 
 def train_step(run: Run, batch) -> dict:
@@ -294,7 +316,7 @@ def train_step(run: Run, batch) -> dict:
     run.engine.backward(loss)
     run.engine.step()
     run.micro_step += 1
-    stepped = run.micro_step % run.cfg.engine.grad_accum == 0
+    stepped = run.micro_step % run.budget.grad_accum == 0
     if stepped:
         run.step += 1
     run.tokens_seen += int(batch.attention_mask.sum())
@@ -451,10 +473,14 @@ def train(cfg: TrainConfig, *, resume_run: bool | str = False, keep_run: bool = 
     unit = "kept-token epochs" if cfg.objective == "adaspec" else "epochs"
     frac = cfg.filter_fraction if cfg.objective == "adaspec" else 1.0
     if run.ps.is_main:
-        logger.info("%s: %d optimiser steps = %.2f passes over %d batches/rank (= %.2f %s); selection %s, k=%.2f",
-                    cfg.objective, run.total_steps, run.total_steps * cfg.engine.grad_accum / per_pass, per_pass,
-                    run.total_steps * cfg.engine.grad_accum / per_pass * frac, unit, cfg.selection_scope,
-                    cfg.filter_fraction)
+        b = run.budget
+        passes = run.total_steps * b.grad_accum / per_pass
+        kept = (f"~{b.global_batch * cfg.filter_fraction:.1f} sequences' tokens kept/step (k={cfg.filter_fraction:g}, "
+                f"selection {cfg.selection_scope}, loss / {cfg.loss_normalization} tokens)"
+                if cfg.objective == "adaspec" else "every supervised token trained")
+        logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
+                    "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
+                    b.grad_accum, run.ps.dp_size, passes, passes * frac, unit, kept, b.rule)
     summary: dict = {"eval_start": evaluate(run) if not resume_run else {}}
     _log_eval(run, summary["eval_start"])
     bar = tqdm(total=run.total_steps, initial=run.step, desc=cfg.objective, disable=not run.ps.is_main)

@@ -52,16 +52,25 @@ def test_empty_batch_keeps_the_graph():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_adaspec_keeps_top_fraction_and_averages_over_kept():
+@pytest.mark.parametrize("n", [40, 37])
+def test_adaspec_keeps_top_fraction_with_the_published_loss_scale(n):
     g = torch.Generator().manual_seed(1)
-    student, teacher, ref = (torch.randn(40, V, generator=g) for _ in range(3))
+    student, teacher, ref = (torch.randn(n, V, generator=g) for _ in range(3))
     student.requires_grad_(True)
     losses = obj.TokenLosses(dense_divergence(student, teacher), dense_divergence(ref, teacher))
-    loss, stats = obj.objective("adaspec", losses, fraction=0.4)
     delta = losses.l_draft.detach() - losses.l_ref
-    kept = delta.argsort(descending=True)[: n_keep(40, 0.4)]
-    torch.testing.assert_close(loss, losses.l_draft[kept].mean())
-    assert stats["kept_global"] == 16 and stats["total_global"] == 40
+    kept = delta.argsort(descending=True)[: n_keep(n, 0.4)]
+    kept_mean = losses.l_draft[kept].mean()
+    # Default = the published code: sum over kept / all supervised tokens = k_eff x the kept mean.
+    loss, stats = obj.objective("adaspec", losses, fraction=0.4)
+    k_eff = stats["kept_global"] / stats["total_global"]
+    assert stats["kept_global"] == n_keep(n, 0.4) and stats["total_global"] == n
+    torch.testing.assert_close(loss, k_eff * kept_mean)
+    # The option: the plain mean over kept tokens.
+    loss_kept, _ = obj.objective("adaspec", losses, fraction=0.4, normalization="kept")
+    torch.testing.assert_close(loss_kept, kept_mean)
+    with pytest.raises(ValueError, match="loss_normalization 'mean'"):
+        obj.objective("adaspec", losses, fraction=0.4, normalization="mean")
 
 
 def test_token_stream_assignment_matches_the_reader_contract():

@@ -35,15 +35,16 @@ def test_demo_end_to_end_then_kill_and_resume(tmp_path):
     run_dir = tmp_path / "demo"
     proc = run_cli(["demo", "--run-dir", str(run_dir), "--seed", "3", *SHRINK], timeout=600)
     out = proc.stdout
-    # The final table: both drafts with the four numbers.
-    assert "| DistillSpec |" in out and "| AdaSPEC |" in out and "α_logits" in out, out[-3000:]
+    # The final table: the three arms with the four numbers, and the one-line verdict.
+    assert "| DistillSpec |" in out and "| AdaSPEC |" in out and "| DistillSpec-wide (control) |" in out, out[-3000:]
+    assert "α_logits" in out and "the compute control DistillSpec-wide" in out
     for name in ("demo_table.md", "demo_summary.png", "eval/eval.json", "eval/tau_vs_gamma.png",
                  "eval/per_position_acceptance.png", "pipeline.yaml"):
         assert (run_dir / name).is_file(), name
     stages = sorted(p.name for p in (run_dir / "stages").glob("*.done.json"))
-    assert len(stages) == 8, stages
+    assert len(stages) == 9, stages
     first = json.loads((run_dir / "eval" / "eval.json").read_text())
-    for draft in ("distillspec", "adaspec"):
+    for draft in ("distillspec", "adaspec", "distillspec_wide"):
         a = first["drafts"][draft]["alpha_logits"]
         assert 0.0 < a <= 1.0
     w_first = _weights(run_dir / "adaspec" / "final")

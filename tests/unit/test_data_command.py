@@ -25,7 +25,7 @@ def test_data_command_prints_examples_and_matching_fingerprint(tmp_path, spm_tok
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("===== example") == 3
-    assert "Question: Tom has 1 pens" in out and "The final answer is: 3" in out and "####" not in out
+    assert "Tom has 1 pens" in out and "The final answer is:  3" in out and "####" not in out
     assert "===== 3 gsm8k examples (train) =====" in out
     assert re.search(r"prompt tokens\s+mean", out) and re.search(r"supervised\s+mean", out)
     # The printed fingerprint is the one training would compute for the same data and tokenizer.

@@ -87,9 +87,11 @@ def test_local_jsonl_to_masked_tokens(task, tmp_path, spm_tokenizer):
 def test_gsm8k_final_answer_rewrite(tmp_path):
     src = write_jsonl(tmp_path / "g.jsonl", ROWS["gsm8k"])
     a, b = load_examples(DataConfig(task="gsm8k", source=str(src)))
-    assert "####" not in a.answer and a.answer.endswith("altogether in April and May.\nThe final answer is: 72")
-    assert b.answer.endswith("The final answer is: 10")
-    assert a.prompt.startswith("Question: Natalia") and a.prompt.endswith("\nAnswer: ")
+    # The published code's format: "####" -> "The final answer is: " (plain replace: two spaces).
+    assert "####" not in a.answer and a.answer.endswith("altogether in April and May.\nThe final answer is:  72")
+    assert b.answer.endswith("The final answer is:  10")
+    assert a.prompt.startswith("Natalia") and a.prompt.endswith(
+        "\nAnswer the above question. First think step by step and then answer the final number.\n")
 
 
 def test_alpaca_template_with_and_without_input(tmp_path):

@@ -65,11 +65,19 @@ def test_recipe_parses_and_plans(path):
     # Stages come in the pipeline's order, and the method's core is always there.
     assert names == [n for n in STAGE_ORDER if n in names]
     assert {"cache_train", "cache_eval", "reference", "add_reference", "adaspec", "eval"} <= set(names)
+    # Three arms everywhere AdaSPEC is compared: the compute control runs and is evaluated.
+    assert "distillspec_wide" in names
+
     validate_stage_configs(stages, strict=True)
     by = {s.name: s for s in stages}
     # The reference column comes from the kd draft that the eval calls DistillSpec.
     ref_export = by["add_reference"].argv[1]
     assert by["eval"].config["drafts"]["distillspec"] == ref_export
+    assert set(by["eval"].config["drafts"]) == {"distillspec", "adaspec", "distillspec_wide"}
+    # The control is kd with AdaSPEC's batch rule and epochs, and no selection settings.
+    wide, ada = by["distillspec_wide"].config, by["adaspec"].config
+    assert wide["objective"] == "kd" and "selection_scope" not in wide
+    assert all(wide.get(k) == ada.get(k) for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
     assert by["reference"].config["objective"] == "kd" and by["adaspec"].config["objective"] == "adaspec"
     # kd and adaspec start from the same draft initialisation and read the same cache.
     assert by["reference"].config["draft"] == by["adaspec"].config["draft"]
