@@ -48,9 +48,9 @@ def main() -> None:
     import torch
     from pydoc_data.topics import topics
 
-    from adaspec_dist.cache.sparse import decode_values, encode_values, sampled_targets, topk_targets
+    from adaspec_dist.sparse.target import decode_values, encode_values, sampled_targets, topk_targets
     from adaspec_dist.data.tokenizer import train_sentencepiece
-    from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+    from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
     torch.set_num_threads(1)
     keys = sorted(topics)

@@ -42,11 +42,11 @@ def supervised_logits(model, seqs, pad: int = 0):
 def main() -> None:
     import torch
 
-    from adaspec_dist.cache.sparse import decode_values, encode_values, sampled_targets, topk_targets
+    from adaspec_dist.sparse.target import decode_values, encode_values, sampled_targets, topk_targets
     from adaspec_dist.data.tasks import DataConfig, load_examples
     from adaspec_dist.data.tokenize import tokenize_examples
     from adaspec_dist.data.tokenizer import load_tokenizer
-    from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+    from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
     from adaspec_dist.models.load import load_causal_lm
 
     torch.set_num_threads(1)

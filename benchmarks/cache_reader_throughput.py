@@ -29,7 +29,7 @@ def main() -> None:
     import torch
     from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
     from adaspec_dist.cache.reader import CacheReader
-    from adaspec_dist.distill.losses import per_token_divergence
+    from adaspec_dist.sparse.divergence import per_token_divergence
     from adaspec_dist.models.load import build_preset
 
     torch.set_num_threads(1)

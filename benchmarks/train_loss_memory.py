@@ -22,8 +22,8 @@ N, V, K = 512, 50304, 64
 CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from adaspec_dist.cache.sparse import SparseTarget
-from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+from adaspec_dist.sparse.target import SparseTarget
+from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 mode, n, v, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = torch.Generator().manual_seed(0)
 student = torch.randn(n, v, generator=g).mul_(2).requires_grad_(True)  # no temporary

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.cache.sparse import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
+from adaspec_dist.sparse.target import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
 from adaspec_dist.cache.writer import finished_shard, loss_mask_from_labels, write_shard
 from adaspec_dist.data.tasks import DataConfig
 from adaspec_dist.models.load import ModelConfig

@@ -37,7 +37,7 @@ import torch
 
 from adaspec_dist.cache.format import (CacheError, check_shard_file, check_tokenizer, check_vocab,
                                        load_manifest, open_safetensors, SHARD_DIR, sha256_file)
-from adaspec_dist.cache.sparse import SparseTarget, decode_values
+from adaspec_dist.sparse.target import SparseTarget, decode_values
 
 VERIFY_MODES = ("open", "full", "none")
 

@@ -4,7 +4,7 @@ Contract
 --------
 ``add_reference(cache_dir, ref_model, divergence="fkl", beta=0.5, batch_size=8, device="cpu",
 ps=None, identity=None)``: for every supervised position of every shard,
-``L_ref = distill.losses.per_token_divergence(ref_logits_NV, cached_target, kind=divergence)``
+``L_ref = sparse.divergence.per_token_divergence(ref_logits_NV, cached_target, kind=divergence)``
 — the very estimator the trainer applies to the draft, against the same cached sparse target,
 so ``ΔL = L_draft − L_ref`` compares like with like. Results go to new files
 ``shards/shard-{j}.ref.npy`` ((N,) float32, row order = the shard's target rows) and
@@ -44,7 +44,7 @@ def _finished(cache_dir: Path, index: int) -> dict | None:
 def reference_column(reader: CacheReader, ref_model, shard: int, *, divergence: str, beta: float,
                      batch_size: int, device: Any) -> np.ndarray:
     """(N,) float32 L_ref of one shard's supervised positions, in the shard's row order."""
-    from adaspec_dist.distill.losses import per_token_divergence
+    from adaspec_dist.sparse.divergence import per_token_divergence
 
     lo, hi = int(reader._starts[shard]), int(reader._starts[shard + 1])
     out = []
@@ -60,7 +60,7 @@ def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", 
                   batch_size: int = 8, device: Any = "cpu", ps=None, identity: str | None = None) -> dict | None:
     """Compute and record the reference column (see module docstring); returns the manifest on rank 0."""
     from adaspec_dist.dist import barrier as dist_barrier
-    from adaspec_dist.distill.losses import check_kind
+    from adaspec_dist.sparse.divergence import check_kind
 
     check_kind(divergence, beta)
     cache_dir = Path(cache_dir)

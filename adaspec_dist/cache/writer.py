@@ -25,7 +25,7 @@ import numpy as np
 
 from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
                                        read_json, write_safetensors, CacheError)
-from adaspec_dist.cache.sparse import SparseTarget, encode_values, id_dtype
+from adaspec_dist.sparse.target import SparseTarget, encode_values, id_dtype
 
 _VALUE_ST = {"fp16": "F16", "bf16": "BF16", "int8": "U8"}
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 from adaspec_dist.distill.selection import select_tokens
 
 OBJECTIVES = ("sft", "kd", "adaspec")

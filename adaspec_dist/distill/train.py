@@ -37,7 +37,7 @@ from adaspec_dist.config import save_resolved
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.budget import Budget, resolve_budget
 from adaspec_dist.distill.engine import EngineConfig
-from adaspec_dist.distill.losses import check_kind, per_token_divergence, sparse_alpha
+from adaspec_dist.sparse.divergence import check_kind, per_token_divergence, sparse_alpha
 from adaspec_dist.distill.selection import check_selection
 from adaspec_dist.models.load import ModelConfig
 

@@ -5,7 +5,7 @@ Contract
 * ``make_target_fn(cfg, ps) -> (TargetFn, vocab_size)``: the ``cache`` job's model call
   (``cache.produce.TargetFn``) over a :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`
   sharded over ``ps.tp_group``. Every rank of the TP group runs it on the same batch and gets
-  the same :class:`~adaspec_dist.cache.sparse.SparseTarget` (TP rank 0 writes it). ``topk``
+  the same :class:`~adaspec_dist.sparse.target.SparseTarget` (TP rank 0 writes it). ``topk``
   uses the global top-k (local top-k + all-gather of K·TP candidates); ``sampled`` reproduces
   ``sparse.sampled_targets`` exactly — same uniforms from the shard's generator, inverse CDF
   over the shards — so a TP cache equals the TP = 1 cache for either scheme.
@@ -39,7 +39,7 @@ from adaspec_dist.models import vocab_parallel as vp
 
 def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0):
     """``TargetFn`` (cache.produce) over a loaded TPCausalLM: -> SparseTarget, equal on every TP rank."""
-    from adaspec_dist.cache.sparse import SparseTarget, draw_uniforms, merge_draws
+    from adaspec_dist.sparse.target import SparseTarget, draw_uniforms, merge_draws
 
     V, start, group = model.vocab_size, model.vocab_start, model.tp_group
     if scheme == "topk" and not 1 <= top_k <= V:

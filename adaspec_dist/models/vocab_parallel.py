@@ -153,7 +153,7 @@ def inverse_cdf_draws(logits_NV: torch.Tensor, u_ND: torch.Tensor, *, vocab_star
                       group: Any = None, temperature: float = 1.0, chunk_rows: int = 4096) -> torch.Tensor:
     """Ids (N,D) int64 drawn from softmax(logits / temperature) by inverse CDF of the uniforms ``u_ND``.
 
-    The vocab-parallel twin of ``cache.sparse.sampled_targets``' sampler: the global CDF is the
+    The vocab-parallel twin of ``sparse.target.sampled_targets``' sampler: the global CDF is the
     exclusive prefix of the shards' masses (one all-gather of N×TP values) plus the owning
     shard's local cumulative sum, so with the same uniforms (drawn identically on every TP
     rank) it returns the same ids as the full-vocabulary sampler, up to float64 rounding at

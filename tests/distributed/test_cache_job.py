@@ -43,7 +43,7 @@ def check_reference(cache: Path, ref_dir: Path) -> None:
     import torch
 
     from adaspec_dist.cache.reader import CacheReader
-    from adaspec_dist.distill.losses import per_token_divergence
+    from adaspec_dist.sparse.divergence import per_token_divergence
     from adaspec_dist.models.load import load_causal_lm
 
     ref = load_causal_lm(str(ref_dir))

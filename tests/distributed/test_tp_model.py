@@ -3,7 +3,7 @@
 Against the single-process HF model on tiny GPTNeoX / Llama-GQA / Llama-tied (k/v replicated) /
 Qwen2 (q/k/v biases) / Mistral (sliding window shorter than the sequence) checkpoints with a vocabulary of 101 (not divisible by TP = 2): logits, padding masks and KV-cache
 decoding within 1e-5; vocab-parallel top-k ids equal full-vocab topk(log_softmax), log-probs
-within 1e-5; the sampled scheme draws the same ids as cache.sparse; Gumbel sampling and the
+within 1e-5; the sampled scheme draws the same ids as sparse.target; Gumbel sampling and the
 vocab-parallel verify step pass chi-square tests (and fail them against a wrong distribution);
 greedy speculative decoding with a TP target equals the TP = 1 output; refusals are one clear
 line; ``adaspec-dist eval --tp 2`` gives the TP = 1 eval's α_logits (1e-5) and greedy acceptance

@@ -2,13 +2,13 @@
 
 Fast checks of the pieces the 2-rank test (test_tp_model.py) composes: shard ranges with
 padding, normaliser with -inf padded columns, top-k / log-prob gather / argmax against the
-full-vocabulary functions, the inverse-CDF sampler against cache.sparse, Gumbel-max by
+full-vocabulary functions, the inverse-CDF sampler against sparse.target, Gumbel-max by
 chi-square (with a control it must fail).
 """
 import torch
 from scipy.stats import chisquare
 
-from adaspec_dist.cache.sparse import draw_uniforms, merge_draws, sampled_targets, topk_targets
+from adaspec_dist.sparse.target import draw_uniforms, merge_draws, sampled_targets, topk_targets
 from adaspec_dist.models import vocab_parallel as vp
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec_dist.cache.sparse import SparseTarget
+from adaspec_dist.sparse.target import SparseTarget
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.batches import TokenStream, collate
-from adaspec_dist.distill.losses import dense_divergence
+from adaspec_dist.sparse.divergence import dense_divergence
 from adaspec_dist.distill.selection import n_keep
 from adaspec_dist.models.load import build_preset
 

@@ -114,7 +114,7 @@ def gather_vocab_all(local, group):
 
 
 def check_vocab_math(local_NV, full_NV, tp, ps, res: dict) -> None:
-    from adaspec_dist.cache.sparse import sampled_targets, topk_targets
+    from adaspec_dist.sparse.target import sampled_targets, topk_targets
     from adaspec_dist.models.tp_target import make_target_fn  # noqa: F401  (importable)
 
     grp, start = ps.tp_group, tp.vocab_start
@@ -131,7 +131,7 @@ def check_vocab_math(local_NV, full_NV, tp, ps, res: dict) -> None:
     # The sampled scheme: same uniforms -> the same ids, counts and log-probs as sparse.sampled_targets.
     for temp in (1.0, 0.7):
         want = sampled_targets(full_NV, 16, torch.Generator().manual_seed(11), temp)
-        from adaspec_dist.cache.sparse import draw_uniforms, merge_draws
+        from adaspec_dist.sparse.target import draw_uniforms, merge_draws
         u = draw_uniforms(local_NV.shape[0], 16, torch.Generator().manual_seed(11))
         x = vp.inverse_cdf_draws(local_NV, u, vocab_start=start, vocab_size=VOCAB, group=grp, temperature=temp)
         got_ids, _ = merge_draws(x, VOCAB)
@@ -217,7 +217,7 @@ def check_online_teacher(out: Path, ps, res: dict) -> None:
     """Ranks hold different micro-batches (different B and T); each gets its own rows' top-k."""
     from transformers import AutoModelForCausalLM
 
-    from adaspec_dist.cache.sparse import topk_targets
+    from adaspec_dist.sparse.target import topk_targets
     from adaspec_dist.models.tp_target import OnlineTPTeacher
 
     teacher = OnlineTPTeacher(str(out / "llama_gqa"), tp_size=2, scheme="topk", top_k=6)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from adaspec_dist.cache.sparse import (INT8_LOGP_RANGE, SparseTarget, decode_values, encode_values, id_dtype,
+from adaspec_dist.sparse.target import (INT8_LOGP_RANGE, SparseTarget, decode_values, encode_values, id_dtype,
                                        merge_draws, sampled_targets, topk_targets)
-from adaspec_dist.distill.losses import dense_divergence, per_token_divergence
+from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
 
 def _peaked_logits(n: int, v: int, seed: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from adaspec_dist.cache.reader import CacheReader
 from adaspec_dist.cache.reference import add_reference
 from adaspec_dist.cache.summary import summarise
 from adaspec_dist.data.tokenize import TokenizedExample
-from adaspec_dist.distill.losses import per_token_divergence
+from adaspec_dist.sparse.divergence import per_token_divergence
 from adaspec_dist.models.load import build_preset
 
 V = 300

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from adaspec_dist.cache.sparse import SparseTarget
-from adaspec_dist.distill.losses import (KINDS, dense_alpha, dense_divergence, per_token_divergence,
+from adaspec_dist.sparse.target import SparseTarget
+from adaspec_dist.sparse.divergence import (KINDS, dense_alpha, dense_divergence, per_token_divergence,
                                          sparse_alpha)
 
 N, V = 12, 37
@@ -153,7 +153,7 @@ def test_full_vocab_topk_is_robust_to_fp16_storage(kind):
 def test_chunked_custom_backward_matches_plain_autograd(kind, scheme, monkeypatch):
     """The memory-lean autograd function equals the textbook autograd graph (values and grads),
     also when rows are split into several chunks."""
-    import adaspec_dist.distill.losses as L
+    import adaspec_dist.sparse.divergence as L
 
     monkeypatch.setattr(L, "_CHUNK_ELEMS", 3 * V)  # 3 rows per chunk: exercises the chunk loop
     s, t = _logits(15), _logits(16)
@@ -189,7 +189,7 @@ def test_sampled_fkl_stays_tame_when_the_student_covers_a_teacher_near_zero():
     t_logits, s_logits = p.log()[None], q.log()[None]
     truth = float(dense_divergence(s_logits, t_logits, "fkl"))
     gen = torch.Generator().manual_seed(5)
-    from adaspec_dist.cache.sparse import sampled_targets  # the cache's own sampler
+    from adaspec_dist.sparse.target import sampled_targets  # the cache's own sampler
 
     est = torch.stack([per_token_divergence(s_logits, sampled_targets(t_logits, 64, gen), "fkl")
                        for _ in range(300)])[:, 0]

@@ -13,7 +13,7 @@ Contract
   JSD(β) = β·KL(p‖m) + (1−β)·KL(q‖m) with m = βp + (1−β)q, ``tvd`` ½Σ|p − q|.
 * ``sparse_alpha`` / ``dense_alpha`` = Σ_x min(p, q) = 1 − TVD (speculative acceptance).
 
-Estimators on a ``SparseTarget`` (see ``adaspec_dist.cache.sparse``)
+Estimators on a ``SparseTarget`` (see ``adaspec_dist.sparse.target``)
 -------------------------------------------------------------------
 * ``topk``: K+1 buckets — the K ids plus one "rest" bucket. The teacher's rest mass is
   1 − Σ exp(logp) (its log-probs are normalised over the full vocabulary); the student's rest
