@@ -89,20 +89,15 @@ def worker(mode: str, ckpt: Path, out: Path) -> None:
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         logits_bytes, rank = BATCH * SEQ * VOCAB * 4, 0
     else:
-        from types import SimpleNamespace
-
         from adaspec_dist.dist import init_distributed
-        from adaspec_dist.models.load import ModelConfig
-        from adaspec_dist.models.tensor_parallel import make_target_fn
+        from adaspec_dist.models.tp_target import make_target_fn
 
         ps = init_distributed(tp_size=2 if mode == "tp2" else 1)
         import megatron.core  # noqa: F401  (import cost outside the measurement)
         import megatron.core.tensor_parallel  # noqa: F401
 
         sampler = PeakSampler()
-        cfg = SimpleNamespace(model=ModelConfig(name_or_path=str(ckpt), dtype="float32"), scheme="topk",
-                              top_k=TOP_K, draws=1, temperature=1.0)
-        fn, _ = make_target_fn(cfg, ps)
+        fn, _ = make_target_fn(str(ckpt), ps, dtype="float32", scheme="topk", top_k=TOP_K, draws=1, temperature=1.0)
         model = fn.model
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         logits_bytes, rank = BATCH * SEQ * model.local_vocab * 4, ps.rank

@@ -7,7 +7,7 @@ Contract
 * ``TargetFn(input_ids_BT, attention_mask_BT, loss_mask_BT, generator) -> SparseTarget`` with
   ``N = loss_mask.sum()`` rows in row-major order: the only thing the job knows about the model.
   ``hf_target_fn`` is the full-vocabulary Hugging Face implementation; a tensor-parallel one
-  (``models.tp_target.make_target_fn(cfg, ps) -> (TargetFn, vocab_size)``) slots in when ``tp > 1``. A sampled
+  (``models.tp_target.make_target_fn(path, ps, ...) -> (TargetFn, vocab_size)``) slots in when ``tp > 1``. A sampled
   TargetFn must draw its randomness only from ``generator`` (see ``sparse.draw_uniforms``).
 * ``produce_cache(sequences, target_fn, ...)``: shard ``j`` = global sequences
   ``[j*shard_size, (j+1)*shard_size)``, owned by DP rank ``j % dp_size``, batched in order, with
@@ -37,6 +37,7 @@ from adaspec_dist.sparse.target import SCHEMES, VALUE_DTYPES, SparseTarget, id_d
 from adaspec_dist.cache.writer import finished_shard, loss_mask_from_labels, write_shard
 from adaspec_dist.data.tasks import DataConfig
 from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.models.tp_target import make_target_fn
 
 logger = logging.getLogger(__name__)
 
@@ -277,11 +278,8 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
     tokenizer = load_tokenizer(tok_path)
     sequences = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
     if cfg.tp > 1:
-        try:
-            from adaspec_dist.models.tp_target import make_target_fn
-        except ImportError:
-            raise ValueError("tp > 1 needs adaspec_dist.models.tp_target.make_target_fn; run with tp=1") from None
-        target_fn, vocab_size = make_target_fn(cfg, ps)
+        target_fn, vocab_size = make_target_fn(cfg.model.name_or_path, ps, dtype=cfg.model.dtype, scheme=cfg.scheme,
+                                               top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature)
     else:
         model = load_causal_lm(cfg.model, vocab_size=len(tokenizer), device=device)
         vocab_size = int(model.get_output_embeddings().weight.shape[0])

@@ -22,6 +22,9 @@ Contract
 * ``verify``: ``"full"`` hashes every shard when the reader is built; ``"open"`` checks sizes
   then and each shard's sha256 when it is first opened; ``"none"`` only checks sizes.
 * Batches are decoded in a background thread, ``prefetch`` batches ahead (0 = inline).
+* ``shard_span(j) -> (lo, hi)``: the global sequence positions ``[lo, hi)`` of shard ``j``;
+  ``drop_reference()``: serve batches without the reference column (``ref_loss`` None), for the
+  job that (re)computes it.
 """
 from __future__ import annotations
 
@@ -99,6 +102,15 @@ class CacheReader:
         self._open: dict[int, dict] = {}
         self._lock = threading.Lock()
         self.epoch, self.position = 0, 0
+
+    # ----------------------------------------------------------------- shards
+    def shard_span(self, shard: int) -> tuple[int, int]:
+        """Global sequence positions ``[lo, hi)`` of shard ``shard`` (in the manifest's shard order)."""
+        return int(self._starts[shard]), int(self._starts[shard + 1])
+
+    def drop_reference(self) -> None:
+        """Serve batches without the reference column (``ref_loss`` None): for the job computing it."""
+        self.reference = None
 
     # ----------------------------------------------------------------- order and state
     def __len__(self) -> int:

@@ -27,6 +27,8 @@ import torch
 
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.reader import CacheReader
+from adaspec_dist.dist import barrier as dist_barrier
+from adaspec_dist.sparse.divergence import check_kind, per_token_divergence
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,7 @@ def _finished(cache_dir: Path, index: int) -> dict | None:
 def reference_column(reader: CacheReader, ref_model, shard: int, *, divergence: str, beta: float,
                      batch_size: int, device: Any) -> np.ndarray:
     """(N,) float32 L_ref of one shard's supervised positions, in the shard's row order."""
-    from adaspec_dist.sparse.divergence import per_token_divergence
-
-    lo, hi = int(reader._starts[shard]), int(reader._starts[shard + 1])
+    lo, hi = reader.shard_span(shard)
     out = []
     for b0 in range(lo, hi, batch_size):
         batch = reader.load_batch(np.arange(b0, min(hi, b0 + batch_size))).to(device)
@@ -59,9 +59,6 @@ def reference_column(reader: CacheReader, ref_model, shard: int, *, divergence: 
 def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", beta: float = 0.5,
                   batch_size: int = 8, device: Any = "cpu", ps=None, identity: str | None = None) -> dict | None:
     """Compute and record the reference column (see module docstring); returns the manifest on rank 0."""
-    from adaspec_dist.dist import barrier as dist_barrier
-    from adaspec_dist.sparse.divergence import check_kind
-
     check_kind(divergence, beta)
     cache_dir = Path(cache_dir)
     identity = identity or getattr(getattr(ref_model, "config", None), "_name_or_path", None) or "unknown"
@@ -78,7 +75,7 @@ def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", 
     barrier = dist_barrier if ps else (lambda: None)
     # The reader decodes the cached targets exactly as training will (and verifies the shards).
     reader = CacheReader(cache_dir, batch_size=batch_size, shuffle=False, prefetch=0, verify="open")
-    reader.reference = None
+    reader.drop_reference()
     ref_model.eval()
     n_shards = len(manifest["shards"])
     mine = [j for j in range(n_shards) if j % dp_size == dp_rank]

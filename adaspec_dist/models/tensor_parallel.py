@@ -371,13 +371,3 @@ def load_tp_model(path: str | Path, *, tp_group: Any, dtype: torch.dtype = torch
                 model.tp_rank, tp_size, n_local, model.vocab_start, model.vocab_end, arch.vocab, model.padded_vocab)
     return model.to(device).eval()
 
-
-def make_target_fn(cfg: Any, ps: Any):
-    """The ``cache`` job's TargetFn over a TP model (``cache/produce.py`` imports it from here).
-
-    Implemented in :mod:`adaspec_dist.models.tp_target`, which also holds the speculative
-    decoder's TP target; -> ``(target_fn, vocab_size)``.
-    """
-    from adaspec_dist.models.tp_target import make_target_fn as _make
-
-    return _make(cfg, ps)

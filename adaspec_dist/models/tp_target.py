@@ -2,8 +2,8 @@
 
 Contract
 --------
-* ``make_target_fn(cfg, ps) -> (TargetFn, vocab_size)``: the ``cache`` job's model call
-  (``cache.produce.TargetFn``) over a :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`
+* ``make_target_fn(name_or_path, ps, dtype=, scheme=, top_k=, draws=, temperature=) ->
+  (TargetFn, vocab_size)``: the ``cache`` job's model call (``cache.produce.TargetFn``) over a :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`
   sharded over ``ps.tp_group``. Every rank of the TP group runs it on the same batch and gets
   the same :class:`~adaspec_dist.sparse.target.SparseTarget` (TP rank 0 writes it). ``topk``
   uses the global top-k (local top-k + all-gather of K·TP candidates); ``sampled`` reproduces
@@ -35,12 +35,13 @@ from typing import Any
 import torch
 
 from adaspec_dist.models import vocab_parallel as vp
+from adaspec_dist.models.load import resolve_dtype
+from adaspec_dist.models.tensor_parallel import load_tp_model
+from adaspec_dist.sparse.target import SparseTarget, draw_uniforms, merge_draws
 
 
 def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0):
     """``TargetFn`` (cache.produce) over a loaded TPCausalLM: -> SparseTarget, equal on every TP rank."""
-    from adaspec_dist.sparse.target import SparseTarget, draw_uniforms, merge_draws
-
     V, start, group = model.vocab_size, model.vocab_start, model.tp_group
     if scheme == "topk" and not 1 <= top_k <= V:
         raise ValueError(f"top_k={top_k} must be between 1 and the vocabulary size {V}")
@@ -69,16 +70,17 @@ def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 3
     return target
 
 
-def make_target_fn(cfg: Any, ps: Any):
-    """The TP implementation of ``cache.produce.TargetFn`` for a ``CacheConfig`` (see module doc)."""
-    from adaspec_dist.models.load import resolve_dtype
-    from adaspec_dist.models.tensor_parallel import load_tp_model
+def make_target_fn(name_or_path: str | None, ps: Any, *, dtype: str, scheme: str, top_k: int, draws: int,
+                   temperature: float):
+    """The TP implementation of ``cache.produce.TargetFn`` (see module doc).
 
-    if not cfg.model.name_or_path:
+    ``name_or_path``: the HF checkpoint directory to slice over ``ps.tp_group`` (on ``ps.device``);
+    ``dtype``: a ``ModelConfig.dtype`` name; the rest as in :func:`sparse_target_fn`.
+    """
+    if not name_or_path:
         raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
-    model = load_tp_model(cfg.model.name_or_path, tp_group=ps.tp_group,
-                          dtype=resolve_dtype(cfg.model.dtype, ps.device), device=ps.device)
-    fn = sparse_target_fn(model, scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature)
+    model = load_tp_model(name_or_path, tp_group=ps.tp_group, dtype=resolve_dtype(dtype, ps.device), device=ps.device)
+    fn = sparse_target_fn(model, scheme=scheme, top_k=top_k, draws=draws, temperature=temperature)
     return fn, model.vocab_size
 
 
@@ -97,8 +99,6 @@ class OnlineTPTeacher:
     def __init__(self, path: str, *, tp_size: int, scheme: str = "topk", top_k: int = 64, draws: int = 32,
                  temperature: float = 1.0, dtype: torch.dtype = torch.float32, device: Any = "cpu", seed: int = 0):
         import torch.distributed as dist
-
-        from adaspec_dist.models.tensor_parallel import load_tp_model
 
         world, rank = dist.get_world_size(), dist.get_rank()
         if tp_size < 1 or world % tp_size:
