@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from adaspec_dist.pipeline import load_pipeline_config, run_pipeline
+from adaspec_dist.pipeline import _world, load_pipeline_config, run_pipeline
 from adaspec_dist.report import COLORS, LABELS, format_rows, method_rows, verdict
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_pipeline_config(args.recipe, overrides)
     run_pipeline(cfg)
-    from adaspec_dist.pipeline import _world
-
     if _world()[0] != 0:
         return 0
     table, rows = summarize(cfg.run_dir, args.gamma)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -49,6 +50,10 @@ from pathlib import Path
 import yaml
 
 from adaspec_dist.config import ConfigError, build_config, merge, read_yaml, parse_overrides, save_resolved
+from adaspec_dist.data import tokenizer as tk
+from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
+from adaspec_dist.dist import barrier, init_distributed, keep_process_group, launch_env
+from adaspec_dist.distill.train import TrainConfig, budget_for
 
 logger = logging.getLogger(__name__)
 
@@ -237,8 +242,6 @@ def validate_stage_configs(stages: list[Stage], *, strict: bool = False) -> None
 
     ``strict`` = a missing component is an error (tests); otherwise a warning (a partial install).
     """
-    import importlib
-
     owners = {"cache": "adaspec_dist.cache.produce:CacheConfig", "train": "adaspec_dist.distill.train:TrainConfig",
               "eval": "adaspec_dist.speculative.evaluate:EvalConfig"}
     for s in stages:
@@ -283,8 +286,6 @@ def is_complete(cfg: PipelineConfig, stage: Stage) -> bool:
 
 
 def _world() -> tuple[int, int]:
-    from adaspec_dist.dist import launch_env
-
     env = launch_env()
     return env.rank, env.world_size
 
@@ -294,7 +295,6 @@ def _barrier() -> None:
     rank, world = _world()
     if world == 1:
         return
-    from adaspec_dist.dist import barrier, init_distributed
 
     init_distributed(1)
     barrier()
@@ -313,8 +313,6 @@ def _write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
 def _run_tokenizer(cfg: PipelineConfig, stage: Stage) -> int:
     """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
     or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
-    from adaspec_dist.data import tokenizer as tk
-
     opts = dict(stage.config or {})
     vocab = int(opts.pop("vocab_size", 1024))
     task, limit = opts.pop("task", None), opts.pop("limit", None)
@@ -324,7 +322,6 @@ def _run_tokenizer(cfg: PipelineConfig, stage: Stage) -> int:
     if task is None:
         tk.embedded_tokenizer(stage.outputs[0], vocab_size=vocab, seed=0, limit_per_corpus=limit)
         return 0
-    from adaspec_dist.data.tasks import DataConfig, load_examples
 
     examples = load_examples(DataConfig(task=task, limit=limit, seed=0), "train")
     tk.train_sentencepiece([e.prompt + e.answer for e in examples], vocab, stage.outputs[0], seed=0)
@@ -333,8 +330,6 @@ def _run_tokenizer(cfg: PipelineConfig, stage: Stage) -> int:
 
 def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
     """Run one stage in this process (every rank calls this; the stage splits the work)."""
-    import importlib
-
     from adaspec_dist.cli import SUBCOMMANDS
 
     rank, _ = _world()
@@ -366,8 +361,6 @@ def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,
                  echo=print) -> list[str]:
     """Run the plan, skipping complete stages; returns the names of the stages that ran."""
-    from adaspec_dist.dist import keep_process_group
-
     # Chained stages share one process group (see keep_process_group).
     with keep_process_group():
         return _run_pipeline(cfg, only=only, force=force, echo=echo)
@@ -432,9 +425,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
     """A train stage's resolved budget for the dry run: optimiser steps, sequences per step and
     passes (steps need the training split's size: known for hub tasks and embedded corpora)."""
-    from adaspec_dist.data.tasks import DataConfig, known_rows
-    from adaspec_dist.distill.train import TrainConfig, budget_for
-
     if stage.command != "train":
         return None
     tc = build_config(TrainConfig, stage.config, prefix=f"{stage.name}.")

@@ -14,6 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+from adaspec_dist.cache.produce import CacheConfig, run_job
+from adaspec_dist.cache.reference import add_reference
+from adaspec_dist.config import load_config
+from adaspec_dist.dist import init_distributed, shutdown
+from adaspec_dist.models.load import load_causal_lm
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,18 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adaspec_dist.config import load_config
-
     if args.add_reference:
         return _reference(args)
     if not args.config and not args.overrides:
         raise ValueError("cache needs --config RECIPE.yaml (and/or overrides), or --add-reference REF_MODEL CACHE_DIR")
-    from adaspec_dist.cache.produce import CacheConfig, run_job
 
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
     cfg = load_config(CacheConfig, args.config, overrides)
     manifest = run_job(cfg)
-    from adaspec_dist.dist import shutdown
     shutdown()
     if manifest is not None:
         print(f"cache {cfg.out_dir}: {manifest['num_sequences']} sequences, "
@@ -50,10 +52,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from adaspec_dist.cache.reference import add_reference
-    from adaspec_dist.dist import init_distributed, shutdown
-    from adaspec_dist.models.load import load_causal_lm
-
     ref_path, cache_dir = args.add_reference
     ps = init_distributed(1)
     model = load_causal_lm(ref_path, device=ps.device)

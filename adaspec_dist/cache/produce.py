@@ -31,13 +31,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.sparse.target import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
 from adaspec_dist.cache.writer import finished_shard, loss_mask_from_labels, write_shard
-from adaspec_dist.data.tasks import DataConfig
-from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.config import save_resolved
+from adaspec_dist.data.tasks import DataConfig, load_examples
+from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
+from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.dist import barrier as dist_barrier, init_distributed
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity
 from adaspec_dist.models.tp_target import make_target_fn
+from adaspec_dist.sparse.target import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +193,6 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
 
     ``ps`` is the ParallelState (None = one process); only TP leaders write.
     """
-    from adaspec_dist.dist import barrier as dist_barrier
-
     out_dir = Path(out_dir)
     if not sequences:
         raise ValueError("no sequences to cache: the data split is empty; check data.task/split/limit")
@@ -200,7 +203,6 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     fingerprint = job_fingerprint(spec, len(sequences))
     claim_directory(out_dir, fingerprint, is_main=is_main, barrier=barrier)
     if is_main and config is not None:
-        from adaspec_dist.config import save_resolved
         save_resolved(config, out_dir)
 
     n_shards = math.ceil(len(sequences) / spec.shard_size)
@@ -211,7 +213,6 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
                     len(mine) - len(todo), len(mine))
     bar = writer_tb = None
     if is_main:
-        from tqdm import tqdm
         total = sum(len(s.input_ids) for j in todo for s in sequences[j * spec.shard_size:(j + 1) * spec.shard_size])
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="cache (rank 0)", dynamic_ncols=True)
         from torch.utils.tensorboard import SummaryWriter
@@ -267,11 +268,6 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
 
 def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, TargetFn, JobSpec]:
     """Data, tokenizer and target of a ``CacheConfig`` -> (sequences, target_fn, spec); no side effects."""
-    from adaspec_dist.data.tasks import load_examples
-    from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
-    from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
-    from adaspec_dist.models.load import load_causal_lm, model_identity
-
     tok_path = cfg.tokenizer or cfg.model.name_or_path
     if not tok_path:
         raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
@@ -295,8 +291,6 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
 
 def run_job(cfg: CacheConfig) -> dict | None:
     """The whole ``cache`` command: process grid, then :func:`prepare_job`, then :func:`produce_cache`."""
-    from adaspec_dist.dist import init_distributed
-
     ps = init_distributed(cfg.tp)
     sequences, target_fn, spec = prepare_job(cfg, ps, ps.device)
     return produce_cache(sequences, target_fn, spec, cfg.out_dir, ps=ps, device=ps.device, config=cfg,

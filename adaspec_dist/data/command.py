@@ -12,6 +12,8 @@ import argparse
 import statistics
 
 from adaspec_dist.data.tasks import DataConfig, load_examples, task_names
+from adaspec_dist.data.tokenize import data_fingerprint, supervised_count, tokenize_examples
+from adaspec_dist.data.tokenizer import embedded_tokenizer, load_tokenizer, vocab_fingerprint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +58,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenizer is None and args.build_tokenizer is None:
         print("(pass --tokenizer PATH_OR_ID or --build-tokenizer DIR for token counts and the data fingerprint)")
         return 0
-
-    from adaspec_dist.data.tokenize import data_fingerprint, supervised_count, tokenize_examples
-    from adaspec_dist.data.tokenizer import embedded_tokenizer, load_tokenizer, vocab_fingerprint
 
     if args.build_tokenizer:
         tokenizer = embedded_tokenizer(args.build_tokenizer, vocab_size=args.vocab_size, seed=args.seed)

@@ -32,6 +32,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from adaspec_dist.data import embedded
+
 logger = logging.getLogger(__name__)
 
 SPECIAL = {"pad": (0, "<pad>"), "unk": (1, "<unk>"), "bos": (2, "<s>"), "eos": (3, "</s>")}
@@ -112,8 +114,6 @@ def vocab_fingerprint(tokenizer) -> str:
 
 def embedded_tokenizer_corpus(seed: int = 0, *, limit_per_corpus: int | None = None) -> list[str]:
     """Prompt+answer texts of the embedded corpora's train splits (what the demo tokenizer learns)."""
-    from adaspec_dist.data import embedded
-
     texts: list[str] = []
     for name in sorted(embedded.EMBEDDED):
         texts += [p + a for p, a in embedded.generate(name, split="train", seed=seed, limit=limit_per_corpus)]

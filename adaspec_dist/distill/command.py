@@ -14,6 +14,12 @@ import argparse
 import json
 import logging
 
+import torch.distributed as dist
+
+from adaspec_dist.config import load_config
+from adaspec_dist.dist import shutdown
+from adaspec_dist.distill.train import TrainConfig, train
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,10 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adaspec_dist.config import load_config
-    from adaspec_dist.dist import shutdown
-    from adaspec_dist.distill.train import TrainConfig, train
-
     overrides = list(args.overrides or [])
     if args.objective:
         overrides.append(f"objective={args.objective}")
@@ -39,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     cfg = load_config(TrainConfig, args.config, overrides)
     summary = train(cfg, resume_run="auto" if args.auto_resume else args.resume)
-    import torch.distributed as dist
-
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     shutdown()
     if is_main:

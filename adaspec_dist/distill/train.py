@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +33,24 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from adaspec_dist.config import save_resolved
+from adaspec_dist.cache.reader import CacheReader
+from adaspec_dist.config import build_config, save_resolved
+from adaspec_dist.data.tasks import DataConfig, load_examples
+from adaspec_dist.data.tokenize import tokenize_examples
+from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.dist import barrier, init_distributed
 from adaspec_dist.distill import objectives as obj
+from adaspec_dist.distill.batches import TokenStream
 from adaspec_dist.distill.budget import Budget, resolve_budget
-from adaspec_dist.distill.engine import EngineConfig
-from adaspec_dist.sparse.divergence import check_kind, per_token_divergence, sparse_alpha
+from adaspec_dist.distill.engine import (EngineConfig, build_engine, current_lr, gathered_module, grad_norm,
+                                         latest_step, load_checkpoint, save_checkpoint)
 from adaspec_dist.distill.selection import check_selection
-from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, save_hf
+from adaspec_dist.models.tp_target import OnlineTPTeacher
+from adaspec_dist.preemption import Preempted, StopSignal
+from adaspec_dist.sparse.divergence import check_kind, per_token_divergence, sparse_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +122,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
-            from adaspec_dist.config import build_config
-            from adaspec_dist.data.tasks import DataConfig
-
             self.data = build_config(DataConfig, self.data, prefix="data.")
 
     def validate(self) -> None:
@@ -165,8 +173,6 @@ class Run:
 
 # ----------------------------------------------------------------------------- setup
 def _frozen(cfg: ModelConfig, vocab: int, device):
-    from adaspec_dist.models.load import load_causal_lm
-
     model = load_causal_lm(cfg, vocab_size=vocab, device=device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -177,18 +183,11 @@ def _stream(cfg: TrainConfig, ps, tokenizer, mb: int):
     """The training batches (``mb`` sequences per rank): the cache when there is one, else
     tokenized task data."""
     if cfg.cache_dir:
-        from adaspec_dist.cache.reader import CacheReader
-
         fingerprint = None
         if tokenizer is not None:  # refuse a cache built with another tokenizer
-            from adaspec_dist.data.tokenizer import vocab_fingerprint
-
             fingerprint = vocab_fingerprint(tokenizer)
         return CacheReader(cfg.cache_dir, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed,
                            tokenizer_fingerprint=fingerprint)
-    from adaspec_dist.data.tasks import load_examples
-    from adaspec_dist.data.tokenize import tokenize_examples
-    from adaspec_dist.distill.batches import TokenStream
 
     if tokenizer is None:
         raise ValueError("training from data needs a tokenizer: set tokenizer: PATH")
@@ -226,17 +225,11 @@ def total_steps_for(cfg: TrainConfig, budget: Budget, batches_per_pass: int) -> 
 
 
 def setup(cfg: TrainConfig) -> Run:
-    from adaspec_dist.dist import init_distributed
-    from adaspec_dist.distill.engine import build_engine
-    from adaspec_dist.models.load import load_causal_lm
-
     cfg.validate()
     ps = init_distributed(tp_size=1)
     torch.manual_seed(cfg.seed)
     tokenizer = None
     if cfg.tokenizer:
-        from adaspec_dist.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(cfg.tokenizer)
     budget = budget_for(cfg, ps.dp_size)
     # The engine runs the resolved split: the micro-batch and accumulation this world size gives.
@@ -257,8 +250,6 @@ def setup(cfg: TrainConfig) -> Run:
     need_ref = cfg.objective == "adaspec" and (cfg.teacher_mode == "online" or stream_lacks_reference(stream))
     tp_teacher = None
     if need_target and cfg.target_tp > 1:
-        from adaspec_dist.models.tp_target import OnlineTPTeacher
-
         # Collective: every rank builds it; groups of target_tp ranks share one sharded target.
         tp_teacher = OnlineTPTeacher(cfg.target.name_or_path, tp_size=cfg.target_tp, top_k=cfg.target_top_k,
                                      device=ps.device, seed=cfg.seed)
@@ -267,8 +258,6 @@ def setup(cfg: TrainConfig) -> Run:
     reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
     eval_reader = None
     if cfg.eval_cache_dir:
-        from adaspec_dist.cache.reader import CacheReader
-
         eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
                                   dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
     writer = None
@@ -366,8 +355,6 @@ def _set_rng_state(state: dict) -> None:
 
 
 def checkpoint(run: Run) -> None:
-    from adaspec_dist.distill.engine import save_checkpoint
-
     client = {"step": run.step, "micro_step": run.micro_step, "tokens_seen": run.tokens_seen,
               "trained_tokens": run.trained_tokens, "reader": run.stream.state_dict(), "rng": _rng_state()}
     ckpt_dir = Path(run.cfg.run_dir) / "checkpoints"
@@ -375,16 +362,12 @@ def checkpoint(run: Run) -> None:
     if run.ps.is_main:
         logger.info("checkpoint at step %d", run.step)
         if run.cfg.keep_checkpoints > 0:  # older tags only: `latest` always points at a kept one
-            import shutil
-
             tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
             for old in tags[: -run.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
 
 
 def resume(run: Run) -> None:
-    from adaspec_dist.distill.engine import load_checkpoint
-
     client = load_checkpoint(run.engine, Path(run.cfg.run_dir) / "checkpoints")
     run.step, run.micro_step = int(client["step"]), int(client["micro_step"])
     run.tokens_seen, run.trained_tokens = int(client["tokens_seen"]), int(client["trained_tokens"])
@@ -395,10 +378,6 @@ def resume(run: Run) -> None:
 
 def export(run: Run) -> Path:
     """Write the draft in HF format (with its tokenizer) to run_dir/final (collective under ZeRO-3)."""
-    from adaspec_dist.dist import barrier
-    from adaspec_dist.distill.engine import gathered_module
-    from adaspec_dist.models.load import save_hf
-
     out = Path(run.cfg.run_dir) / "final"
     with gathered_module(run.engine) as module:
         if run.ps.is_main:
@@ -419,8 +398,6 @@ def _log_step(run: Run, stats: dict, rate: float) -> None:
     w.add_scalar("train/kept_fraction", stats["kept_global"] / max(1, stats["total_global"]), s)
     w.add_scalar("train/kept_tokens", stats["kept_global"], s)
     w.add_scalar("train/tokens_per_s", rate, s)
-    from adaspec_dist.distill.engine import current_lr, grad_norm
-
     w.add_scalar("train/lr", current_lr(run.engine), s)
     w.add_scalar("train/grad_norm", grad_norm(run.engine), s)
     passes = run.micro_step / max(1, len(run.stream))
@@ -451,11 +428,6 @@ def train(cfg: TrainConfig, *, resume_run: bool | str = False, keep_run: bool = 
 
     ``resume_run``: True = continue from the newest checkpoint (an error when there is none);
     ``"auto"`` = continue when there is one, else start fresh (requeued jobs)."""
-    from tqdm import tqdm
-
-    from adaspec_dist.distill.engine import latest_step
-    from adaspec_dist.preemption import Preempted, StopSignal
-
     # Installed before setup, so a SIGTERM that lands while the job starts up still ends in a
     # checkpoint (after the first step) rather than a death with nothing to resume from.
     stop = StopSignal.install()  # SIGTERM/SIGUSR1 -> checkpoint at a step boundary, exit 143 (launch helper)
@@ -501,8 +473,6 @@ def train(cfg: TrainConfig, *, resume_run: bool | str = False, keep_run: bool = 
             if cfg.save_every and run.step % cfg.save_every == 0:
                 checkpoint(run)
                 if cfg.kill_after_step == run.step:
-                    from adaspec_dist.dist import barrier
-
                     barrier()  # every rank's partition is on disk before anyone dies
                     logger.warning("kill_after_step=%d: exiting abruptly (simulated kill)", run.step)
                     os._exit(17)

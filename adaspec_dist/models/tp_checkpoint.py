@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 
 class Checkpoint:
     """Lazy reader of an HF safetensors checkpoint (single file or index)."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
         index = path / "model.safetensors.index.json"
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]

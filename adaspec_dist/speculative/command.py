@@ -18,10 +18,19 @@ import logging
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from adaspec_dist.config import build_config, load_config, save_resolved
-from adaspec_dist.models.load import ModelConfig, load_causal_lm
+from adaspec_dist.data.tasks import DataConfig, load_examples
+from adaspec_dist.data.tokenize import prompt_ids, tokenize_examples
+from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.dist import init_distributed, shutdown
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, resolve_dtype
+from adaspec_dist.models.tensor_parallel import load_tp_model
+from adaspec_dist.models.tp_target import TPTargetLM
+from adaspec_dist.speculative.decoder import autoregressive_generate
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate_drafts
+from adaspec_dist.speculative.report import format_table, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +58,6 @@ def _width(model) -> int:
 
 def _tp_target(cfg: EvalConfig):
     """-> (TPTargetLM over the launched ranks, ParallelState); collective: every rank calls it."""
-    from adaspec_dist.dist import init_distributed
-    from adaspec_dist.models.load import resolve_dtype
-    from adaspec_dist.models.tensor_parallel import load_tp_model
-    from adaspec_dist.models.tp_target import TPTargetLM
-
     if not cfg.target.name_or_path:
         raise ValueError("tp > 1 needs target.name_or_path (an HF checkpoint directory to slice), not a preset")
     ps = init_distributed(tp_size=cfg.tp)
@@ -67,10 +71,6 @@ def _tp_target(cfg: EvalConfig):
 
 def _task_inputs(cfg: EvalConfig):
     """(prompts, held-out sequences, eos id, tokenizer length) from a task split."""
-    from adaspec_dist.data.tasks import DataConfig, load_examples
-    from adaspec_dist.data.tokenize import prompt_ids, tokenize_examples
-    from adaspec_dist.data.tokenizer import load_tokenizer
-
     data = build_config(DataConfig, cfg.data, prefix="data.")
     tok_path = cfg.tokenizer or cfg.target.name_or_path
     if not tok_path:
@@ -85,8 +85,6 @@ def _task_inputs(cfg: EvalConfig):
 
 def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
     """Refuse a draft saved with a different tokenizer (same size is not enough: ids must mean the same)."""
-    from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
-
     want = vocab_fingerprint(tokenizer)
     for name, path in cfg.drafts.items():
         if (Path(path) / "tokenizer_config.json").exists() and vocab_fingerprint(load_tokenizer(path)) != want:
@@ -96,8 +94,6 @@ def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
 
 def _synthetic_inputs(cfg: EvalConfig, target, vocab: int):
     """Random token prompts; held-out text = the target's greedy continuation (labels on it only)."""
-    from adaspec_dist.speculative.decoder import autoregressive_generate
-
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = torch.randint(4, 17, (cfg.num_prompts,), generator=gen).tolist()
     prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths]
@@ -117,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("eval needs at least one draft: set drafts.NAME=DIR")
     if cfg.tp == 1:
         return _evaluate(cfg, _device(cfg.device), None)
-    from adaspec_dist.dist import shutdown
 
     try:
         target, ps = _tp_target(cfg)
@@ -128,10 +123,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = True) -> int:
     """Load the drafts (and the HF target when ``target`` is None), evaluate; rank 0 reports."""
-    from tqdm.auto import tqdm
-
-    from adaspec_dist.speculative.report import format_table, write_all
-
     torch.manual_seed(cfg.seed)
     drafts = {name: load_causal_lm(ModelConfig(name_or_path=str(path)), device=device)
               for name, path in cfg.drafts.items()}
