@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 from adaspec_dist.distill.selection import select_tokens
+from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
 OBJECTIVES = ("sft", "kd", "adaspec")
 TEACHER_MODES = ("cached", "online")

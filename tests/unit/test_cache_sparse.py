@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaspec_dist.sparse.target import (INT8_LOGP_RANGE, SparseTarget, decode_values, encode_values, id_dtype,
-                                       merge_draws, sampled_targets, topk_targets)
+                                        merge_draws, sampled_targets, topk_targets)
 from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
 

@@ -9,7 +9,7 @@ import torch
 
 from adaspec_dist.sparse.target import SparseTarget
 from adaspec_dist.sparse.divergence import (KINDS, dense_alpha, dense_divergence, per_token_divergence,
-                                         sparse_alpha)
+                                            sparse_alpha)
 
 N, V = 12, 37
 
