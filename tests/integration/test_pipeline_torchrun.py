@@ -19,13 +19,13 @@ def test_pipeline_two_ranks_then_skip(tmp_path):
             *SHRINK]
     first = run_torchrun(args, nproc=2, timeout=400)
     log = first.stdout + first.stderr
-    # sft, reference and adaspec: each engine is built on both ranks, data-parallel over 2
-    assert log.count("x dp 2") == 6, log[-3000:]
+    # sft, reference, adaspec and the wide control: each engine is built on both ranks, data-parallel over 2
+    assert log.count("x dp 2") == 8, log[-3000:]
     assert log.count("draft adaspec: alpha_logits") == 1  # eval ran on rank 0 only
-    assert log.count("[8/8] eval: done") == 1  # rank 0 speaks for the job
-    assert len(list((run_dir / "stages").glob("*.done.json"))) == 8
+    assert log.count("[9/9] eval: done") == 1  # rank 0 speaks for the job
+    assert len(list((run_dir / "stages").glob("*.done.json"))) == 9
     result = json.loads((run_dir / "eval" / "eval.json").read_text())
-    assert set(result["drafts"]) == {"distillspec", "adaspec"}
+    assert set(result["drafts"]) == {"distillspec", "adaspec", "distillspec_wide"}
 
     again = run_torchrun(args, nproc=2, timeout=300)
-    assert again.stdout.count("complete, skipped") == 8, again.stdout[-2000:]
+    assert again.stdout.count("complete, skipped") == 9, again.stdout[-2000:]
