@@ -26,6 +26,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["adaspec_dist", "adaspec_dist.*"]),
+    # The DeepSpeed JSON files and the demo recipe: found with importlib.resources at run time.
+    package_data={"adaspec_dist.configs": ["*.json", "*.yaml"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11"]},

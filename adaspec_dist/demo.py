@@ -22,12 +22,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from adaspec_dist.configs import shipped
 from adaspec_dist.pipeline import _world, load_pipeline_config, run_pipeline
 from adaspec_dist.report import COLORS, LABELS, format_rows, method_rows, verdict
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEFAULT_RECIPE = shipped("demo.yaml")
 
 
 def plot_summary(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -71,7 +72,7 @@ def summarize(run_dir: str | Path, gamma: int | None = None) -> tuple[str, list[
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. adaspec.epochs=2")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe (default configs/demo.yaml)")
+    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe (default: the shipped demo.yaml, = configs/demo.yaml in the repository)")
     parser.add_argument("--run-dir", default=None, help="run directory (default: the recipe's, runs/demo)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the whole run (default: the recipe's)")
     parser.add_argument("--gamma", type=int, default=None, help="γ of the final table (default 4)")

@@ -3,7 +3,7 @@
 Contract
 --------
 * ``EngineConfig`` (recipe section ``engine``) names a standard DeepSpeed JSON file from
-  ``configs/`` (``ds_zero0..3.json``) and the few fields a recipe overrides on top of it
+  ``adaspec_dist/configs/`` (``ds_zero0..3.json``, package data) and the few fields a recipe overrides on top of it
   (ZeRO stage, precision, micro-batch, gradient accumulation, clipping, optimiser, LR schedule,
   activation checkpointing). ``ds_config(cfg, ...)`` returns the merged dict.
 * ``build_engine(model, cfg=..., total_steps=..., device=...)`` -> DeepSpeedEngine with a client
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaspec_dist.configs import shipped
+
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -83,10 +84,10 @@ class EngineConfig:
 
 def _resolve_json(name: str) -> Path:
     path = Path(name)
-    for candidate in (path, CONFIG_DIR / name):
+    for candidate in (path, shipped(name)):
         if candidate.is_file():
             return candidate
-    raise ValueError(f"DeepSpeed config '{name}' not found; use one of configs/ds_zero{{0,1,2,3}}.json or a path")
+    raise ValueError(f"DeepSpeed config '{name}' not found; use one of ds_zero{{0,1,2,3}}.json (shipped in adaspec_dist/configs) or a path")
 
 
 def resolve_precision(precision: str, device: Any) -> str:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 # component under adaspec_dist: a subpackage (``cache/``) or a top-level module (``cli.py``);
 # ``cli`` is both the module today and the ``cli/`` package to come.
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "dist", "preemption"),  # foundation: YAML -> dataclasses, env and process groups, signals
+    ("config", "configs", "dist", "preemption"),  # foundation: YAML -> dataclasses, shipped files, env and process groups, signals
     ("sparse",),                       # the shared math: SparseTarget, encoders, divergences
     ("data", "models"),
     ("cache", "speculative"),
