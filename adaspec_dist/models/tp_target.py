@@ -9,9 +9,10 @@ Contract
   uses the global top-k (local top-k + all-gather of K·TP candidates); ``sampled`` reproduces
   ``sparse.sampled_targets`` exactly — same uniforms from the shard's generator, inverse CDF
   over the shards — so a TP cache equals the TP = 1 cache for either scheme.
-* ``TPTargetLM(model, seed=...)``: the speculative decoder's ``CausalLM`` interface
-  (``vocab_width``, ``device``, ``new_cache()``, ``forward(ids, pos, mask_B1QK, cache,
-  logits_to_keep)``) returning THIS rank's logits slice, plus ``verify_logits(...)``: the
+* ``TPTargetLM(model, seed=...)``: the speculative decoder's ``speculative.lm.ShardedVocabLM``
+  (satisfied structurally: models/ sits below speculative/ and does not import it):
+  ``vocab_width``, ``device``, ``new_cache()``, ``forward(ids, pos, mask_B1QK, cache,
+  logits_to_keep)`` returning THIS rank's logits slice, plus ``verify_logits(...)``: the
   vocab-parallel replacement of ``probs_from_logits`` + ``verify`` — p(x) of the drafted ids
   from the owning shard, the residual ``norm(max(0, p − q))`` and the bonus drawn by per-shard
   Gumbel-max + distributed argmax, greedy = distributed argmax. Acceptance uniforms come from
@@ -139,7 +140,11 @@ class OnlineTPTeacher:
 
 
 class TPTargetLM:
-    """A TP-sharded target for ``speculative.decoder`` (see module doc)."""
+    """A TP-sharded target for ``speculative.decoder``: a ``speculative.lm.ShardedVocabLM`` (see module doc).
+
+    Keep its members and their signatures equal to the protocol's; tests/unit/test_lm_protocol.py
+    checks them.
+    """
 
     def __init__(self, model: Any, *, seed: int = 0):
         self.model = model
@@ -170,8 +175,7 @@ class TPTargetLM:
     def verify_logits(self, logits_BG1V: torch.Tensor, draft_probs_BGV: torch.Tensor, draft_tokens_BG: torch.Tensor,
                       vocab: int, sampling: Any, generator: torch.Generator | None = None):
         """Vocab-parallel ``verify``: -> (accepted_len_B, next_token_B), identical on every TP rank."""
-        if sampling.top_p < 1.0:
-            raise ValueError("top_p < 1 is not supported with a tensor-parallel target; use top_p=1")
+        self._check_top_p(sampling)
         B, G1, _ = logits_BG1V.shape
         G, start, group = G1 - 1, self.model.vocab_start, self.group
         rows = torch.arange(B, device=logits_BG1V.device)

@@ -1,7 +1,8 @@
 """Batched speculative decoding (and the plain autoregressive baseline in the same engine).
 
 Orchestration only: the math lives in sampling.py (p and q from logits) and verify.py
-(rejection sampling); KV bookkeeping in kv_cache.py; model calls go through lm.CausalLM.
+(rejection sampling); KV bookkeeping in kv_cache.py; model calls go through lm.CausalLM
+(a vocab-parallel target, an lm.ShardedVocabLM, verifies and picks tokens itself).
 
 One step for a batch of active rows (G = gamma):
   1. the draft runs G forwards. The first feeds two slots per row ([hole, last] after a
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adaspec_dist.speculative.kv_cache import SlotCache
-from adaspec_dist.speculative.lm import CausalLM, as_causal_lm
+from adaspec_dist.speculative.lm import CausalLM, as_causal_lm, is_sharded_vocab
 from adaspec_dist.speculative.sampling import SamplingConfig, probs_from_logits, real_vocab_size, sample
 from adaspec_dist.speculative.verify import VerifyFn, verify
 
@@ -61,6 +62,27 @@ class DecodeOutput:
     stats: DecodeStats
     accepted: list[list[int]] | None = None
     """Speculative only: per prompt, the number of drafts accepted at each of its steps."""
+
+
+@dataclass
+class _DraftPending:
+    """Per row, the two slots the next step's first draft forward feeds: ``[hole, last]`` after a
+    rejection, ``[d_G, bonus]`` after a fully accepted step (so both cases have one shape)."""
+
+    tokens_B2: torch.Tensor
+    valid_B2: torch.Tensor
+    """False = a hole (masked, never attended to)."""
+
+    @classmethod
+    def after(cls, full_B: torch.Tensor, last_drafts_B: torch.Tensor, next_B: torch.Tensor,
+              pad_id: int) -> "_DraftPending":
+        """The pending slots after a step: ``full_B`` rows accepted every draft."""
+        return cls(tokens_B2=torch.stack([torch.where(full_B, last_drafts_B, torch.full_like(next_B, pad_id)),
+                                          next_B], 1),
+                   valid_B2=torch.stack([full_B, torch.ones_like(full_B)], 1))
+
+    def select(self, rows: torch.Tensor) -> "_DraftPending":
+        return _DraftPending(tokens_B2=self.tokens_B2[rows], valid_B2=self.valid_B2[rows])
 
 
 def _sync(device: torch.device) -> None:
@@ -105,9 +127,9 @@ class _Batch:
         self.results: list[list[int] | None] = [None] * B
         self.traces: list[list[int]] = [[] for _ in range(B)]
 
-    def retire(self, done_B: torch.Tensor, extra: dict[str, torch.Tensor], max_new: int,
-               eos: int | None, steps: int = 0) -> dict[str, torch.Tensor] | None:
-        """Store finished rows' outputs and drop them; returns the kept ``extra`` tensors (None: all done)."""
+    def retire(self, done_B: torch.Tensor, max_new: int, eos: int | None, steps: int = 0) -> torch.Tensor | None:
+        """Store finished rows' outputs and drop them; returns the kept rows' indices (None: all done),
+        for the caller to select its own per-row state with."""
         finished = done_B.nonzero().squeeze(-1).tolist()
         n_out = self.n_out.tolist()
         rows = self.rows.tolist()
@@ -124,7 +146,7 @@ class _Batch:
             slot.select_rows(keep)
         for name in ("rows", "last", "pos", "n_out", "buf", "trace"):
             setattr(self, name, getattr(self, name)[keep])
-        return {k: v[keep] for k, v in extra.items()}
+        return keep
 
 
 def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int, max_new_tokens: int,
@@ -139,6 +161,7 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
     sampling = sampling or SamplingConfig()
     sampling.validate()
     target, draft = as_causal_lm(target), as_causal_lm(draft)
+    sharded = is_sharded_vocab(target)  # vocab-parallel target (models/tp_target.py): p stays sharded
     V = vocab_size or real_vocab_size(target.vocab_width, draft.vocab_width)
     T, top_p, greedy, G = sampling.temperature, sampling.top_p, sampling.temperature == 0, gamma
     device = target.device
@@ -150,15 +173,15 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
     B = len(prompts)
     arange = torch.arange(G + 1, device=device)
     hist = torch.zeros(G + 1, dtype=torch.long, device=device)
-    st = {"dpend": torch.stack([torch.full_like(batch.last, pad_id), batch.last], 1),
-          "dvalid": torch.stack([torch.zeros(B, dtype=torch.bool, device=device),
-                                 torch.ones(B, dtype=torch.bool, device=device)], 1)}
+    # Before the first step the pending slots are [hole, last prompt token].
+    pending = _DraftPending.after(torch.zeros(B, dtype=torch.bool, device=device), batch.last, batch.last, pad_id)
     step = 0
     while True:
         step += 1
         B = batch.last.shape[0]
         # 1. draft G tokens (G forwards; the first one feeds the two pending slots)
-        inp, inp_pos, inp_valid = st["dpend"], torch.stack([batch.pos - 1, batch.pos], 1).clamp_min(0), st["dvalid"]
+        inp, inp_pos, inp_valid = (pending.tokens_B2, torch.stack([batch.pos - 1, batch.pos], 1).clamp_min(0),
+                                   pending.valid_B2)
         d_tokens, d_probs = [], []
         for j in range(G):
             logits = draft.forward(inp, inp_pos, dslot.attention_mask(inp_valid), dslot.cache, logits_to_keep=1)
@@ -176,13 +199,13 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
         logits = target.forward(t_in, batch.pos[:, None] + arange, tslot.attention_mask(t_valid), tslot.cache)
         tslot.append(t_valid)
         # 3. verify; rejected slots become holes
-        if hasattr(target, "verify_logits"):  # vocab-parallel target (models/tp_target.py): p stays sharded
+        if sharded:
             n, nxt = target.verify_logits(logits, torch.stack(d_probs, 1), D, V, sampling, generator)
         else:
             P = probs_from_logits(logits[..., :V], T, top_p)           # B,G+1,V
             n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
         tslot.keep_last(arange[None] <= n[:, None])
-        dslot.keep_last(torch.cat([st["dvalid"], arange[None, 1:G] <= n[:, None]], 1))
+        dslot.keep_last(torch.cat([pending.valid_B2, arange[None, 1:G] <= n[:, None]], 1))
         cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
         batch.buf.scatter_(1, batch.n_out[:, None] + arange[None], cand)
         hist += torch.nn.functional.one_hot(n, G + 1).sum(0)   # (bincount would sync on CUDA)
@@ -190,17 +213,16 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
         batch.n_out += n + 1
         batch.pos += n + 1
         batch.last = nxt
-        full = n == G
-        st = {"dpend": torch.stack([torch.where(full, D[:, -1], torch.full_like(nxt, pad_id)), nxt], 1),
-              "dvalid": torch.stack([full, torch.ones_like(full)], 1)}
+        pending = _DraftPending.after(n == G, D[:, -1], nxt, pad_id)
         # 4. finished rows leave the batch
         done = batch.n_out >= max_new_tokens
         if eos_token_id is not None:
             done |= ((cand == eos_token_id) & (arange[None] <= n[:, None])).any(1)
         if bool(done.any()):
-            st = batch.retire(done, st, max_new_tokens, eos_token_id, steps=step)
-            if st is None:
+            keep = batch.retire(done, max_new_tokens, eos_token_id, steps=step)
+            if keep is None:
                 break
+            pending = pending.select(keep)
         if step % COMPACT_EVERY == 0:
             tslot.compact()
             dslot.compact()
@@ -220,6 +242,7 @@ def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: 
     sampling = sampling or SamplingConfig()
     sampling.validate()
     lm = as_causal_lm(model)
+    sharded = is_sharded_vocab(lm)  # vocab-parallel target (models/tp_target.py): logits stay sharded
     V = vocab_size or lm.vocab_width
     device = lm.device
     _sync(device)
@@ -234,7 +257,7 @@ def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: 
         logits = lm.forward(batch.last[:, None], batch.pos[:, None], slot.attention_mask(valid), slot.cache,
                             logits_to_keep=1)
         slot.append(valid)
-        if hasattr(lm, "next_token"):  # vocab-parallel target (models/tp_target.py): logits stay sharded
+        if sharded:
             x = lm.next_token(logits[:, -1], V, sampling, generator)
         else:
             x = _pick(probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p),
@@ -246,7 +269,7 @@ def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: 
         done = batch.n_out >= max_new_tokens
         if eos_token_id is not None:
             done |= x == eos_token_id
-        if bool(done.any()) and batch.retire(done, {}, max_new_tokens, eos_token_id) is None:
+        if bool(done.any()) and batch.retire(done, max_new_tokens, eos_token_id) is None:
             break
         if step % COMPACT_EVERY == 0:
             slot.compact()

@@ -1,25 +1,51 @@
 """The model interface the decoder drives, and its adapter for Hugging Face causal LMs.
 
-The decoder never calls a model directly: it calls ``CausalLM.forward``. A tensor-parallel
-target (models/tensor_parallel.py) plugs in by implementing the same four members:
+Contract
+--------
+The decoder and ``alpha_logits`` never call a model directly: they call ``CausalLM.forward``.
 
-* ``vocab_width`` -- number of logit columns (may include padded ids);
-* ``new_cache()`` -- an empty KV cache object supporting ``batch_select_indices(rows)``;
-* ``forward(input_ids_BQ, position_ids_BQ, attention_mask_B1QK, cache, logits_to_keep)``
-  -> logits (B, logits_to_keep or Q, V), appending Q slots to ``cache``;
-  ``attention_mask`` is boolean (True = attend), K = cached slots + Q;
-* ``device``.
+* :class:`CausalLM` -- the four members every model implements:
 
-Legend: B rows, Q new tokens, K key slots, V vocabulary width.
+  * ``vocab_width`` -- number of logit columns (may include padded ids);
+  * ``new_cache()`` -- an empty KV cache object supporting ``batch_select_indices(rows)``;
+  * ``forward(input_ids_BQ, position_ids_BQ, attention_mask_B1QK, cache, logits_to_keep)``
+    -> logits (B, logits_to_keep or Q, V), appending Q slots to ``cache``;
+    ``attention_mask`` is boolean (True = attend), K = cached slots + Q;
+  * ``device``.
+
+* :class:`ShardedVocabLM` -- a ``CausalLM`` whose ``forward`` returns only THIS rank's slice
+  of the vocabulary (a tensor-parallel target, ``models.tp_target.TPTargetLM``;
+  ``vocab_width`` is the full, unsharded width). Full-vocabulary softmaxes are impossible on
+  one rank, so it also supplies the three steps that need them, each returning the same
+  value on every rank of its group:
+
+  * ``verify_logits(logits_BG1V, draft_probs_BGV, draft_tokens_BG, vocab, sampling, generator)``
+    -> ``(accepted_len_B, next_token_B)``: replaces ``probs_from_logits`` + ``verify.verify``;
+  * ``next_token(logits_BV, vocab, sampling, generator)`` -> ``(B,)``: the autoregressive
+    baseline's pick (replaces ``probs_from_logits`` + sample / argmax);
+  * ``overlap(logits_NV, draft_probs_NV, vocab, sampling)`` -> ``(N,)``: Σ_x min(p, q), the
+    term of α_logits.
+
+  ``vocab`` is the decoder's real vocabulary (ids at or above it never win); ``sampling`` a
+  ``SamplingConfig``. :func:`is_sharded_vocab` is the one capability check callers use.
+
+models/ sits below speculative/ and never imports it: ``TPTargetLM`` satisfies these
+protocols structurally (tests/unit/test_lm_protocol.py checks its members and signatures).
+
+Legend: B rows, Q new tokens, K key slots, V vocabulary width (this rank's slice for a
+``ShardedVocabLM``), G gamma, N positions.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from adaspec_dist.speculative.sampling import SamplingConfig
 
+
+@runtime_checkable
 class CausalLM(Protocol):
     vocab_width: int
     device: torch.device
@@ -28,6 +54,26 @@ class CausalLM(Protocol):
 
     def forward(self, input_ids_BQ: torch.Tensor, position_ids_BQ: torch.Tensor,
                 attention_mask_B1QK: torch.Tensor, cache: Any, logits_to_keep: int = 0) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ShardedVocabLM(CausalLM, Protocol):
+    """A ``CausalLM`` with vocab-parallel logits (see the module doc)."""
+
+    def verify_logits(self, logits_BG1V: torch.Tensor, draft_probs_BGV: torch.Tensor,
+                      draft_tokens_BG: torch.Tensor, vocab: int, sampling: SamplingConfig,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def next_token(self, logits_BV: torch.Tensor, vocab: int, sampling: SamplingConfig,
+                   generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    def overlap(self, logits_NV: torch.Tensor, draft_probs_NV: torch.Tensor, vocab: int,
+                sampling: SamplingConfig) -> torch.Tensor: ...
+
+
+def is_sharded_vocab(lm: Any) -> bool:
+    """True iff ``lm`` returns vocab-sharded logits and supplies the steps that need all of them."""
+    return isinstance(lm, ShardedVocabLM)
 
 
 class HFCausalLM:
@@ -62,6 +108,6 @@ class HFCausalLM:
 
 def as_causal_lm(model) -> CausalLM:
     """Wrap an HF model; pass through anything already implementing ``CausalLM``."""
-    if hasattr(model, "new_cache") and hasattr(model, "vocab_width"):
+    if isinstance(model, CausalLM):
         return model
     return HFCausalLM(model)

@@ -5,7 +5,7 @@ Contract
 * ``alpha_logits(target, draft, sequences, ...)`` -> α = mean over held-out supervised
   positions of Σ_x min(p(x), q(x)) (= 1 - TVD(p, q)), teacher-forced from logits (no
   decoding), with p, q the tempered / nucleus distributions the decoder would use (a
-  tensor-parallel target supplies the per-position term itself: ``TPTargetLM.overlap``). A
+  tensor-parallel target, an ``lm.ShardedVocabLM``, supplies the per-position term itself: ``overlap``). A
   position t is supervised iff ``labels[t+1] != -100`` (docs/architecture.md). Equals the
   expected acceptance probability of one drafted token at that context.
 * ``summarize(stats)`` turns ``DecodeStats`` into acceptance rate (accepted / drafted),
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from adaspec_dist.speculative.kv_cache import SlotCache
-from adaspec_dist.speculative.lm import as_causal_lm
+from adaspec_dist.speculative.lm import as_causal_lm, is_sharded_vocab
 from adaspec_dist.speculative.sampling import SamplingConfig, probs_from_logits, real_vocab_size
 
 IGNORE = -100
@@ -86,6 +86,7 @@ def alpha_logits(target, draft, sequences: Sequence, *, sampling: SamplingConfig
     sampling = sampling or SamplingConfig()
     sampling.validate()
     target, draft = as_causal_lm(target), as_causal_lm(draft)
+    sharded = is_sharded_vocab(target)  # vocab-parallel target (models/tp_target.py): p stays sharded
     V = vocab_size or real_vocab_size(target.vocab_width, draft.vocab_width)
     device = target.device
     pairs = [_as_pair(s) for s in sequences]
@@ -106,7 +107,7 @@ def alpha_logits(target, draft, sequences: Sequence, *, sampling: SamplingConfig
         q = probs_from_logits(draft.forward(ids_BT, pos_BT, mask, draft.new_cache())[sup_BT][:, :V],
                               sampling.temperature, sampling.top_p)
         logits = target.forward(ids_BT, pos_BT, mask, target.new_cache())[sup_BT]
-        if hasattr(target, "overlap"):  # vocab-parallel target (models/tp_target.py): p stays sharded
+        if sharded:
             total += float(target.overlap(logits, q, V, sampling).sum())
         else:
             total += float(torch.minimum(probs_from_logits(logits[:, :V], sampling.temperature, sampling.top_p),
