@@ -16,7 +16,15 @@ always, so that a single process runs the same code as a job) and returns a
 :class:`ParallelState` with explicit tensor-parallel and data-parallel groups.
 Rank layout: ``rank = dp_rank * tp_size + tp_rank`` — TP groups are contiguous ranks, so
 they stay inside a node when ``tp_size`` divides the GPUs per node (Megatron's convention).
-Library code receives groups from here; it never reads globals.
+
+``grid_groups(tp_size)`` -> :class:`Grid`: the same TP x DP split of the initialised world for a
+``tp_size`` other than the job's own, for a component that needs a different split from the
+job around it (the online TP teacher of a purely data-parallel trainer). Collective on first
+use; cached per ``tp_size`` (and per default process group), so every rank creates each group
+once and in the same order as long as all ranks ask for the same sizes in the same order.
+
+This module is the only creator of process groups. Library code receives groups from here as
+arguments; it never reads globals nor calls ``new_group``.
 """
 from __future__ import annotations
 
@@ -127,6 +135,71 @@ def grid_position(rank: int, tp_size: int) -> tuple[int, int]:
     return rank % tp_size, rank // tp_size
 
 
+@dataclass(frozen=True)
+class Grid:
+    """This rank's TP and DP groups in a ``tp_size`` x ``dp_size`` split of the whole world."""
+
+    tp_size: int
+    tp_rank: int
+    tp_group: Any
+    dp_size: int
+    dp_rank: int
+    dp_group: Any
+
+
+def _check_tp(tp_size: int, world_size: int, what: str) -> None:
+    if tp_size < 1 or world_size % tp_size:
+        raise ValueError(f"{what} {tp_size} does not divide the world size {world_size}; "
+                         f"launch a multiple of {tp_size} processes or change it")
+
+
+def _new_grid(tp_size: int) -> Grid:
+    """Create the TP and DP groups of the contiguous-TP layout (collective: every rank creates
+    every group, in the same order)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dp_size = world // tp_size
+    tp_rank, dp_rank = grid_position(rank, tp_size)
+    tp_group = dp_group = None
+    for d in range(dp_size):
+        group = dist.new_group(list(range(d * tp_size, (d + 1) * tp_size)))
+        if d == dp_rank:
+            tp_group = group
+    for t in range(tp_size):
+        group = dist.new_group(list(range(t, world, tp_size)))
+        if t == tp_rank:
+            dp_group = group
+    return Grid(tp_size=tp_size, tp_rank=tp_rank, tp_group=tp_group, dp_size=dp_size, dp_rank=dp_rank,
+                dp_group=dp_group)
+
+
+_grids: dict[int, Grid] = {}
+_grids_world: Any = None  # the default process group the cached grids belong to
+
+
+def grid_groups(tp_size: int, *, what: str = "tensor-parallel size") -> Grid:
+    """This rank's :class:`Grid` for ``tp_size`` over the initialised world (see the module doc).
+
+    Collective the first time a size is asked for (every rank must call it); later calls return
+    the same groups. ``what`` names the setting in the error when ``tp_size`` does not divide
+    the world.
+    """
+    import torch.distributed as dist
+
+    global _grids_world
+    if not dist.is_initialized():
+        raise RuntimeError("grid_groups needs an initialised process group; call init_distributed first")
+    _check_tp(tp_size, dist.get_world_size(), what)
+    world_pg = dist.group.WORLD
+    if _grids_world is not world_pg:  # a new default group (destroyed and re-initialised): new groups
+        _grids.clear()
+        _grids_world = world_pg
+    if tp_size not in _grids:
+        _grids[tp_size] = _new_grid(tp_size)
+    return _grids[tp_size]
+
+
 def init_distributed(tp_size: int = 1, *, backend: str | None = None, timeout_s: float = 1800) -> ParallelState:
     """Initialise torch.distributed from the launcher's environment and build the TP x DP grid."""
     import datetime
@@ -160,22 +233,11 @@ def init_distributed(tp_size: int = 1, *, backend: str | None = None, timeout_s:
                                 timeout=datetime.timedelta(seconds=timeout_s))
         logger.info("initialised %s rank %d/%d (from %s launcher env)", backend, env.rank,
                     env.world_size, env.source)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dp_size = world // tp_size
-    tp_rank, dp_rank = grid_position(rank, tp_size)
-    tp_group = dp_group = None
-    # Every rank must create every group, in the same order.
-    for d in range(dp_size):
-        group = dist.new_group(list(range(d * tp_size, (d + 1) * tp_size)))
-        if d == dp_rank:
-            tp_group = group
-    for t in range(tp_size):
-        group = dist.new_group(list(range(t, world, tp_size)))
-        if t == tp_rank:
-            dp_group = group
-    return ParallelState(rank=rank, world_size=world, local_rank=env.local_rank, tp_size=tp_size,
-                         tp_rank=tp_rank, dp_size=dp_size, dp_rank=dp_rank, tp_group=tp_group,
-                         dp_group=dp_group, device=device, backend=backend)
+    # Fresh groups on every call, as before (the pipeline re-initialises per stage).
+    grid = _new_grid(tp_size)
+    return ParallelState(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=env.local_rank,
+                         tp_size=tp_size, tp_rank=grid.tp_rank, dp_size=grid.dp_size, dp_rank=grid.dp_rank,
+                         tp_group=grid.tp_group, dp_group=grid.dp_group, device=device, backend=backend)
 
 
 def barrier(group: Any = None) -> None:
@@ -208,5 +270,8 @@ def shutdown() -> None:
     """Destroy the default process group, unless a :func:`keep_process_group` block holds it."""
     import torch.distributed as dist
 
+    global _grids_world
     if _keepers == 0 and dist.is_initialized():
         dist.destroy_process_group()
+        _grids.clear()
+        _grids_world = None

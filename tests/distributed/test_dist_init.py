@@ -22,6 +22,13 @@ def test_two_rank_gloo_grid(tmp_path, tp):
             assert res["tp_sum"] == 1.0 and res["dp_sum"] == res["rank"] and res["dp_rank"] == 0
         else:  # two replicas: the DP group sums both
             assert res["dp_sum"] == 1.0 and res["tp_sum"] == res["rank"] and res["tp_rank"] == 0
+        # dist.grid_groups: the other split of the same world, created once
+        grid = res["grid"]
+        assert grid["cached"] and grid["tp_size"] == 2 // tp
+        if tp == 1:  # grid tp=2: one group of both ranks
+            assert grid["tp_sum"] == 1.0 and grid["dp_sum"] == res["rank"] and grid["tp_rank"] == res["rank"]
+        else:  # grid tp=1: each rank alone, the DP group sums both
+            assert grid["dp_sum"] == 1.0 and grid["tp_sum"] == res["rank"] and grid["dp_rank"] == res["rank"]
 
 
 def test_single_process_initialises(tmp_path):
