@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 BudgetRule = Literal["paper", "equal_batch"]
-BUDGETS = ("paper", "equal_batch")
+BUDGETS: tuple[BudgetRule, ...] = get_args(BudgetRule)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ Contract
   reader position); ``latest_step(dir)`` reads DeepSpeed's ``latest`` tag.
 * ``gathered_module(engine)``: context manager that makes the full parameters visible on
   every rank (a no-op below ZeRO-3), for export and evaluation-free inspection.
+* ``Engine``: the slice of ``deepspeed.DeepSpeedEngine`` the trainer uses, as a Protocol, so
+  that callers can be typed while deepspeed stays a deferred import.
 """
 from __future__ import annotations
 
@@ -27,14 +29,42 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, get_args
 
 from adaspec_dist.configs import shipped
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
+class Engine(Protocol):
+    """What the trainer calls on a ``deepspeed.DeepSpeedEngine`` (it wraps the draft module)."""
+
+    module: torch.nn.Module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def backward(self, loss: torch.Tensor) -> Any: ...
+
+    def step(self) -> None: ...
+
+    def zero_optimization_stage(self) -> int: ...
+
+    def get_lr(self) -> list[float]: ...
+
+    def get_global_grad_norm(self) -> float | None: ...
+
+    def save_checkpoint(self, save_dir: str, tag: str | None = None, client_state: dict | None = None) -> Any: ...
+
+    def load_checkpoint(self, load_dir: str, tag: str | None = None, *, load_optimizer_states: bool = True,
+                        load_lr_scheduler_states: bool = True) -> tuple[str | None, dict | None]: ...
 
 
 @dataclass(kw_only=True)
@@ -43,7 +73,7 @@ class EngineConfig:
     """DeepSpeed JSON: a file name in configs/ or a path (fields below override it)."""
     zero_stage: int | None = None
     """ZeRO stage 0-3 (None = keep the JSON's)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
     global_batch_size: int | None = None
     """Sequences per optimiser step over all ranks. When set, micro_batch_size is an upper bound
@@ -62,7 +92,7 @@ class EngineConfig:
     """AdamW betas (the paper recipes use HF Trainer's defaults, (0.9, 0.999))."""
     eps: float = 1e-8
     """AdamW epsilon."""
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     """constant or cosine (with linear warmup, decaying to min_lr_ratio·lr)."""
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -90,7 +120,7 @@ def _resolve_json(name: str) -> Path:
     raise ValueError(f"DeepSpeed config '{name}' not found; use one of ds_zero{{0,1,2,3}}.json (shipped in adaspec_dist/configs) or a path")
 
 
-def resolve_precision(precision: str, device: Any) -> str:
+def resolve_precision(precision: Precision, device: Any) -> Precision:
     import torch
 
     is_cuda = device is not None and torch.device(device).type == "cuda"
@@ -122,7 +152,7 @@ def ds_config(cfg: EngineConfig, *, dp_size: int, device: Any = "cpu") -> dict:
     return conf
 
 
-def lr_lambda(cfg: EngineConfig, total_steps: int):
+def lr_lambda(cfg: EngineConfig, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak LR at optimiser step s (a picklable closure is not needed: DeepSpeed
     checkpoints the scheduler's state dict, which holds the step count, not the function)."""
     warm, floor = max(0, cfg.warmup_steps), cfg.min_lr_ratio
@@ -139,7 +169,7 @@ def lr_lambda(cfg: EngineConfig, total_steps: int):
     return factor
 
 
-def build_engine(model, *, cfg: EngineConfig, total_steps: int, device: Any = "cpu"):
+def build_engine(model: torch.nn.Module, *, cfg: EngineConfig, total_steps: int, device: Any = "cpu") -> Engine:
     """Wrap ``model`` in a DeepSpeed engine (see the module docstring)."""
     import deepspeed
     import torch
@@ -165,11 +195,11 @@ def build_engine(model, *, cfg: EngineConfig, total_steps: int, device: Any = "c
     return engine
 
 
-def current_lr(engine) -> float:
+def current_lr(engine: Engine) -> float:
     return float(engine.get_lr()[0])
 
 
-def grad_norm(engine) -> float:
+def grad_norm(engine: Engine) -> float:
     """Global gradient norm of the last optimiser step (nan when DeepSpeed did not compute it)."""
     value = engine.get_global_grad_norm()
     return float("nan") if value is None else float(value)
@@ -179,7 +209,7 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save_checkpoint(engine, ckpt_dir: str | Path, step: int, client_state: dict) -> None:
+def save_checkpoint(engine: Engine, ckpt_dir: str | Path, step: int, client_state: dict) -> None:
     """Collective: every rank writes its ZeRO partition; DeepSpeed updates ``latest``."""
     engine.save_checkpoint(str(ckpt_dir), tag=tag_for(step), client_state=client_state)
 
@@ -193,7 +223,7 @@ def latest_step(ckpt_dir: str | Path) -> int | None:
     return int(tag.removeprefix("step")) if tag.startswith("step") else None
 
 
-def load_checkpoint(engine, ckpt_dir: str | Path) -> dict:
+def load_checkpoint(engine: Engine, ckpt_dir: str | Path) -> dict:
     """Restore module, optimiser and scheduler from the newest checkpoint; returns client state."""
     path, client = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
@@ -203,7 +233,7 @@ def load_checkpoint(engine, ckpt_dir: str | Path) -> dict:
 
 
 @contextlib.contextmanager
-def gathered_module(engine):
+def gathered_module(engine: Engine) -> Iterator[torch.nn.Module]:
     """Yield the full (unpartitioned) module on every rank; collective under ZeRO-3."""
     if engine.zero_optimization_stage() == 3:
         import deepspeed

@@ -27,6 +27,7 @@ Contract
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,10 @@ from torch import Tensor
 from adaspec_dist.distill.selection import select_tokens
 from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
-OBJECTIVES = ("sft", "kd", "adaspec")
-TEACHER_MODES = ("cached", "online")
+Objective = Literal["sft", "kd", "adaspec"]
+TeacherMode = Literal["cached", "online"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+TEACHER_MODES: tuple[TeacherMode, ...] = get_args(TeacherMode)
 
 
 def supervised_logits(model, batch) -> Tensor:
@@ -97,7 +100,8 @@ def _global_count(n: int, device, group) -> int:
     return int(t.item())
 
 
-NORMALIZATIONS = ("supervised", "kept")
+Normalization = Literal["supervised", "kept"]
+NORMALIZATIONS: tuple[Normalization, ...] = get_args(Normalization)
 
 
 def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4, scope: str = "local",

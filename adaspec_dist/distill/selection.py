@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-SCOPES = ("local", "global")
+Scope = Literal["local", "global"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 
 def check_selection(fraction: float, scope: str) -> None:

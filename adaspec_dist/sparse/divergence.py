@@ -39,11 +39,13 @@ gradient (top-k walks row chunks in a custom autograd function; see ``_SparseLog
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-KINDS = ("fkl", "rkl", "jsd", "tvd")
+Divergence = Literal["fkl", "rkl", "jsd", "tvd"]
+KINDS: tuple[Divergence, ...] = get_args(Divergence)
 _LOG_FLOOR = math.log(1e-30)
 
 

@@ -7,13 +7,15 @@ from adaspec_dist.cli import main
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("objective=distill", "unknown objective 'distill'"),
-    ("selection_scope=batch", "selection_scope 'batch'"),
+    # Choice fields are Literal: the config loader names the key, the value and the choices.
+    ("objective=distill", "config key 'objective' = 'distill' is not one of ['sft', 'kd', 'adaspec']"),
+    ("selection_scope=batch", "config key 'selection_scope' = 'batch' is not one of ['local', 'global']"),
     ("filter_fraction=1.5", "filter_fraction must be in (0, 1]"),
     ("filter_fraction=0", "filter_fraction must be in (0, 1]"),
-    ("divergence=kll", "unknown divergence 'kll'"),
-    ("teacher_mode=offline", "teacher_mode 'offline'"),
+    ("divergence=kll", "config key 'divergence' = 'kll' is not one of ['fkl', 'rkl', 'jsd', 'tvd']"),
+    ("teacher_mode=offline", "config key 'teacher_mode' = 'offline' is not one of ['cached', 'online']"),
     ("engine.zero_stage=4", "engine.zero_stage must be 0, 1, 2 or 3"),
+    ("engine.precision=fp8", "config key 'engine.precision' = 'fp8' is not one of"),
     ("engine.lrr=1", "unknown config key 'engine.lrr'"),
 ])
 def test_bad_settings_are_one_line_errors(override, needle, capsys):
@@ -23,9 +25,25 @@ def test_bad_settings_are_one_line_errors(override, needle, capsys):
     assert needle in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("field,value,needle", [
+    ("objective", "distill", "unknown objective 'distill'"),
+    ("selection_scope", "batch", "selection_scope 'batch'"),
+    ("divergence", "kll", "unknown divergence 'kll'"),
+    ("teacher_mode", "offline", "teacher_mode 'offline'"),
+])
+def test_configs_built_in_code_are_validated_too(field, value, needle):
+    """The Literal check is the loader's; validate() repeats it for a TrainConfig built in code."""
+    from adaspec_dist.distill.train import TrainConfig
+    from adaspec_dist.models.load import ModelConfig
+
+    cfg = TrainConfig(draft=ModelConfig(preset="tiny-llama"), cache_dir="/nonexistent", **{field: value})
+    with pytest.raises(ValueError, match=needle):
+        cfg.validate()
+
+
 def test_objective_flag_overrides_the_recipe(capsys):
     assert main(["train", "--objective", "nope", "draft.preset=tiny-llama"]) == 2
-    assert "unknown objective 'nope'" in capsys.readouterr().err
+    assert "config key 'objective' = 'nope' is not one of" in capsys.readouterr().err
 
 
 def test_adaspec_without_cache_or_reference_says_what_to_do(capsys, tmp_path):

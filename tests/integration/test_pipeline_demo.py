@@ -2,19 +2,22 @@
 sft, caches, kd reference, reference column, AdaSPEC, speculative-decoding eval, final table.
 
 Then the kill test: the AdaSPEC stage is redone and the process dies abruptly right after a
-mid-stage checkpoint (the trainer's ``kill_after_step`` calls ``os._exit``); rerunning the same
-command skips the complete stages, resumes AdaSPEC from its checkpoint and ends with the same
-draft weights and the same eval numbers as the uninterrupted run.
+mid-stage checkpoint (tests/helpers_kill.py runs the pipeline with a ``KillAfter`` training
+callback, which calls ``os._exit``); rerunning the same command skips the complete stages,
+resumes AdaSPEC from its checkpoint and ends with the same draft weights and the same eval
+numbers as the uninterrupted run.
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +53,17 @@ def test_demo_end_to_end_then_kill_and_resume(tmp_path):
     w_first = _weights(run_dir / "adaspec" / "final")
 
     # Redo AdaSPEC, dying right after the checkpoint of step 1 (a real abrupt exit mid-stage).
-    common = ["pipeline", str(REPO / "configs" / "demo.yaml"), f"run_dir={run_dir}", "seed=3", *SHRINK]
-    killed = run_cli([*common, "adaspec.save_every=1", "adaspec.kill_after_step=1", "--force", "adaspec"],
-                     timeout=300, check=False)
+    recipe = [str(REPO / "configs" / "demo.yaml"), f"run_dir={run_dir}", "seed=3", *SHRINK]
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "helpers_kill.py"), "1", *recipe,
+                             "adaspec.save_every=1", "--force", "adaspec"],
+                            env=child_env(), capture_output=True, text=True, timeout=300)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (run_dir / "stages" / "adaspec.done.json").exists()
     assert (run_dir / "adaspec" / "checkpoints" / "latest").is_file()
     assert not (run_dir / "eval").exists()  # --force adaspec cleared what follows it
 
     # Rerun: earlier stages are skipped, AdaSPEC resumes from its checkpoint, eval reruns.
-    again = run_cli(common, timeout=300)
+    again = run_cli(["pipeline", *recipe], timeout=300)
     assert "cache_train: complete, skipped" in again.stdout and "reference: complete, skipped" in again.stdout
     assert "resumed at step 1" in again.stderr
     w_again = _weights(run_dir / "adaspec" / "final")

@@ -14,13 +14,24 @@ import torch
 from adaspec_dist.config import build_config
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.distill.engine import gathered_module
-from adaspec_dist.distill.train import TrainConfig, train
+from adaspec_dist.distill.train import Run, TrainCallback, TrainConfig, train
 from tests.distributed.train_setup import recipe
+from tests.helpers_kill import KillAfter
 
 mode, out = sys.argv[1], Path(sys.argv[2])
 caches = json.loads(Path(sys.argv[3]).read_text())
 ps = init_distributed(tp_size=1)
 results = {}
+
+
+class KeepRun(TrainCallback):
+    """Holds the finished run, to inspect its engine afterwards."""
+
+    run: Run
+
+    def after_train(self, run: Run) -> None:
+        self.run = run
+
 
 RESUME_RUN = dict(objective="adaspec", selection_scope="global", max_steps=6, save_every=3, eval_cache_dir=None,
                   engine={"zero_stage": 2, "grad_accum": 2, "micro_batch_size": 2})
@@ -32,9 +43,10 @@ if mode == "main":
         engine = {"zero_stage": stage, "activation_checkpointing": stage == 2}
         if stage == 3:  # 24 sequences in batches of 5 x 2 ranks: rank 1's last batch is EMPTY (B = 0)
             engine["micro_batch_size"] = 5
+        kept = KeepRun()
         s = train(build_config(TrainConfig, recipe(caches, out / f"kd{stage}", objective="kd", max_steps=5,
-                                                   export=stage == 3, engine=engine)), keep_run=True)
-        r = s.pop("run")
+                                                   export=stage == 3, engine=engine)), callbacks=[kept])
+        r = kept.run
         results[f"kd{stage}"] = {"eval_start": s["eval_start"], "eval_end": s["eval_end"], "steps": s["steps"],
                                  "stage": r.engine.zero_optimization_stage(),
                                  "checkpointing": bool(r.engine.module.is_gradient_checkpointing)}
@@ -60,10 +72,10 @@ if mode == "main":
     with open(out / f"{mode}_rank{ps.rank}.json", "w") as fh:
         json.dump(results, fh, default=str)
     # Last: the run that is "killed" (exits the process) right after its step-3 checkpoint.
-    train(build_config(TrainConfig, recipe(caches, out / "resumed", kill_after_step=3, **RESUME_RUN)))
-    raise SystemExit("kill_after_step did not stop the run")
+    train(build_config(TrainConfig, recipe(caches, out / "resumed", **RESUME_RUN)), callbacks=[KillAfter(3)])
+    raise SystemExit("KillAfter(3) did not stop the run")
 elif mode == "resume":
-    s = train(build_config(TrainConfig, recipe(caches, out / "resumed", **RESUME_RUN)), resume_run=True)
+    s = train(build_config(TrainConfig, recipe(caches, out / "resumed", **RESUME_RUN)), resume=True)
     results["resumed"] = {"steps": s["steps"], "passes": s["passes"]}
     s = train(build_config(TrainConfig, recipe(caches, out / "full", **RESUME_RUN)))
     results["full"] = {"steps": s["steps"], "passes": s["passes"], "kept": s["kept_token_epochs"]}

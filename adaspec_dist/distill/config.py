@@ -1,0 +1,130 @@
+"""``TrainConfig``: what a training run is asked to do, and the budget it resolves to.
+
+Contract
+--------
+* ``TrainConfig`` is the recipe section of ``adaspec-dist train`` (a YAML mapping + dotted
+  overrides through ``adaspec_dist.config``). Choice fields are ``Literal``: the loader rejects
+  another value in one line naming the key and the choices; ``validate()`` repeats those checks
+  for configs built in code, and checks the combinations (a cache or a teacher for kd/adaspec,
+  a reference for online adaspec, ...).
+* ``budget_for(cfg, dp_size)``: the batch split and passes on ``dp_size`` ranks (distill/budget.py).
+* ``total_steps_for(cfg, budget, batches_per_pass)``: the optimiser steps of the run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from adaspec_dist.data.tasks import DataConfig
+from adaspec_dist.distill import objectives as obj
+from adaspec_dist.distill.budget import Budget, BudgetRule, resolve_budget
+from adaspec_dist.distill.engine import EngineConfig
+from adaspec_dist.distill.objectives import Normalization, Objective, TeacherMode
+from adaspec_dist.distill.selection import Scope, check_selection
+from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.sparse.divergence import Divergence, check_kind
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    objective: Objective = "adaspec"
+    """sft (CE on answers, no cache), kd (divergence on every token: the reference / DistillSpec),
+    adaspec (divergence on the filter_fraction of tokens with the largest L_draft - L_ref)."""
+    teacher_mode: TeacherMode = "cached"
+    """cached (sparse targets from cache_dir) or online (run target (and reference) each step)."""
+    divergence: Divergence = "fkl"
+    """fkl, rkl, jsd or tvd (must match the cache's reference column for adaspec)."""
+    beta: float = 0.5
+    """β of jsd."""
+    filter_fraction: float = 0.4
+    """AdaSPEC k: fraction of tokens trained on."""
+    selection_scope: Scope = "local"
+    """local (per rank per micro-batch, as the paper's code) or global (across dp ranks)."""
+    draft: ModelConfig
+    """The model being trained (its initialisation)."""
+    target: ModelConfig | None = None
+    """Teacher, needed for teacher_mode=online."""
+    target_tp: int = 1
+    """Online teacher only: shard the target over groups of this many ranks (megatron-core TP;
+    target.name_or_path must be an HF directory). The student stays purely data-parallel; the
+    sharded target yields top-k (+ rest) rows, i.e. a cache computed on the fly."""
+    target_top_k: int = 64
+    """Ids per position the tensor-parallel online teacher keeps (target_tp > 1)."""
+    reference: ModelConfig | None = None
+    """Reference draft (kd-trained), needed for adaspec unless the cache has a reference column."""
+    data: DataConfig | None = None
+    """The task's data, for sft and for online runs without a cache."""
+    tokenizer: str | None = None
+    """Tokenizer path (for data and for the exported draft)."""
+    cache_dir: str | None = None
+    eval_cache_dir: str | None = None
+    """Held-out cache for periodic α / divergence evaluation."""
+    run_dir: str = "runs/train"
+    max_steps: int | None = None
+    """Optimiser steps (None = derived from passes / kept_token_epochs)."""
+    passes: float = 1.0
+    """Passes over the training sequences."""
+    kept_token_epochs: float | None = None
+    """Epochs counted in kept tokens (the paper's count for AdaSPEC); how they become steps and
+    batch is ``budget``. None = train ``passes`` at the engine's batch."""
+    budget: BudgetRule = "paper"
+    """With kept_token_epochs: paper = the published scripts (the steps of kept_token_epochs passes
+    at the engine's batch, with batch / filter_fraction sequences per step); equal_batch = the
+    engine's batch for kept_token_epochs / filter_fraction passes (1/k times the steps). With
+    objective kd, paper makes the compute control (DistillSpec at AdaSPEC's batch and steps)."""
+    loss_normalization: Normalization = "supervised"
+    """adaspec: divide the kept tokens' loss sum by all supervised tokens of the step (published
+    code: HF Trainer's num_items_in_batch, so the loss is ~k x the kept mean) or by the kept ones."""
+    save_every: int = 0
+    """Checkpoint every N optimiser steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept in run_dir/checkpoints (0 = keep all)."""
+    eval_every: int = 0
+    """Evaluate every N optimiser steps (0 = at the start and the end only)."""
+    eval_batches: int | None = None
+    """Limit eval to this many batches per rank (None = the whole eval cache)."""
+    seed: int = 0
+    export: bool = True
+    """Write run_dir/final in HF format at the end."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def validate(self) -> None:
+        if self.objective not in obj.OBJECTIVES:
+            raise ValueError(f"unknown objective '{self.objective}'; choose one of {list(obj.OBJECTIVES)}")
+        if self.teacher_mode not in obj.TEACHER_MODES:
+            raise ValueError(f"teacher_mode '{self.teacher_mode}' must be one of {list(obj.TEACHER_MODES)}")
+        check_kind(self.divergence, self.beta)
+        check_selection(self.filter_fraction, self.selection_scope)
+        if self.objective == "sft" and self.data is None and not self.cache_dir:
+            raise ValueError("objective sft needs data (a task) or cache_dir (its token ids); set data.task")
+        if self.objective != "sft":
+            if self.teacher_mode == "cached" and not self.cache_dir:
+                raise ValueError(f"objective {self.objective} with teacher_mode=cached needs cache_dir; "
+                                 "run `adaspec-dist cache` first or use teacher_mode=online")
+            if self.teacher_mode == "online" and self.target is None:
+                raise ValueError("teacher_mode=online needs a target model (target.name_or_path or target.preset)")
+            if self.teacher_mode == "online" and self.data is None and not self.cache_dir:
+                raise ValueError("teacher_mode=online needs data (data.task) or cache_dir for its token ids")
+        if self.objective == "adaspec" and self.teacher_mode == "online" and self.reference is None:
+            raise ValueError("online adaspec needs a reference model (reference.name_or_path): the kd-trained draft")
+        if self.target_tp > 1 and (self.teacher_mode != "online" or self.target is None
+                                   or not self.target.name_or_path):
+            raise ValueError("target_tp > 1 shards an online teacher: set teacher_mode=online and "
+                             "target.name_or_path to an HF model directory")
+        if self.passes <= 0 and self.max_steps is None:
+            raise ValueError("passes must be positive (or set max_steps)")
+
+
+def budget_for(cfg: TrainConfig, dp_size: int) -> Budget:
+    """This run's batch split and passes on ``dp_size`` ranks (see distill/budget.py)."""
+    e = cfg.engine
+    return resolve_budget(passes=cfg.passes, kept_token_epochs=cfg.kept_token_epochs, budget=cfg.budget,
+                          fraction=cfg.filter_fraction, global_batch_size=e.global_batch_size,
+                          micro_batch_size=e.micro_batch_size, grad_accum=e.grad_accum, dp_size=dp_size)
+
+
+def total_steps_for(cfg: TrainConfig, budget: Budget, batches_per_pass: int) -> int:
+    """Optimiser steps: max_steps when set, else the budget's passes over batches_per_pass per rank."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(budget.passes * batches_per_pass / budget.grad_accum))

@@ -1,0 +1,93 @@
+"""What a training run reports: the plan, per-step tensorboard scalars, evaluations, the end.
+
+Contract: the main rank logs (``logging``) and writes tensorboard (``run.writer``); every
+function may be called on every rank and does nothing elsewhere. Epoch accounting: "passes"
+over the data and, for adaspec, "kept-token epochs" = passes · filter_fraction (the paper's 3
+epochs at k = 0.4 is 7.5 passes); passes are what the loop counts, both are logged.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from adaspec_dist.distill.config import TrainConfig
+from adaspec_dist.distill.engine import current_lr, grad_norm
+from adaspec_dist.distill.state import Run
+
+logger = logging.getLogger(__name__)
+
+
+def epoch_unit(cfg: TrainConfig) -> tuple[str, float]:
+    """(name, passes per epoch of that name): kept-token epochs for adaspec, else plain epochs."""
+    if cfg.objective == "adaspec":
+        return "kept-token epochs", cfg.filter_fraction
+    return "epochs", 1.0
+
+
+def log_plan(run: Run) -> None:
+    """One line: steps, batch split, passes and epochs, what is trained on, the budget rule."""
+    if not run.ps.is_main:
+        return
+    cfg, b = run.cfg, run.budget
+    unit, frac = epoch_unit(cfg)
+    passes = run.total_steps * b.grad_accum / len(run.stream)
+    kept = (f"~{b.global_batch * cfg.filter_fraction:.1f} sequences' tokens kept/step (k={cfg.filter_fraction:g}, "
+            f"selection {cfg.selection_scope}, loss / {cfg.loss_normalization} tokens)"
+            if cfg.objective == "adaspec" else "every supervised token trained")
+    logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
+                "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
+                b.grad_accum, run.ps.dp_size, passes, passes * frac, unit, kept, b.rule)
+
+
+def log_step(run: Run, stats: dict[str, Any], rate: float) -> None:
+    """Rank-0 tensorboard scalars and the ΔL histogram."""
+    w, s = run.writer, run.progress.step
+    if w is None:
+        return
+    w.add_scalar("train/loss", stats["loss"], s)
+    w.add_scalar("train/kept_fraction", stats["kept_global"] / max(1, stats["total_global"]), s)
+    w.add_scalar("train/kept_tokens", stats["kept_global"], s)
+    w.add_scalar("train/tokens_per_s", rate, s)
+    w.add_scalar("train/lr", current_lr(run.engine), s)
+    w.add_scalar("train/grad_norm", grad_norm(run.engine), s)
+    w.add_scalar("train/passes", run.passes, s)
+    if run.cfg.objective == "adaspec":
+        w.add_scalar("train/kept_token_epochs", run.passes * run.cfg.filter_fraction, s)
+        delta = stats["delta"]
+        if delta.numel():
+            qs = torch.quantile(delta.float().cpu(), torch.tensor([0.1, 0.5, 0.9]))
+            for name, v in zip(("p10", "p50", "p90"), qs.tolist()):
+                w.add_scalar(f"delta_l/{name}", v, s)
+            w.add_scalar("delta_l/threshold", stats["threshold"], s)
+            w.add_histogram("delta_l/hist", delta.float().cpu(), s)
+
+
+def log_eval(run: Run, metrics: dict[str, float]) -> None:
+    """The eval line and scalars (nothing when there was no evaluation)."""
+    if metrics and run.ps.is_main:
+        div, step = run.cfg.divergence, run.progress.step
+        logger.info("eval at step %d: alpha %.4f, %s %.4f over %d tokens", step, metrics["alpha"],
+                    div, metrics[div], metrics["tokens"])
+        if run.writer is not None:
+            run.writer.add_scalar("eval/alpha", metrics["alpha"], step)
+            run.writer.add_scalar(f"eval/{div}", metrics[div], step)
+
+
+def log_done(run: Run) -> None:
+    if run.ps.is_main:
+        unit, frac = epoch_unit(run.cfg)
+        logger.info("done: %d steps, %.2f passes (= %.2f %s)", run.progress.step, run.passes, run.passes * frac, unit)
+
+
+class Throughput:
+    """Tokens per second over all ranks since construction (each rank counts its own tokens)."""
+
+    def __init__(self, run: Run):
+        self.run, self.t0, self.tokens0 = run, time.perf_counter(), run.progress.tokens_seen
+
+    def rate(self) -> float:
+        tokens = (self.run.progress.tokens_seen - self.tokens0) * self.run.ps.dp_size
+        return tokens / max(1e-9, time.perf_counter() - self.t0)

@@ -1,0 +1,129 @@
+"""Building a training run: ``setup(cfg) -> Run``.
+
+Contract
+--------
+``setup`` validates the config, then builds, in order: the process grid (data-parallel only),
+the tokenizer, the batch split (distill/budget.py), the data stream (a ``CacheReader`` over
+``cache_dir``, or a ``TokenStream`` over ``data`` for sft / online runs without a cache), the
+draft's DeepSpeed engine, the frozen online teacher (dense, or sharded over ``target_tp`` ranks)
+and reference when this objective needs them, the eval reader and, on the main rank, the
+resolved config and a tensorboard writer in ``run_dir``. It refuses (ValueError, one line) a
+cache whose reference column was computed with another divergence, an adaspec run with no L_ref
+at all, and a draft whose vocabulary differs from the cache's / tokenizer's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adaspec_dist.cache.reader import CacheReader
+from adaspec_dist.config import save_resolved
+from adaspec_dist.data.tasks import load_examples
+from adaspec_dist.data.tokenize import tokenize_examples
+from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.dist import ParallelState, grid_groups, init_distributed
+from adaspec_dist.distill.batches import TokenStream
+from adaspec_dist.distill.config import TrainConfig, budget_for, total_steps_for
+from adaspec_dist.distill.engine import build_engine
+from adaspec_dist.distill.state import DataStream, Run
+from adaspec_dist.models.load import ModelConfig, load_causal_lm
+from adaspec_dist.models.tp_target import OnlineTPTeacher
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Every part of the run (see the module contract); collective (every rank calls it)."""
+    cfg.validate()
+    ps = init_distributed(tp_size=1)
+    torch.manual_seed(cfg.seed)
+    tokenizer = None
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    budget = budget_for(cfg, ps.dp_size)
+    # The engine runs the resolved split: the micro-batch and accumulation this world size gives.
+    engine_cfg = dataclasses.replace(cfg.engine, micro_batch_size=budget.micro_batch,
+                                     grad_accum=budget.grad_accum, global_batch_size=None)
+    stream = _stream(cfg, ps, tokenizer, budget.micro_batch)
+    _check_reference_column(cfg, stream)
+    vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
+    draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
+    draft_vocab = int(draft.get_output_embeddings().weight.shape[0])
+    if vocab is not None and draft_vocab != int(vocab):
+        raise ValueError(f"the draft's vocabulary ({draft_vocab}) differs from the cache/tokenizer's ({vocab}); "
+                         "use a draft that shares the target's tokenizer")
+    draft.train()
+    total = total_steps_for(cfg, budget, len(stream))
+    engine = build_engine(draft, cfg=engine_cfg, total_steps=total, device=ps.device)
+    need_target = cfg.objective != "sft" and cfg.teacher_mode == "online"
+    need_ref = cfg.objective == "adaspec" and (cfg.teacher_mode == "online" or stream_lacks_reference(stream))
+    tp_teacher = None
+    if need_target and cfg.target_tp > 1:
+        assert cfg.target is not None and cfg.target.name_or_path  # validate() checked it
+        # Collective: every rank builds it; groups of target_tp ranks share one sharded target.
+        teacher_grid = grid_groups(cfg.target_tp, what="target_tp")  # dist.py builds (and caches) the groups
+        tp_teacher = OnlineTPTeacher(cfg.target.name_or_path, tp_group=teacher_grid.tp_group,
+                                     top_k=cfg.target_top_k, device=ps.device, seed=cfg.seed)
+        need_target = False
+    target = _frozen(cfg.target, vocab, ps.device) if need_target else None
+    reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
+    eval_reader = None
+    if cfg.eval_cache_dir:
+        eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
+                                  dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
+    writer = None
+    if ps.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_resolved(cfg, cfg.run_dir)
+        writer = SummaryWriter(str(Path(cfg.run_dir) / "tb"))
+    return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
+               reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, budget=budget,
+               tp_teacher=tp_teacher)
+
+
+def stream_lacks_reference(stream: DataStream) -> bool:
+    return not (getattr(stream, "manifest", None) or {}).get("reference")
+
+
+def _frozen(cfg: ModelConfig | None, vocab: int | None, device: Any) -> torch.nn.Module:
+    assert cfg is not None  # validate() / _check_reference_column made sure it is set
+    model = load_causal_lm(cfg, vocab_size=vocab, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _stream(cfg: TrainConfig, ps: ParallelState, tokenizer: PreTrainedTokenizerBase | None, mb: int) -> DataStream:
+    """The training batches (``mb`` sequences per rank): the cache when there is one, else
+    tokenized task data."""
+    if cfg.cache_dir:
+        fingerprint = None
+        if tokenizer is not None:  # refuse a cache built with another tokenizer
+            fingerprint = vocab_fingerprint(tokenizer)
+        return CacheReader(cfg.cache_dir, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed,
+                           tokenizer_fingerprint=fingerprint)
+
+    if tokenizer is None:
+        raise ValueError("training from data needs a tokenizer: set tokenizer: PATH")
+    assert cfg.data is not None  # validate(): no cache_dir means data is set
+    examples = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+    return TokenStream(examples, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed)
+
+
+def _check_reference_column(cfg: TrainConfig, stream: DataStream) -> None:
+    ref = (getattr(stream, "manifest", None) or {}).get("reference")
+    if cfg.objective != "adaspec" or cfg.teacher_mode != "cached":
+        return
+    if ref:
+        if ref.get("divergence") != cfg.divergence or (cfg.divergence == "jsd" and ref.get("beta") != cfg.beta):
+            raise ValueError(f"the cache's reference column used divergence={ref.get('divergence')} "
+                             f"(beta={ref.get('beta')}) but this run uses {cfg.divergence}; set divergence to match "
+                             "or recompute it with `adaspec-dist cache --add-reference`")
+    elif cfg.reference is None:
+        raise ValueError("adaspec needs L_ref: the cache has no reference column, so set reference.name_or_path "
+                         "(or run `adaspec-dist cache --add-reference`)")
