@@ -102,7 +102,8 @@ def evaluate(run: Run) -> dict[str, float]:
         logits = obj.supervised_logits(run.engine, batch)  # every rank forwards (ZeRO-3 gathers)
         if logits.shape[0]:
             sums[0] += float(sparse_alpha(logits, batch.target).double().sum())
-            sums[1] += float(per_token_divergence(logits, batch.target, run.cfg.divergence, run.cfg.beta).double().sum())
+            div = per_token_divergence(logits, batch.target, run.cfg.divergence, run.cfg.beta)
+            sums[1] += float(div.double().sum())
             sums[2] += logits.shape[0]
     run.eval_reader.position = 0
     if dist.is_initialized():

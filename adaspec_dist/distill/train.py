@@ -38,12 +38,8 @@ __all__ = ["train", "TrainConfig", "TrainCallback", "Run", "setup", "train_step"
            "total_steps_for"]
 
 
-def train(cfg: TrainConfig, *, resume: ResumeMode = False, callbacks: Sequence[TrainCallback] = (),
-          resume_run: ResumeMode | None = None) -> dict[str, Any]:
-    """The whole job (see the module contract); every rank calls it. ``resume_run`` is the old
-    name of ``resume``, kept until the train subcommand moves to adaspec_dist/cli/."""
-    if resume_run is not None:
-        resume = resume_run
+def train(cfg: TrainConfig, *, resume: ResumeMode = False, callbacks: Sequence[TrainCallback] = ()) -> dict[str, Any]:
+    """The whole job (see the module contract); every rank calls it."""
     # Installed before setup, so a SIGTERM that lands while the job starts up still ends in a
     # checkpoint (after the first step) rather than a death with nothing to resume from.
     stop = StopSignal.install()
