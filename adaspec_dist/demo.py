@@ -8,22 +8,25 @@ Contract
   then speculative-decoding evaluation of both drafts against the target.
 * Three arms at equal optimiser steps (see configs/demo.yaml): DistillSpec, AdaSPEC (batch B/k,
   the paper's budget) and the compute control DistillSpec-wide (kd at batch B/k).
-* Ends by printing a table (α_logits, acceptance rate, τ, speedup) and a one-line verdict
-  (did AdaSPEC beat DistillSpec, and the control?), and writing into the run
-  directory: ``demo_table.md``, ``demo_summary.png`` (the four numbers side by side) next to
-  the eval stage's own plots under ``eval/``.
+* ``run_demo(cfg, *, gamma=None, echo=..., train_callbacks=()) -> (table, rows) | None``: the
+  job: :func:`~adaspec_dist.pipeline.run_pipeline`, then on global rank 0 :func:`summarize`: a
+  markdown table (α_logits, acceptance rate, τ, speedup) and its rows (for the one-line
+  :func:`~adaspec_dist.report.verdict`: did AdaSPEC beat DistillSpec, and the control?), written
+  into the run directory as ``demo_table.md`` with ``demo_summary.png`` (the four numbers side
+  by side) next to the eval stage's own plots under ``eval/``. None on the other ranks. The CLI
+  (``adaspec-dist demo``) prints the table and the verdict.
 * Rerunning the same command continues an interrupted demo (complete stages are skipped).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from adaspec_dist.configs import shipped
-from adaspec_dist.pipeline import _world, load_pipeline_config, run_pipeline
+from adaspec_dist.dist import launch_env
+from adaspec_dist.pipeline import PipelineConfig, run_pipeline
 from adaspec_dist.report import COLORS, LABELS, format_rows, method_rows, verdict
 
 logger = logging.getLogger(__name__)
@@ -70,28 +73,10 @@ def summarize(run_dir: str | Path, gamma: int | None = None) -> tuple[str, list[
     return table, rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. adaspec.epochs=2")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe (default: the shipped demo.yaml, = configs/demo.yaml in the repository)")
-    parser.add_argument("--run-dir", default=None, help="run directory (default: the recipe's, runs/demo)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the whole run (default: the recipe's)")
-    parser.add_argument("--gamma", type=int, default=None, help="γ of the final table (default 4)")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.run_dir is not None:
-        overrides.append(f"run_dir={args.run_dir}")
-    cfg = load_pipeline_config(args.recipe, overrides)
-    run_pipeline(cfg)
-    if _world()[0] != 0:
-        return 0
-    table, rows = summarize(cfg.run_dir, args.gamma)
-    print()
-    print(f"demo ({cfg.name}, seed {cfg.seed}) — drafts distilled from the target in {cfg.run_dir}:")
-    print(table)
-    print(verdict(rows))
-    print(f"\nplots: {Path(cfg.run_dir) / 'demo_summary.png'} and {Path(cfg.run_dir) / 'eval'}/*.png")
-    return 0
+def run_demo(cfg: PipelineConfig, *, gamma: int | None = None, echo: Callable[[str], Any] = logger.info,
+             train_callbacks: Sequence = ()) -> tuple[str, list[dict[str, Any]]] | None:
+    """Run the demo recipe's pipeline, then summarise it (rank 0); see the module docstring."""
+    run_pipeline(cfg, echo=echo, train_callbacks=train_callbacks)
+    if launch_env().rank != 0:
+        return None
+    return summarize(cfg.run_dir, gamma)

@@ -3,14 +3,21 @@
 Contract
 --------
 * A recipe is a :class:`PipelineConfig`: shared settings (run_dir, data, tokenizer, target and
-  draft models) plus one mapping per stage that is passed through to that stage's own config
-  (``TrainConfig``, ``CacheConfig``, ``EvalConfig``), after the pipeline has filled in the
-  paths that connect the stages. The pipeline owns no training, caching or decoding logic.
+  draft models) plus one mapping per stage that overrides that stage's own config
+  (``TrainConfig``, ``CacheConfig``, ``EvalConfig``) after the pipeline has filled in the paths
+  that connect the stages. The pipeline owns no training, caching or decoding logic: it chains
+  the jobs by calling them — ``produce_cache(CacheConfig)``, ``add_reference(ReferenceConfig)``,
+  ``train(TrainConfig, resume=..., callbacks=...)``, ``evaluate(EvalConfig)`` — with typed configs.
 * :func:`plan` turns a recipe into an ordered list of :class:`Stage` s — pure, no I/O — so a
   dry run (``--dry-run``) and the recipe tests can inspect it::
 
       tokenizer -> sft -> cache_train -> cache_eval -> reference -> add_reference -> adaspec
                 -> distillspec_wide -> eval
+
+  Each stage holds its typed config (``Stage.config``), built when the plan is made: an unknown
+  or bad key in any section is a one-line ``ConfigError`` naming it (``reference.engine.lrr``)
+  before anything runs. The shared sections (``data``, ``eval_data``, ``target``, ``draft``,
+  ``tokenizer_train``) are checked when the recipe is loaded.
 
   The eval compares three arms at equal optimiser steps: ``distillspec`` (the reference: kd on
   every token at batch B), ``adaspec`` (the top-k tokens at batch B/k under ``budget: paper``)
@@ -20,24 +27,25 @@ Contract
 
   ``tokenizer`` only exists when the recipe trains one (the demo); ``sft`` only when the
   recipe fine-tunes the target (otherwise the target is used as given).
-* Each stage is the project's own CLI subcommand (``cache``, ``train``, ``eval``) called
-  in-process with the argv that the stage would get on the command line, so every stage is
-  also runnable alone (``--stage NAME``, or the printed command line).
-* Resumability: a stage that returns 0 gets ``run_dir/stages/NAME.done.json`` holding the
-  sha256 of its resolved config; a rerun skips stages whose marker matches and whose
+* Every stage is also runnable alone: ``--stage NAME``, or its equivalent command line
+  (:meth:`Stage.command_line`, echoed when it runs) with the stage's resolved config, which is
+  written to ``run_dir/configs/NAME.yaml`` as a record before the stage runs.
+* Resumability: a stage that completes gets ``run_dir/stages/NAME.done.json`` holding the
+  sha256 of its config (:func:`config_sha`); a rerun skips stages whose marker matches and whose
   outputs exist. A stage killed midway has no marker and is rerun; the stages themselves
-  resume (the cache keeps complete shards, ``train --resume`` continues from its last
-  checkpoint), so a killed pipeline finishes with the same results as an uninterrupted one.
-  A marker whose config hash differs is refused (one line naming the stage and the fix).
+  resume (the cache keeps complete shards, ``train`` continues from its last checkpoint when
+  ``checkpoints/latest`` exists), so a killed pipeline finishes with the same results as an
+  uninterrupted one. A marker whose config hash differs is refused (one line naming the stage
+  and the fix).
 * Launchers: every rank runs the pipeline (torchrun / deepspeed / srun start N copies of it);
-  the stages are data-parallel themselves. Rank-0-only work (tokenizer, markers) is fenced by
+  the stages are data-parallel themselves and share one process group
+  (``dist.keep_process_group``). Rank-0-only work (tokenizer, markers, the eval) is fenced by
   barriers, and every rank reads the markers from the shared run directory.
+* Nothing here prints: progress lines go to ``echo`` (default: the log); the CLI prints them.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -45,15 +53,19 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
-
-import yaml
-
-from adaspec_dist.config import ConfigError, build_config, merge, read_yaml, parse_overrides, save_resolved
+from adaspec_dist.cache.produce import CacheConfig, produce_cache
+from adaspec_dist.cache.reference import ReferenceConfig, add_reference
+from adaspec_dist.config import ConfigError, build_config, merge, parse_overrides, read_yaml, save_resolved
 from adaspec_dist.data import tokenizer as tk
 from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
 from adaspec_dist.dist import barrier, init_distributed, keep_process_group, launch_env
-from adaspec_dist.distill.train import TrainConfig, budget_for
+from adaspec_dist.distill.config import TrainConfig, budget_for
+from adaspec_dist.distill.train import train
+from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.sparse.divergence import Divergence
+from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +73,17 @@ STAGE_ORDER = ("tokenizer", "sft", "cache_train", "cache_eval", "reference", "ad
                "distillspec_wide", "eval")
 # Where `train` exports the final HF model inside its out_dir (the distill trainer's layout).
 EXPORT_SUBDIR = "final"
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig:
+    """The demo's sentencepiece tokenizer (the pipeline's own ``tokenizer`` stage)."""
+
+    vocab_size: int = 1024
+    task: str | None = None
+    """Train on this embedded task's train split; None = on all embedded corpora."""
+    limit: int | None = None
+    """Examples (per corpus without ``task``) to train on; None = all."""
 
 
 @dataclass(kw_only=True)
@@ -81,7 +104,7 @@ class PipelineConfig:
     tokenizer: str | None = None
     """HF tokenizer dir or hub id; None = train a sentencepiece tokenizer (see tokenizer_train)."""
     tokenizer_train: dict | None = None
-    """{vocab_size, limit_per_corpus}: train a sentencepiece on the embedded corpora (demo)."""
+    """TokenizerTrainConfig fields {vocab_size, task, limit}: train a sentencepiece tokenizer (demo)."""
     target: dict
     """models.load.ModelConfig of the target (before sft, when sft is set)."""
     draft: dict
@@ -99,38 +122,72 @@ class PipelineConfig:
     then these overrides; None = skip it (two arms only)."""
     eval: dict = field(default_factory=dict)
     """EvalConfig overrides (gammas, num_prompts, batch_size, temperature, ...)."""
-    divergence: str = "fkl"
+    divergence: Divergence = "fkl"
     """Per-token divergence of kd, the reference column and AdaSPEC (one estimator on both sides)."""
 
     def validate(self) -> None:
+        """The shared sections, typed once (one-line errors naming ``data.*``, ``target.*``, ...);
+        the stage sections are typed by :func:`plan`."""
         if self.tokenizer is None and self.tokenizer_train is None and not self.target.get("name_or_path"):
             raise ConfigError("pipeline needs a tokenizer: set tokenizer (HF dir / hub id), tokenizer_train "
                               "(train one) or a target.name_or_path that holds one")
-        if self.divergence not in ("fkl", "rkl", "jsd", "tvd"):
-            raise ConfigError(f"pipeline divergence '{self.divergence}' must be one of fkl, rkl, jsd, tvd")
+        build_config(DataConfig, train_data(self), prefix="data.")
+        build_config(DataConfig, merge(train_data(self), self.eval_data), prefix="eval_data.")
+        build_config(ModelConfig, self.target, prefix="target.")
+        build_config(ModelConfig, self.draft, prefix="draft.")
+        if self.tokenizer_train is not None:
+            build_config(TokenizerTrainConfig, self.tokenizer_train, prefix="tokenizer_train.")
+
+
+Job = Literal["tokenizer", "cache", "add_reference", "train", "eval"]
+# The CLI subcommand that runs each job alone (the tokenizer step only exists in the pipeline).
+_SUBCOMMAND: dict[str, str] = {"cache": "cache", "add_reference": "cache", "train": "train", "eval": "eval"}
 
 
 @dataclass
 class Stage:
-    """One step of the plan: a CLI subcommand with its argv, config and the paths it makes."""
+    """One step of the plan: a job, its typed config and the paths it makes."""
 
     name: str
-    command: str | None
-    """`cache` / `train` / `eval`; None for the pipeline's own tokenizer step."""
-    argv: list[str]
-    config: dict | None = None
-    """Written to run_dir/configs/NAME.yaml and passed as --config (None: argv says it all)."""
+    job: Job
+    config: Any
+    """What the job is called with: TokenizerTrainConfig, CacheConfig, ReferenceConfig, TrainConfig
+    or EvalConfig."""
+    recipe: dict | None = None
+    """The mapping ``config`` was built from (the recipe's section over the pipeline's wiring);
+    with the command line it is what the stage's marker hashes (:func:`config_sha`)."""
+    record: str | None = None
+    """run_dir/configs/NAME.yaml: the resolved config is written here before the stage runs, and
+    the equivalent command line reads it (``--config``)."""
     outputs: list[str] = field(default_factory=list)
     """Paths that exist once the stage is complete."""
     resume_dir: str | None = None
-    """When this directory holds a checkpoint, the stage is resumed (train: --resume)."""
+    """When this directory holds a checkpoint (``latest``), the stage resumes from it (train)."""
     workdir: str | None = None
     """The directory the stage owns; --force deletes it so the stage starts afresh."""
     rank0_only: bool = False
     """Single-process stages (eval): rank 0 runs it while the other ranks wait."""
 
+    @property
+    def command(self) -> str | None:
+        """The ``adaspec-dist`` subcommand that runs this stage alone (None: only the pipeline does)."""
+        return _SUBCOMMAND.get(self.job)
+
+    def cli_args(self) -> list[str]:
+        """The arguments of that subcommand: ``--config RECORD``, or ``--add-reference REF CACHE ...``."""
+        if self.job == "add_reference":
+            c = self.config
+            args = ["--add-reference", str(c.model), str(c.cache_dir), "--divergence", c.divergence]
+            defaults = ReferenceConfig(cache_dir="")
+            if c.beta != defaults.beta:
+                args += ["--beta", str(c.beta)]
+            if c.batch_size != defaults.batch_size:
+                args += ["--batch-size", str(c.batch_size)]
+            return args
+        return ["--config", self.record] if self.record else []
+
     def command_line(self) -> str:
-        return " ".join(["adaspec-dist", self.command or "pipeline RECIPE --stage " + self.name, *self.argv])
+        return " ".join(["adaspec-dist", self.command or "pipeline RECIPE --stage " + self.name, *self.cli_args()])
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
@@ -173,13 +230,24 @@ def target_model(cfg: PipelineConfig) -> dict:
     return dict(cfg.target)
 
 
+def train_data(cfg: PipelineConfig) -> dict:
+    """The training split's DataConfig mapping (split and seed filled in)."""
+    return {**cfg.data, "split": cfg.data.get("split", "train"), "seed": cfg.data.get("seed", cfg.seed)}
+
+
+def _typed(cls: type, mapping: dict, section: str) -> Any:
+    """A stage's config; an error names the recipe section it came from (``reference.engine.lrr``)."""
+    return build_config(cls, mapping, prefix=f"{section}.")
+
+
 def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str, init: dict,
-                 section: dict, extra: dict) -> Stage:
+                 section: dict, extra: dict, section_name: str | None = None) -> Stage:
     conf = merge({"objective": objective, "run_dir": out_dir, "seed": cfg.seed, "draft": dict(init),
                   "tokenizer": tokenizer_path(cfg)}, extra)
     conf = merge(conf, section)
     # A killed run resumes from its newest checkpoint; without one it restarts (deterministically).
-    return Stage(name, "train", ["--config", f"{{configs}}/{name}.yaml"], conf,
+    return Stage(name, "train", _typed(TrainConfig, conf, section_name or name), conf,
+                 record=str(Path(_paths(cfg)["configs"]) / f"{name}.yaml"),
                  outputs=[str(Path(out_dir) / EXPORT_SUBDIR)], resume_dir=str(Path(out_dir) / "checkpoints"),
                  workdir=out_dir)
 
@@ -195,30 +263,32 @@ def wide_section(adaspec: dict) -> dict:
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """The ordered stages of a recipe (pure; paths are under cfg.run_dir)."""
+    """The ordered stages of a recipe, each with its typed config (pure; paths are under cfg.run_dir)."""
     p = _paths(cfg)
     tok = tokenizer_path(cfg)
-    train_data = {**cfg.data, "split": cfg.data.get("split", "train"), "seed": cfg.data.get("seed", cfg.seed)}
-    eval_data = merge(train_data, cfg.eval_data)
+    data = train_data(cfg)
+    eval_data = merge(data, cfg.eval_data)
     stages: list[Stage] = []
     if cfg.tokenizer is None and cfg.tokenizer_train is not None:
-        stages.append(Stage("tokenizer", None, [], dict(cfg.tokenizer_train), outputs=[p["tokenizer"]],
-                            workdir=p["tokenizer"]))
+        stages.append(Stage("tokenizer", "tokenizer", _typed(TokenizerTrainConfig, cfg.tokenizer_train, "tokenizer_train"),
+                            dict(cfg.tokenizer_train), outputs=[p["tokenizer"]], workdir=p["tokenizer"]))
     if cfg.sft is not None:
         stages.append(_train_stage("sft", cfg, objective="sft", out_dir=p["target_train"], init=cfg.target,
-                                   section=cfg.sft, extra={"data": train_data}))
+                                   section=cfg.sft, extra={"data": data}))
     target = target_model(cfg)
-    for split, data in (("train", train_data), ("eval", eval_data)):
-        conf = merge({"data": data, "model": target, "tokenizer": tok, "out_dir": p[f"cache_{split}"],
-                      "seed": cfg.seed}, cfg.cache)
-        stages.append(Stage(f"cache_{split}", "cache", ["--config", f"{{configs}}/cache_{split}.yaml"], conf,
-                            outputs=[str(Path(p[f"cache_{split}"]) / "manifest.json")], workdir=p[f"cache_{split}"]))
+    for split, split_data in (("train", data), ("eval", eval_data)):
+        name = f"cache_{split}"
+        conf = merge({"data": split_data, "model": target, "tokenizer": tok, "out_dir": p[name], "seed": cfg.seed},
+                     cfg.cache)
+        stages.append(Stage(name, "cache", _typed(CacheConfig, conf, "cache"), conf,
+                            record=str(Path(p["configs"]) / f"{name}.yaml"),
+                            outputs=[str(Path(p[name]) / "manifest.json")], workdir=p[name]))
     common = {"cache_dir": p["cache_train"], "eval_cache_dir": p["cache_eval"], "divergence": cfg.divergence}
     stages.append(_train_stage("reference", cfg, objective="kd", out_dir=p["reference"], init=cfg.draft,
                                section=cfg.reference, extra=common))
     ref_export = str(Path(p["reference"]) / EXPORT_SUBDIR)
-    stages.append(Stage("add_reference", "cache",
-                        ["--add-reference", ref_export, p["cache_train"], "--divergence", cfg.divergence],
+    stages.append(Stage("add_reference", "add_reference",
+                        ReferenceConfig(cache_dir=p["cache_train"], model=ref_export, divergence=cfg.divergence),
                         outputs=[str(Path(p["cache_train"]) / "manifest.json")]))
     stages.append(_train_stage("adaspec", cfg, objective="adaspec", out_dir=p["adaspec"], init=cfg.draft,
                                section=cfg.adaspec, extra=common))
@@ -230,38 +300,34 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         drafts["distillspec_wide"] = str(Path(p["distillspec_wide"]) / EXPORT_SUBDIR)
     eval_conf = merge({"target": target, "tokenizer": tok, "data": eval_data, "seed": cfg.seed,
                        "out_dir": p["eval"], "drafts": drafts}, cfg.eval)
-    stages.append(Stage("eval", "eval", ["--config", f"{{configs}}/eval.yaml"], eval_conf,
+    stages.append(Stage("eval", "eval", _typed(EvalConfig, eval_conf, "eval"), eval_conf,
+                        record=str(Path(p["configs"]) / "eval.yaml"),
                         outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"], rank0_only=True))
-    for s in stages:
-        s.argv = [a.replace("{configs}", p["configs"]) for a in s.argv]
     return stages
 
 
-def validate_stage_configs(stages: list[Stage], *, strict: bool = False) -> None:
-    """Check each stage's config against the dataclass of the component that owns it.
-
-    ``strict`` = a missing component is an error (tests); otherwise a warning (a partial install).
-    """
-    owners = {"cache": "adaspec_dist.cache.produce:CacheConfig", "train": "adaspec_dist.distill.train:TrainConfig",
-              "eval": "adaspec_dist.speculative.evaluate:EvalConfig"}
-    for s in stages:
-        if s.config is None or s.command not in owners:
-            continue
-        module, cls = owners[s.command].split(":")
-        try:
-            owner = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError):
-            if strict:
-                raise
-            logger.warning("stage %s: %s not importable; its config is not checked", s.name, owners[s.command])
-            continue
-        build_config(owner, s.config, prefix=f"{s.name}.")
+def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
+    """A train stage's resolved budget for the dry run: optimiser steps, sequences per step and
+    passes (steps need the training split's size: known for hub tasks and embedded corpora)."""
+    if stage.job != "train":
+        return None
+    tc: TrainConfig = stage.config
+    b = budget_for(tc, dp_size)
+    rows = known_rows(build_config(DataConfig, train_data(cfg), prefix="data."))
+    steps = f"{tc.max_steps} steps" if tc.max_steps is not None else (
+        f"{b.steps(rows, dp_size)} steps" if rows else "? steps (unknown split size)")
+    kept = (f", ~{b.global_batch * tc.filter_fraction:g} sequences' tokens kept/step"
+            if tc.objective == "adaspec" else "")
+    over = f" over {rows} sequences" if rows else ""
+    return (f"{steps} x {b.global_batch} sequences/step (micro {b.micro_batch} x accum {b.grad_accum} x "
+            f"{dp_size} rank{'s' if dp_size > 1 else ''}), {b.passes:g} passes{over}{kept}")
 
 
 # ----------------------------------------------------------------------------- running
 
 def config_sha(stage: Stage) -> str:
-    blob = json.dumps({"command": stage.command, "argv": stage.argv, "config": stage.config}, sort_keys=True)
+    """The hash a stage's marker records: its command line and the mapping its config came from."""
+    blob = json.dumps({"command": stage.command, "argv": stage.cli_args(), "config": stage.recipe}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -285,22 +351,20 @@ def is_complete(cfg: PipelineConfig, stage: Stage) -> bool:
     return all(Path(o).exists() for o in stage.outputs)
 
 
-def _world() -> tuple[int, int]:
-    env = launch_env()
-    return env.rank, env.world_size
+def _is_main() -> bool:
+    return launch_env().rank == 0
 
 
 def _barrier() -> None:
     """All ranks meet (on the pipeline's one process group, made by the first caller)."""
-    rank, world = _world()
-    if world == 1:
+    if launch_env().world_size == 1:
         return
-
     init_distributed(1)
     barrier()
 
 
-def _write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
+def write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
+    """Record that ``stage`` completed with its current config (rank 0 calls it)."""
     marker = _marker(cfg, stage.name)
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
@@ -310,75 +374,69 @@ def _write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
     os.replace(tmp, marker)
 
 
-def _run_tokenizer(cfg: PipelineConfig, stage: Stage) -> int:
+def train_tokenizer(tc: TokenizerTrainConfig, out_dir: str) -> None:
     """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
     or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
-    opts = dict(stage.config or {})
-    vocab = int(opts.pop("vocab_size", 1024))
-    task, limit = opts.pop("task", None), opts.pop("limit", None)
-    if opts:
-        raise ConfigError(f"unknown tokenizer_train keys {sorted(opts)}; use vocab_size, task and limit")
     # The tokenizer does not depend on the run's seed: every seed of a recipe shares its vocabulary.
-    if task is None:
-        tk.embedded_tokenizer(stage.outputs[0], vocab_size=vocab, seed=0, limit_per_corpus=limit)
-        return 0
-
-    examples = load_examples(DataConfig(task=task, limit=limit, seed=0), "train")
-    tk.train_sentencepiece([e.prompt + e.answer for e in examples], vocab, stage.outputs[0], seed=0)
-    return 0
+    if tc.task is None:
+        tk.embedded_tokenizer(out_dir, vocab_size=tc.vocab_size, seed=0, limit_per_corpus=tc.limit)
+        return
+    examples = load_examples(DataConfig(task=tc.task, limit=tc.limit, seed=0), "train")
+    tk.train_sentencepiece([e.prompt + e.answer for e in examples], tc.vocab_size, out_dir, seed=0)
 
 
-def run_stage(cfg: PipelineConfig, stage: Stage) -> int:
+def run_stage(stage: Stage, *, train_callbacks: Sequence = ()) -> None:
     """Run one stage in this process (every rank calls this; the stage splits the work)."""
-    from adaspec_dist.cli import SUBCOMMANDS
-
-    rank, _ = _world()
-    if stage.command is None:
-        code = _run_tokenizer(cfg, stage) if rank == 0 else 0
+    main = _is_main()
+    if stage.job == "tokenizer":
+        if main:
+            train_tokenizer(stage.config, stage.outputs[0])
         _barrier()
-        return code
-
-    if stage.config is not None and rank == 0:
-        Path(_paths(cfg)["configs"]).mkdir(parents=True, exist_ok=True)
-        path = Path(stage.argv[stage.argv.index("--config") + 1])
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(stage.config, sort_keys=False))
-        os.replace(tmp, path)
+        return
+    if stage.record and main:
+        record = Path(stage.record)
+        save_resolved(stage.config, record.parent, name=record.name)
     _barrier()
-    if stage.rank0_only and rank != 0:
-        return 0  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
-    argv = list(stage.argv)
-    if stage.resume_dir and (Path(stage.resume_dir) / "latest").is_file():  # DeepSpeed writes it last
-        argv.append("--resume")
-    module = importlib.import_module(SUBCOMMANDS[stage.command][0])
-    parser = argparse.ArgumentParser(prog=f"adaspec-dist {stage.command}")
-    module.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command, args.log_level = stage.command, logging.getLevelName(logging.getLogger().level)
-    return int(module.run(args) or 0)
+    if stage.rank0_only and not main:
+        return  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
+    if stage.job == "cache":
+        produce_cache(stage.config)
+    elif stage.job == "add_reference":
+        add_reference(stage.config)
+    elif stage.job == "train":
+        # `--resume` only when the trainer wrote a complete checkpoint (DeepSpeed writes `latest` last).
+        resume = bool(stage.resume_dir) and (Path(stage.resume_dir) / "latest").is_file()
+        train(stage.config, resume=resume, callbacks=train_callbacks)
+    elif stage.job == "eval":
+        evaluate(stage.config)
+    else:  # pragma: no cover  (Job is a closed set)
+        raise ValueError(f"stage '{stage.name}' has no job '{stage.job}'")
 
 
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,
-                 echo=print) -> list[str]:
-    """Run the plan, skipping complete stages; returns the names of the stages that ran."""
+                 echo: Callable[[str], Any] = logger.info, train_callbacks: Sequence = ()) -> list[str]:
+    """Run the plan, skipping complete stages; returns the names of the stages that ran.
+
+    ``echo`` receives one line per stage on rank 0 (its command line, then its time);
+    ``train_callbacks`` go to every ``train`` call (``distill.train.TrainCallback`` hooks)."""
     # Chained stages share one process group (see keep_process_group).
     with keep_process_group():
-        return _run_pipeline(cfg, only=only, force=force, echo=echo)
+        return _run_pipeline(cfg, only=only, force=force, echo=echo, train_callbacks=train_callbacks)
 
 
-def _run_pipeline(cfg: PipelineConfig, *, only, force, echo) -> list[str]:
+def _run_pipeline(cfg: PipelineConfig, *, only, force, echo, train_callbacks) -> list[str]:
     stages = plan(cfg)
     names = [s.name for s in stages]
     for n in (only or []) + (force or []):
         if n not in names:
             raise ConfigError(f"unknown stage '{n}'; this recipe's stages are: {', '.join(names)}")
-    rank, _ = _world()
-    if rank == 0:
+    main = _is_main()
+    if main:
         save_resolved(cfg, cfg.run_dir, name="pipeline.yaml")
     else:
         echo = lambda *_: None  # noqa: E731  (rank 0 speaks for the job)
     forced_from = min((names.index(n) for n in force or []), default=len(names))
-    if rank == 0:
+    if main:
         for stage in stages[forced_from:]:
             # Redo from scratch: no marker, and no checkpoint or partial output to resume from.
             _marker(cfg, stage.name).unlink(missing_ok=True)
@@ -394,63 +452,14 @@ def _run_pipeline(cfg: PipelineConfig, *, only, force, echo) -> list[str]:
             continue
         echo(f"[{i + 1}/{len(stages)}] {stage.name}: {stage.command_line()}")
         start = time.time()
-        code = run_stage(cfg, stage)
-        if code != 0:
-            raise RuntimeError(f"stage '{stage.name}' failed with exit code {code}; fix it and rerun the "
-                               f"pipeline (complete stages are skipped)")
+        run_stage(stage, train_callbacks=train_callbacks)
         _barrier()  # every rank is done (rank-0-only stages included) before outputs are checked
         missing = [o for o in stage.outputs if not Path(o).exists()]
         if missing:
-            raise RuntimeError(f"stage '{stage.name}' returned 0 but did not write {missing[0]}")
-        if rank == 0:
-            _write_marker(cfg, stage, time.time() - start)
+            raise RuntimeError(f"stage '{stage.name}' finished but did not write {missing[0]}")
+        if main:
+            write_marker(cfg, stage, time.time() - start)
         _barrier()
         echo(f"[{i + 1}/{len(stages)}] {stage.name}: done in {time.time() - start:.0f}s")
         ran.append(stage.name)
     return ran
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="pipeline recipe YAML (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run_dir=runs/x seed=1 adaspec.epochs=2")
-    parser.add_argument("--stage", action="append", dest="only", metavar="NAME",
-                        help="run only this stage (repeatable); its inputs must exist")
-    parser.add_argument("--force", action="append", metavar="NAME",
-                        help="redo this stage and every later one even if complete")
-    parser.add_argument("--dry-run", action="store_true", help="print the stage plan and exit")
-
-
-def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
-    """A train stage's resolved budget for the dry run: optimiser steps, sequences per step and
-    passes (steps need the training split's size: known for hub tasks and embedded corpora)."""
-    if stage.command != "train":
-        return None
-    tc = build_config(TrainConfig, stage.config, prefix=f"{stage.name}.")
-    b = budget_for(tc, dp_size)
-    data = {**cfg.data, "split": cfg.data.get("split", "train"), "seed": cfg.data.get("seed", cfg.seed)}
-    rows = known_rows(build_config(DataConfig, data, prefix="data."))
-    steps = f"{tc.max_steps} steps" if tc.max_steps is not None else (
-        f"{b.steps(rows, dp_size)} steps" if rows else "? steps (unknown split size)")
-    kept = (f", ~{b.global_batch * tc.filter_fraction:g} sequences' tokens kept/step"
-            if tc.objective == "adaspec" else "")
-    over = f" over {rows} sequences" if rows else ""
-    return (f"{steps} x {b.global_batch} sequences/step (micro {b.micro_batch} x accum {b.grad_accum} x "
-            f"{dp_size} rank{'s' if dp_size > 1 else ''}), {b.passes:g} passes{over}{kept}")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.recipe, args.overrides)
-    stages = plan(cfg)
-    if args.dry_run:
-        validate_stage_configs(stages)
-        _, world = _world()
-        for i, s in enumerate(stages, 1):
-            print(f"{i}. {s.name:16s} {s.command_line()}")
-            line = budget_line(cfg, s, world)
-            if line:
-                print(f"   {'':16s} {line}")
-        return 0
-    run_pipeline(cfg, only=args.only, force=args.force)
-    return 0

@@ -15,11 +15,11 @@ Contract
   seeds on which AdaSPEC's α_logits is above DistillSpec's and above the wide control's;
   :func:`verdict` says it in one line.
 * :func:`write_report` writes ``report.md``, ``report.json`` and ``report_alpha.png`` (α per
-  recipe and arm, per seed and mean ± std, bars from 0) into ``out_dir``; the CLI prints the markdown.
+  recipe and arm, per seed and mean ± std, bars from 0) into ``out_dir`` (default
+  :func:`default_out_dir`); the CLI (``adaspec-dist report``) prints the markdown.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -211,13 +211,19 @@ def plot_alpha(runs: list[dict[str, Any]], agg: list[dict[str, Any]], path: Path
     return path
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, gamma: int | None = None) -> tuple[Path, str]:
+def default_out_dir(run_dirs: list[str | Path]) -> Path:
+    """Where the report goes by default: ``report/`` next to the first run directory."""
+    return Path(run_dirs[0]).resolve().parent / "report"
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None,
+                 gamma: int | None = None) -> tuple[Path, str]:
     """Write report.md, report.json and report_alpha.png into out_dir; returns (md path, markdown)."""
     if not run_dirs:
         raise ValueError("report needs at least one run directory")
     runs = [load_run(d, gamma) for d in run_dirs]
     agg = aggregate(runs)
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(runs, agg)
     png = plot_alpha(runs, agg, out / "report_alpha.png")
@@ -227,18 +233,5 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, gamma: int | N
     return out / "report.md", md
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", help="pipeline/demo run directories (one per task and seed)")
-    parser.add_argument("--out", default=None, help="output directory (default: the first run's parent/report)")
-    parser.add_argument("--gamma", type=int, default=None, help="γ of the τ/speedup columns (default 4, else the largest)")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = args.out or str(Path(args.run_dirs[0]).resolve().parent / "report")
-    path, md = write_report(args.run_dirs, out, args.gamma)
-    print(md)
-    print(f"wrote {path} and {Path(out) / 'report_alpha.png'}")
-    return 0
-
-
-__all__ = ["method_rows", "format_rows", "verdict", "load_run", "aggregate", "to_markdown", "write_report"]
+__all__ = ["method_rows", "format_rows", "verdict", "load_run", "aggregate", "to_markdown", "write_report",
+           "default_out_dir"]

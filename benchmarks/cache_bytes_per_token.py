@@ -22,7 +22,7 @@ VOCAB = 50304
 
 def main() -> None:
     import torch
-    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
+    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
     from adaspec_dist.models.load import build_preset
 
     torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def main() -> None:
             spec = JobSpec(scheme=scheme, top_k=k or 1, draws=draws or 1, value_dtype=vd, batch_size=8,
                            shard_size=16, vocab_size=VOCAB)
             fn = hf_target_fn(model, scheme=scheme, top_k=spec.top_k, draws=spec.draws)
-            man = produce_cache(seqs, fn, spec, Path(tmp) / "c", tensorboard_dir=str(Path(tmp) / "tb"))
+            man = write_cache(seqs, fn, spec, Path(tmp) / "c", tensorboard_dir=str(Path(tmp) / "tb"))
             total = sum(sh["bytes"] for sh in man["shards"])
             per_tok = total / man["num_supervised"]
             rows.append({"scheme": scheme, "k": k or None, "draws": draws or None, "value_dtype": vd,

@@ -1,7 +1,7 @@
 """Claim: the cache job scales with data parallelism: 2 DP ranks (torchrun, gloo, one thread each)
 finish >= 1.7x faster than 1 rank on a 2-core machine.
 
-Runs the same job (``produce_cache`` over the demo-target preset, a real LlamaForCausalLM with
+Runs the same job (``write_cache`` over the demo-target preset, a real LlamaForCausalLM with
 ~5M parameters, vocab 8000, 64 sequences x 128 tokens, top-64, 8 shards) under
 ``torchrun --nproc_per_node 1`` (the baseline) and ``--nproc_per_node 2``, timing the job itself
 (after model load, up to the manifest) on rank 0 (best of 2 interleaved repeats), and checks that both caches are byte-identical.
@@ -29,7 +29,7 @@ REPEATS = 2
 
 def worker(out_dir: str, timing: str) -> None:
     import torch
-    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
+    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
     from adaspec_dist.dist import barrier, init_distributed, shutdown
     from adaspec_dist.models.load import build_preset
 
@@ -40,7 +40,7 @@ def worker(out_dir: str, timing: str) -> None:
     spec = JobSpec(scheme="topk", top_k=64, batch_size=4, shard_size=8, vocab_size=VOCAB)
     barrier()
     t0 = time.perf_counter()
-    produce_cache(seqs, fn, spec, out_dir, ps=ps, tensorboard_dir=out_dir + "-tb")
+    write_cache(seqs, fn, spec, out_dir, ps=ps, tensorboard_dir=out_dir + "-tb")
     seconds = time.perf_counter() - t0
     if ps.is_main:
         Path(timing).write_text(json.dumps({"seconds": seconds, "world": ps.world_size,

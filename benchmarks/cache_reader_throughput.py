@@ -27,7 +27,7 @@ VOCAB = 50304
 
 def main() -> None:
     import torch
-    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
+    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
     from adaspec_dist.cache.reader import CacheReader
     from adaspec_dist.sparse.divergence import per_token_divergence
     from adaspec_dist.models.load import build_preset
@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "c"
         spec = JobSpec(scheme="topk", top_k=64, value_dtype="fp16", batch_size=8, shard_size=16, vocab_size=VOCAB)
-        produce_cache(task_sequences(64, 256, 64, VOCAB), hf_target_fn(build_preset("tiny-neox", VOCAB), scheme="topk",
+        write_cache(task_sequences(64, 256, 64, VOCAB), hf_target_fn(build_preset("tiny-neox", VOCAB), scheme="topk",
                       top_k=64), spec, cache, tensorboard_dir=str(Path(tmp) / "tb"))
         reader = CacheReader(cache, batch_size=8, seed=0, prefetch=2, verify="open")
         batches = list(reader)  # epoch 0 (also opens and verifies every shard once)

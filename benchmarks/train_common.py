@@ -25,8 +25,8 @@ DATA = {"task": "arith", "split": "train", "limit": 96, "max_length": 128}
 
 def setup(top_k: int = 64) -> dict:
     """Tokenizer (4096 pieces), cache of the demo target with a reference column; reused if present."""
-    from adaspec_dist.cache.produce import CacheConfig, run_job
-    from adaspec_dist.cache.reference import add_reference
+    from adaspec_dist.cache.produce import CacheConfig, produce_cache
+    from adaspec_dist.cache.reference import ReferenceConfig, add_reference
     from adaspec_dist.config import load_config
     from adaspec_dist.data.tokenizer import embedded_tokenizer
     from adaspec_dist.models.load import ModelConfig, load_causal_lm
@@ -38,9 +38,9 @@ def setup(top_k: int = 64) -> dict:
     if not (cache / "manifest.json").exists():
         cfg = load_config(CacheConfig, None, {"data": DATA, "model": TARGET, "tokenizer": str(tok_dir),
                                               "out_dir": str(cache), "top_k": top_k, "shard_size": 32})
-        run_job(cfg)
+        produce_cache(cfg)
         ref = load_causal_lm(ModelConfig(**REFERENCE), vocab_size=len(tok))
-        add_reference(cache, ref, divergence="fkl", identity="preset:demo-draft(seed=9)")
+        add_reference(ReferenceConfig(cache_dir=str(cache), model="preset:demo-draft(seed=9)"), model=ref)
     return {"tokenizer": str(tok_dir), "cache": str(cache), "vocab": len(tok)}
 
 

@@ -2,6 +2,9 @@
 
 Contract
 --------
+* ``produce_cache(cfg: CacheConfig) -> manifest | None``: the job (``adaspec-dist cache`` and the
+  pipeline's cache stages call it): the process grid, then :func:`prepare_job` (data, tokenizer,
+  target), then :func:`write_cache`. The manifest on global rank 0, None elsewhere.
 * ``CacheConfig`` (YAML + dotted overrides via ``adaspec_dist.config.load_config``); the resolved
   config is written into the cache directory as ``config.yaml``.
 * ``TargetFn(input_ids_BT, attention_mask_BT, loss_mask_BT, generator) -> SparseTarget`` with
@@ -9,7 +12,7 @@ Contract
   ``hf_target_fn`` is the full-vocabulary Hugging Face implementation; a tensor-parallel one
   (``models.tp_target.make_target_fn(path, ps, ...) -> (TargetFn, vocab_size)``) slots in when ``tp > 1``. A sampled
   TargetFn must draw its randomness only from ``generator`` (see ``sparse.draw_uniforms``).
-* ``produce_cache(sequences, target_fn, ...)``: shard ``j`` = global sequences
+* ``write_cache(sequences, target_fn, spec, out_dir, ps=...)``: shard ``j`` = global sequences
   ``[j*shard_size, (j+1)*shard_size)``, owned by DP rank ``j % dp_size``, batched in order, with
   a generator seeded from ``(seed, j)``. So shard bytes depend neither on the number of ranks
   nor on interruptions: a 2-rank job equals a 1-rank job and a killed job rerun with the same
@@ -34,15 +37,16 @@ import torch
 from tqdm import tqdm
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.cache.writer import finished_shard, loss_mask_from_labels, write_shard
+from adaspec_dist.cache.writer import finished_shard, job_roles, loss_mask_from_labels, write_shard
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.tasks import DataConfig, load_examples
 from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
-from adaspec_dist.dist import barrier as dist_barrier, init_distributed
+from adaspec_dist.dist import init_distributed
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity
 from adaspec_dist.models.tp_target import make_target_fn
-from adaspec_dist.sparse.target import SCHEMES, VALUE_DTYPES, SparseTarget, id_dtype, sampled_targets, topk_targets
+from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
+                                        sampled_targets, topk_targets)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class CacheConfig:
     """Tokenizer path (default: the target's own directory)."""
     out_dir: str
     """Cache directory (created; a directory holding another job is refused)."""
-    scheme: str = "topk"
+    scheme: Scheme = "topk"
     """topk (k most likely ids, tail mass implied) or sampled (unbiased importance-sampled ids)."""
     top_k: int = 64
     """Ids kept per position for topk; the rest of the teacher's mass becomes one bucket."""
@@ -68,7 +72,7 @@ class CacheConfig:
     """Draws per position for sampled (duplicates merge, so fewer unique ids are stored)."""
     temperature: float = 1.0
     """Proposal temperature of sampled (1 = sample from the target itself: exact weights)."""
-    value_dtype: str = "fp16"
+    value_dtype: ValueDtype = "fp16"
     """Stored log-prob type: fp16, bf16 or int8 (companded; error stated in docs/cache-format.md)."""
     batch_size: int = 8
     """Sequences per forward pass."""
@@ -91,6 +95,8 @@ class CacheConfig:
                 raise ValueError(f"cache {name}={getattr(self, name)} must be >= 1")
         if self.temperature <= 0:
             raise ValueError(f"cache temperature={self.temperature} must be > 0")
+        if self.tp > 1 and not self.model.name_or_path:
+            raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
 
 
 @dataclass(kw_only=True)
@@ -187,8 +193,8 @@ def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     return ids_out, masks_out, SparseTarget.cat(parts, scheme=spec.scheme)
 
 
-def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: str | Path, *,
-                  ps=None, device: Any = "cpu", config: Any = None, tensorboard_dir: str | None = None) -> dict | None:
+def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: str | Path, *,
+                ps=None, device: Any = "cpu", config: Any = None, tensorboard_dir: str | None = None) -> dict | None:
     """Write (or finish) the cache; returns the manifest on rank 0, None elsewhere.
 
     ``ps`` is the ParallelState (None = one process); only TP leaders write.
@@ -196,23 +202,20 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     out_dir = Path(out_dir)
     if not sequences:
         raise ValueError("no sequences to cache: the data split is empty; check data.task/split/limit")
-    dp_rank, dp_size = (ps.dp_rank, ps.dp_size) if ps else (0, 1)
-    is_main = ps.is_main if ps else True
-    writes = ps.is_tp_leader if ps else True
-    barrier = (lambda: dist_barrier()) if ps else (lambda: None)
+    me = job_roles(ps)
     fingerprint = job_fingerprint(spec, len(sequences))
-    claim_directory(out_dir, fingerprint, is_main=is_main, barrier=barrier)
-    if is_main and config is not None:
+    claim_directory(out_dir, fingerprint, is_main=me.is_main, barrier=me.barrier)
+    if me.is_main and config is not None:
         save_resolved(config, out_dir)
 
     n_shards = math.ceil(len(sequences) / spec.shard_size)
-    mine = [j for j in range(n_shards) if j % dp_size == dp_rank]
+    mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
     todo = [j for j in mine if finished_shard(out_dir, j) is None]
     if len(todo) < len(mine):
-        logger.info("rank %d: %d of its %d shards are already complete; resuming", dp_rank,
+        logger.info("rank %d: %d of its %d shards are already complete; resuming", me.dp_rank,
                     len(mine) - len(todo), len(mine))
     bar = writer_tb = None
-    if is_main:
+    if me.is_main:
         total = sum(len(s.input_ids) for j in todo for s in sequences[j * spec.shard_size:(j + 1) * spec.shard_size])
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="cache (rank 0)", dynamic_ncols=True)
         from torch.utils.tensorboard import SummaryWriter
@@ -222,7 +225,7 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     for j in todo:
         chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
         ids, masks, target = compute_shard(chunk, target_fn, spec, j, device)
-        if writes:
+        if me.writes:
             write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
                         input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
                         value_dtype=spec.value_dtype)
@@ -236,9 +239,9 @@ def produce_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     if bar is not None:
         bar.close()
         writer_tb.close()
-    barrier()
-    manifest = write_manifest(out_dir, spec, n_shards, len(sequences)) if is_main else None
-    barrier()
+    me.barrier()
+    manifest = write_manifest(out_dir, spec, n_shards, len(sequences)) if me.is_main else None
+    me.barrier()
     return manifest
 
 
@@ -289,9 +292,10 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
 
 
-def run_job(cfg: CacheConfig) -> dict | None:
-    """The whole ``cache`` command: process grid, then :func:`prepare_job`, then :func:`produce_cache`."""
+def produce_cache(cfg: CacheConfig) -> dict | None:
+    """The ``cache`` job: process grid, then :func:`prepare_job`, then :func:`write_cache`; returns the
+    manifest on global rank 0, None elsewhere. Rerunning it after a crash finishes the cache."""
     ps = init_distributed(cfg.tp)
     sequences, target_fn, spec = prepare_job(cfg, ps, ps.device)
-    return produce_cache(sequences, target_fn, spec, cfg.out_dir, ps=ps, device=ps.device, config=cfg,
+    return write_cache(sequences, target_fn, spec, cfg.out_dir, ps=ps, device=ps.device, config=cfg,
                          tensorboard_dir=cfg.tensorboard_dir)

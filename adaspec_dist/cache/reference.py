@@ -2,11 +2,14 @@
 
 Contract
 --------
-``add_reference(cache_dir, ref_model, divergence="fkl", beta=0.5, batch_size=8, device="cpu",
-ps=None, identity=None)``: for every supervised position of every shard,
+``add_reference(cfg: ReferenceConfig, *, model=None, ps=None)`` (the job of ``adaspec-dist cache
+--add-reference`` and of the pipeline's ``add_reference`` stage): the reference is ``cfg.model``
+(an HF directory or hub id, loaded on this rank's device in the job's own process grid) or,
+in-process, an already loaded ``model`` (then ``cfg.model`` only names it). For every supervised
+position of every shard,
 ``L_ref = sparse.divergence.per_token_divergence(ref_logits_NV, cached_target, kind=divergence)``
 — the very estimator the trainer applies to the draft, against the same cached sparse target,
-so ``ΔL = L_draft − L_ref`` compares like with like. Results go to new files
+so ``ΔL = L_draft − L_ref`` compares like with like (``cfg.divergence``, ``cfg.beta``). Results go to new files
 ``shards/shard-{j}.ref.npy`` ((N,) float32, row order = the shard's target rows) and
 ``.ref.json`` sidecars; rank 0 then records them in ``manifest["reference"]`` (divergence, beta,
 model identity, per-shard sha256). Data-parallel like the cache job (shard j -> DP rank
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,32 @@ import torch
 
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.reader import CacheReader
-from adaspec_dist.dist import barrier as dist_barrier
-from adaspec_dist.sparse.divergence import check_kind, per_token_divergence
+from adaspec_dist.cache.writer import job_roles
+from adaspec_dist.dist import init_distributed
+from adaspec_dist.models.load import load_causal_lm
+from adaspec_dist.sparse.divergence import Divergence, check_kind, per_token_divergence
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class ReferenceConfig:
+    cache_dir: str
+    """The cache that receives the column (written by the cache job)."""
+    model: str | None = None
+    """The reference draft (the kd-trained one): an HF directory or hub id that the job loads; it is
+    also the identity the manifest records (with a model passed in-process: only that name)."""
+    divergence: Divergence = "fkl"
+    """The per-token divergence of L_ref: the one the AdaSPEC run will train with."""
+    beta: float = 0.5
+    """β of jsd."""
+    batch_size: int = 8
+    """Sequences per reference forward."""
+
+    def validate(self) -> None:
+        check_kind(self.divergence, self.beta)
+        if self.batch_size < 1:
+            raise ValueError(f"reference batch_size={self.batch_size} must be >= 1")
 
 
 def _finished(cache_dir: Path, index: int) -> dict | None:
@@ -56,36 +82,43 @@ def reference_column(reader: CacheReader, ref_model, shard: int, *, divergence: 
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", beta: float = 0.5,
-                  batch_size: int = 8, device: Any = "cpu", ps=None, identity: str | None = None) -> dict | None:
-    """Compute and record the reference column (see module docstring); returns the manifest on rank 0."""
-    check_kind(divergence, beta)
-    cache_dir = Path(cache_dir)
-    identity = identity or getattr(getattr(ref_model, "config", None), "_name_or_path", None) or "unknown"
+def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None, ps: Any = None) -> dict | None:
+    """Compute and record the reference column (see module docstring); returns the manifest on rank 0.
+
+    ``model`` None: load ``cfg.model`` on this rank's device (``ps``, default: the launched ranks as
+    data-parallel ranks). A given ``model`` runs where it is; ``ps`` None = one process."""
+    cfg.validate()
+    divergence, beta, batch_size = cfg.divergence, cfg.beta, cfg.batch_size
+    if model is None:
+        if not cfg.model:
+            raise ValueError("add_reference needs the reference model: an HF directory (the kd-trained draft)")
+        ps = ps if ps is not None else init_distributed(1)
+        model = load_causal_lm(cfg.model, device=ps.device)
+    device = next(model.parameters()).device
+    cache_dir = Path(cfg.cache_dir)
+    identity = cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None) or "unknown"
     manifest = fmt.load_manifest(cache_dir)
-    vocab = int(ref_model.get_output_embeddings().weight.shape[0])
+    vocab = int(model.get_output_embeddings().weight.shape[0])
     fmt.check_vocab(manifest, vocab, str(cache_dir))
     wanted = {"divergence": divergence, "beta": beta, "model": identity}
     have = manifest.get("reference")
     if have and {k: have.get(k) for k in wanted} != wanted:
         raise ValueError(f"cache '{cache_dir}' already has a reference column ({have['model']}, {have['divergence']}); "
                          "copy the cache without *.ref.* files and its manifest's 'reference' to add another")
-    dp_rank, dp_size = (ps.dp_rank, ps.dp_size) if ps else (0, 1)
-    is_main, writes = (ps.is_main, ps.is_tp_leader) if ps else (True, True)
-    barrier = dist_barrier if ps else (lambda: None)
+    me = job_roles(ps)
     # The reader decodes the cached targets exactly as training will (and verifies the shards).
     reader = CacheReader(cache_dir, batch_size=batch_size, shuffle=False, prefetch=0, verify="open")
     reader.drop_reference()
-    ref_model.eval()
+    model.eval()
     n_shards = len(manifest["shards"])
-    mine = [j for j in range(n_shards) if j % dp_size == dp_rank]
+    mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
     for j in mine:
         if _finished(cache_dir, manifest["shards"][j]["index"]) is not None:
             continue
-        col = reference_column(reader, ref_model, j, divergence=divergence, beta=beta,
+        col = reference_column(reader, model, j, divergence=divergence, beta=beta,
                                batch_size=batch_size, device=device)
         assert col.shape[0] == manifest["shards"][j]["supervised"]
-        if writes:
+        if me.writes:
             index = manifest["shards"][j]["index"]
             paths = fmt.shard_paths(cache_dir, index)
             buf = io.BytesIO()
@@ -96,9 +129,9 @@ def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", 
                                                       "sha256": fmt.sha256_file(paths["ref"])})
         logger.info("reference column of shard %d: mean L_ref %.4f over %d positions", j,
                     float(col.mean()) if col.size else 0.0, col.shape[0])
-    barrier()
+    me.barrier()
     result = None
-    if is_main:
+    if me.is_main:
         shards = {}
         for sh in manifest["shards"]:
             meta = _finished(cache_dir, sh["index"])
@@ -109,5 +142,5 @@ def add_reference(cache_dir: str | Path, ref_model, *, divergence: str = "fkl", 
         manifest["reference"] = {**wanted, "shards": shards}
         fmt.atomic_write_json(fmt.manifest_path(cache_dir), manifest)
         result = manifest
-    barrier()
+    me.barrier()
     return result

@@ -9,6 +9,9 @@ Contract
 * ``finished_shard(cache_dir, index)`` -> the sidecar dict when the shard is complete and its
   bytes still hash to the recorded sha256, else ``None`` (a killed job redoes that shard).
 * ``loss_mask_from_labels(labels)``: position t is supervised iff ``labels[t+1] != -100``.
+* ``job_roles(ps)`` -> :class:`Roles`: this process's part in a data-parallel cache job (its DP
+  rank, whether it writes, whether it writes the manifest, how ranks meet); ``ps=None`` is one
+  process (every role, no barrier). The cache job and the reference column share it.
 
 Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per row):
 ``tokens`` (L,) ids; ``seq_offsets`` (S+1,) int64; ``loss_mask`` (L,) uint8;
@@ -19,15 +22,42 @@ Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
                                        read_json, write_safetensors, CacheError)
+from adaspec_dist.dist import barrier as dist_barrier
 from adaspec_dist.sparse.target import SparseTarget, encode_values, id_dtype
 
 _VALUE_ST = {"fp16": "F16", "bf16": "BF16", "int8": "U8"}
+
+
+@dataclass(frozen=True)
+class Roles:
+    """This process's part in a data-parallel cache job (see :func:`job_roles`)."""
+
+    dp_rank: int
+    dp_size: int
+    is_main: bool
+    """Global rank 0: writes the manifest, shows progress."""
+    writes: bool
+    """TP rank 0 of its replica: writes that replica's shards."""
+    barrier: Callable[[], None]
+
+
+def _no_barrier() -> None:
+    return None
+
+
+def job_roles(ps: Any = None) -> Roles:
+    """The roles of a ``dist.ParallelState``; ``None`` = a single process (no process group needed)."""
+    if ps is None:
+        return Roles(dp_rank=0, dp_size=1, is_main=True, writes=True, barrier=_no_barrier)
+    return Roles(dp_rank=ps.dp_rank, dp_size=ps.dp_size, is_main=ps.is_main, writes=ps.is_tp_leader,
+                 barrier=dist_barrier)
 
 
 def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:

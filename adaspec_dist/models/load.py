@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     name_or_path: str | None = None
     """Local HF model directory or hub id (e.g. EleutherAI/pythia-1.4b)."""
     preset: str | None = None
     """Name in PRESETS: build from scratch with random weights instead of loading."""
-    dtype: str = "auto"
+    dtype: Precision = "auto"
     """auto (bf16 on CUDA when supported, else fp32), float32, bfloat16 or float16."""
     overrides: dict | None = None
     """Extra architecture fields for a preset (e.g. {num_hidden_layers: 4})."""
@@ -56,8 +60,8 @@ class ModelConfig:
                              f"{sorted(PRESETS)})")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown model preset '{self.preset}'; choose one of {sorted(PRESETS)}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"model dtype '{self.dtype}' must be auto, float32, bfloat16 or float16")
+        if self.dtype not in PRECISIONS:
+            raise ValueError(f"model dtype '{self.dtype}' must be one of {list(PRECISIONS)}")
 
 
 def resolve_dtype(name: str, device: Any = None):

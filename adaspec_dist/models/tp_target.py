@@ -2,6 +2,12 @@
 
 Contract
 --------
+* ``load_tp_target(name_or_path, tp_group=, device=, dtype=, seed=) -> TPTargetLM``: THE loading
+  of a tensor-parallel target (an HF checkpoint directory sliced over ``tp_group``); the cache's
+  ``TargetFn`` and the eval's target load through it (``.model`` is the
+  :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`).
+* ``check_tp_top_p(top_p)``: the one refusal of ``top_p < 1`` with a TP target (a nucleus over
+  shards needs a global sort); the eval config and :class:`TPTargetLM` call it.
 * ``make_target_fn(name_or_path, ps, dtype=, scheme=, top_k=, draws=, temperature=) ->
   (TargetFn, vocab_size)``: the ``cache`` job's model call (``cache.produce.TargetFn``) over a :class:`~adaspec_dist.models.tensor_parallel.TPCausalLM`
   sharded over ``ps.tp_group``. Every rank of the TP group runs it on the same batch and gets
@@ -18,7 +24,7 @@ Contract
   Gumbel-max + distributed argmax, greedy = distributed argmax. Acceptance uniforms come from
   the decoder's generator (seeded identically on every TP rank, like the replicated draft);
   Gumbel noise from a per-rank generator. Greedy output equals the TP = 1 decoder's.
-  ``top_p < 1`` is refused (a nucleus over shards needs a global sort). For ``adaspec-dist
+  ``top_p < 1`` is refused (``check_tp_top_p``). For ``adaspec-dist
   eval`` it also has ``next_token(...)`` (the target-only baseline's pick: distributed argmax,
   or per-shard Gumbel-max) and ``overlap(...)`` (per-position Σ_x min(p, q) for α_logits: each
   rank sums its vocab slice with p normalised globally, then one SUM all-reduce).
@@ -31,6 +37,7 @@ D draws.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -71,6 +78,28 @@ def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 3
     return target
 
 
+TP_TOP_P_REFUSAL = "top_p < 1 is not supported with a tensor-parallel target (tp > 1); use top_p=1"
+
+
+def check_tp_top_p(top_p: float) -> None:
+    """Refuse nucleus sampling with a TP target: the nucleus would need a global sort over shards."""
+    if top_p < 1.0:
+        raise ValueError(TP_TOP_P_REFUSAL)
+
+
+def load_tp_target(name_or_path: str | os.PathLike | None, *, tp_group: Any, device: Any = "cpu",
+                   dtype: str | torch.dtype = "auto", seed: int = 0) -> "TPTargetLM":
+    """Load an HF checkpoint directory as a TP target sharded over ``tp_group`` (collective: every
+    rank of the group calls it). ``dtype``: a ``ModelConfig.dtype`` name or a torch dtype;
+    ``seed``: of the per-rank Gumbel generator (:class:`TPTargetLM`)."""
+    if not name_or_path:
+        raise ValueError("a tensor-parallel target needs name_or_path (an HF checkpoint directory to slice), "
+                         "not a preset")
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
+    model = load_tp_model(name_or_path, tp_group=tp_group, dtype=torch_dtype, device=device)
+    return TPTargetLM(model, seed=seed)
+
+
 def make_target_fn(name_or_path: str | None, ps: Any, *, dtype: str, scheme: str, top_k: int, draws: int,
                    temperature: float):
     """The TP implementation of ``cache.produce.TargetFn`` (see module doc).
@@ -78,9 +107,7 @@ def make_target_fn(name_or_path: str | None, ps: Any, *, dtype: str, scheme: str
     ``name_or_path``: the HF checkpoint directory to slice over ``ps.tp_group`` (on ``ps.device``);
     ``dtype``: a ``ModelConfig.dtype`` name; the rest as in :func:`sparse_target_fn`.
     """
-    if not name_or_path:
-        raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
-    model = load_tp_model(name_or_path, tp_group=ps.tp_group, dtype=resolve_dtype(dtype, ps.device), device=ps.device)
+    model = load_tp_target(name_or_path, tp_group=ps.tp_group, device=ps.device, dtype=dtype).model
     fn = sparse_target_fn(model, scheme=scheme, top_k=top_k, draws=draws, temperature=temperature)
     return fn, model.vocab_size
 
@@ -175,7 +202,7 @@ class TPTargetLM:
     def verify_logits(self, logits_BG1V: torch.Tensor, draft_probs_BGV: torch.Tensor, draft_tokens_BG: torch.Tensor,
                       vocab: int, sampling: Any, generator: torch.Generator | None = None):
         """Vocab-parallel ``verify``: -> (accepted_len_B, next_token_B), identical on every TP rank."""
-        self._check_top_p(sampling)
+        check_tp_top_p(sampling.top_p)
         B, G1, _ = logits_BG1V.shape
         G, start, group = G1 - 1, self.model.vocab_start, self.group
         rows = torch.arange(B, device=logits_BG1V.device)
@@ -204,10 +231,6 @@ class TPTargetLM:
         nxt = vp.gumbel_sample(logw, vocab_start=start, group=group, generator=self.local_gen)
         return n, nxt
 
-    def _check_top_p(self, sampling: Any) -> None:
-        if sampling.top_p < 1.0:
-            raise ValueError("top_p < 1 is not supported with a tensor-parallel target; use top_p=1")
-
     @torch.inference_mode()
     def next_token(self, logits_BV: torch.Tensor, vocab: int, sampling: Any,
                    generator: torch.Generator | None = None) -> torch.Tensor:
@@ -217,7 +240,7 @@ class TPTargetLM:
         shards with the per-rank generator (exact, but not the TP = 1 stream of draws:
         ``generator``, shared by the ranks, is not used).
         """
-        self._check_top_p(sampling)
+        check_tp_top_p(sampling.top_p)
         logits = self._masked(logits_BV, vocab)
         start, group = self.model.vocab_start, self.group
         if sampling.temperature == 0:
@@ -233,7 +256,7 @@ class TPTargetLM:
         ``sampling.probs_from_logits`` makes it); this rank compares it with p on its own columns
         only. Greedy p is the one-hot of the distributed argmax, so the term is q(argmax p).
         """
-        self._check_top_p(sampling)
+        check_tp_top_p(sampling.top_p)
         logits = self._masked(logits_NV, vocab)
         start, group = self.model.vocab_start, self.group
         q = draft_probs_NV.float()

@@ -29,13 +29,15 @@ Shapes: ``N`` supervised positions, ``V`` vocabulary, ``K`` ids kept per positio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
-SCHEMES = ("topk", "sampled")
-VALUE_DTYPES = ("fp16", "bf16", "int8")
+Scheme = Literal["topk", "sampled"]
+SCHEMES: tuple[Scheme, ...] = get_args(Scheme)
+ValueDtype = Literal["fp16", "bf16", "int8"]
+VALUE_DTYPES: tuple[ValueDtype, ...] = get_args(ValueDtype)
 INT8_LOGP_RANGE = 24.0
 """``int8`` values cover log-probs in ``[-24, 0]`` (p >= 4e-11); lower ones are clipped."""
 

@@ -1,7 +1,17 @@
-"""Acceptance and speed evaluation of one or more drafts against a target (function API).
+"""Acceptance and speed evaluation of one or more drafts against a target: the ``eval`` job.
 
 Contract
 --------
+``evaluate(cfg: EvalConfig) -> dict``: the job (``adaspec-dist eval`` and the pipeline's eval
+stage call it). Loads the target and drafts (``models.load.load_causal_lm``; with ``tp > 1`` the
+target is ``models.tp_target.load_tp_target`` over the launched ranks, exactly one TP group, every
+rank running the replicated drafts identically with identically seeded generators), builds the
+inputs (:func:`task_inputs`: prompts and held-out teacher-forced sequences from a task split;
+without ``data``, :func:`synthetic_inputs`: random token prompts whose held-out continuations are
+the target's own greedy output), runs :func:`evaluate_drafts`, and on global rank 0 writes
+``eval.json``, the PNG plots, tensorboard scalars and ``config.yaml`` into ``cfg.out_dir``
+(``speculative.report.write_all``). Returns the result on every rank (the same on each).
+
 ``evaluate_drafts(target, drafts, prompts, answers_for_alpha, cfg) -> dict`` (JSON-ready):
 
 * ``target`` and each draft: HF causal LMs (or ``lm.CausalLM`` implementations) on one device;
@@ -18,21 +28,30 @@ Contract
 * at temperature 0 the share of prompts whose SD output equals the target-only output is
   reported (``matches_target``; 1.0 unless float noise flips a near-tie).
 
-Nothing here prints or writes files: report.py formats, command.py does IO.
+Nothing here prints: ``speculative.report`` formats the table, the CLI prints it.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from adaspec_dist.models.load import ModelConfig
+from adaspec_dist.config import save_resolved
+from adaspec_dist.data.tasks import DataConfig, load_examples
+from adaspec_dist.data.tokenize import prompt_ids, tokenize_examples
+from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.dist import init_distributed
+from adaspec_dist.models.load import ModelConfig, load_causal_lm
+from adaspec_dist.models.tp_target import check_tp_top_p, load_tp_target
 from adaspec_dist.speculative.decoder import DecodeStats, autoregressive_generate, speculative_generate
 from adaspec_dist.speculative.lm import as_causal_lm
 from adaspec_dist.speculative.metrics import (CONVENTIONS, alpha_logits, speedup_bound, summarize,
                                               theoretical_tau)
+from adaspec_dist.speculative.report import write_all
 from adaspec_dist.speculative.sampling import SamplingConfig, real_vocab_size
 
 logger = logging.getLogger(__name__)
@@ -44,8 +63,8 @@ class EvalConfig:
     """The target model (HF dir / hub id, or a preset for smoke tests)."""
     drafts: dict = field(default_factory=dict)
     """Display name -> draft HF directory (or hub id), e.g. {kd: runs/kd/final, adaspec: runs/ada/final}."""
-    data: dict | None = None
-    """A data.tasks.DataConfig mapping (task, source, split, limit, ...); None = synthetic token prompts."""
+    data: DataConfig | None = None
+    """The held-out split (task, source, split, limit, ...); None = synthetic token prompts."""
     tokenizer: str | None = None
     """Tokenizer dir / hub id for `data`; default: the target's directory."""
     num_prompts: int = 32
@@ -76,8 +95,10 @@ class EvalConfig:
         SamplingConfig(temperature=self.temperature, top_p=self.top_p).validate()
         if self.tp < 1:
             raise ValueError(f"tp {self.tp} must be >= 1 (1 = no tensor parallelism)")
-        if self.tp > 1 and self.top_p < 1.0:
-            raise ValueError("top_p < 1 is not supported with a tensor-parallel target (tp > 1); use top_p=1")
+        if self.tp > 1:
+            check_tp_top_p(self.top_p)
+            if self.target is None or not self.target.name_or_path:
+                raise ValueError("tp > 1 needs target.name_or_path (an HF checkpoint directory to slice), not a preset")
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -170,4 +191,94 @@ def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]]
             if progress is not None:
                 progress(name, gamma)
         result["drafts"][name] = entry
+    return result
+
+
+# ----------------------------------------------------------------------------- the job
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _width(model) -> int:
+    """Logit columns of an HF model, or of a ``CausalLM`` (the TP target's real vocabulary)."""
+    if hasattr(model, "vocab_width"):
+        return int(model.vocab_width)
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def task_inputs(cfg: EvalConfig):
+    """(prompts, held-out sequences, eos id, tokenizer length) from the task split ``cfg.data``."""
+    tok_path = cfg.tokenizer or cfg.target.name_or_path
+    if not tok_path:
+        raise ValueError("eval with data needs a tokenizer: set tokenizer=PATH (or a target directory holding one)")
+    tokenizer = load_tokenizer(tok_path)
+    examples = load_examples(cfg.data)[: cfg.num_prompts]
+    prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
+    held_out = tokenize_examples(examples, tokenizer, max_length=cfg.data.max_length)
+    _check_draft_tokenizers(cfg, tokenizer)
+    return prompts, held_out, tokenizer.eos_token_id, len(tokenizer)
+
+
+def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
+    """Refuse a draft saved with a different tokenizer (same size is not enough: ids must mean the same)."""
+    want = vocab_fingerprint(tokenizer)
+    for name, path in cfg.drafts.items():
+        if (Path(path) / "tokenizer_config.json").exists() and vocab_fingerprint(load_tokenizer(path)) != want:
+            raise ValueError(f"draft '{name}' ({path}) was saved with a different tokenizer than the target's; "
+                             f"evaluate drafts trained on the target's tokenizer")
+
+
+def synthetic_inputs(cfg: EvalConfig, target, vocab: int):
+    """Random token prompts; held-out text = the target's greedy continuation (labels on it only)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = torch.randint(4, 17, (cfg.num_prompts,), generator=gen).tolist()
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths]
+    cont = autoregressive_generate(target, prompts, max_new_tokens=cfg.max_new_tokens, vocab_size=vocab).sequences
+    held_out = [(p + c, [-100] * len(p) + c) for p, c in zip(prompts, cont)]
+    return prompts, held_out, None, None
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """The eval job (see the module docstring); collective when ``cfg.tp > 1``."""
+    if cfg.target is None:
+        raise ValueError("eval needs a target: set target.name_or_path=DIR (or target.preset=NAME)")
+    if not cfg.drafts:
+        raise ValueError("eval needs at least one draft: set drafts.NAME=DIR")
+    if cfg.tp == 1:
+        return _evaluate(cfg, _device(cfg.device), None)
+    ps = init_distributed(tp_size=cfg.tp)
+    if ps.dp_size != 1:
+        raise ValueError(f"eval runs one tensor-parallel group: launch exactly tp={cfg.tp} processes, "
+                         f"not {ps.world_size}")
+    target = load_tp_target(cfg.target.name_or_path, tp_group=ps.tp_group, device=ps.device,
+                            dtype=cfg.target.dtype, seed=cfg.seed)
+    return _evaluate(cfg, ps.device, target, is_main=ps.is_main)
+
+
+def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = True) -> dict[str, Any]:
+    """Load the drafts (and the HF target when ``target`` is None), evaluate; rank 0 writes."""
+    torch.manual_seed(cfg.seed)
+    drafts = {name: load_causal_lm(ModelConfig(name_or_path=str(path)), device=device)
+              for name, path in cfg.drafts.items()}
+    if target is None:
+        # a preset target (smoke tests) takes the first draft's vocabulary
+        preset_vocab = next(iter(drafts.values())).get_output_embeddings().weight.shape[0]
+        target = load_causal_lm(cfg.target, vocab_size=preset_vocab, device=device)
+    if cfg.data is not None:
+        prompts, held_out, eos, tok_len = task_inputs(cfg)
+    else:
+        vocab = min([_width(target)] + [_width(d) for d in drafts.values()])
+        prompts, held_out, eos, tok_len = synthetic_inputs(cfg, target, vocab)
+    bar = tqdm(total=len(drafts) * len(cfg.gammas), desc="eval (draft x gamma)", disable=not is_main)
+    result = evaluate_drafts(target, drafts, prompts, held_out, cfg, eos_token_id=eos, vocab_size=tok_len,
+                             progress=lambda name, g: bar.update(1))
+    bar.close()
+    if is_main:
+        out = Path(cfg.out_dir)
+        save_resolved(cfg, out)
+        paths = write_all(result, out)
+        logger.info("eval wrote %s and tensorboard scalars in %s", ", ".join(map(str, paths)), out / "tb")
     return result

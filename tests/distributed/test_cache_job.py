@@ -63,13 +63,13 @@ def content(d: Path) -> dict[str, bytes]:
 
 
 def test_two_ranks_and_a_killed_run_equal_one_uninterrupted_process(recipe, tmp_path, capsys):
-    from adaspec_dist.cache.produce import CacheConfig, prepare_job, produce_cache
+    from adaspec_dist.cache.produce import CacheConfig, prepare_job, write_cache
     from adaspec_dist.config import load_config
 
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     # The uninterrupted single-process run, in this process (no process group needed).
     cfg = load_config(CacheConfig, recipe, [f"out_dir={one}"])
-    produce_cache(*prepare_job(cfg), one)
+    write_cache(*prepare_job(cfg), one)
     reference = content(one)
     assert len([k for k in reference if k.endswith(".safetensors")]) == 30  # 60 sequences / shard_size 2
 

@@ -144,7 +144,7 @@ def test_eval_with_tp2_target_equals_tp1(results, tmp_path):
 
 def _tp1_cache(recipe: Path, out: Path) -> None:
     """The single-process HF cache of the same recipe (what `adaspec-dist cache` does at tp=1)."""
-    from adaspec_dist.cache.produce import CacheConfig, hf_target_fn, produce_cache, spec_from_config
+    from adaspec_dist.cache.produce import CacheConfig, hf_target_fn, spec_from_config, write_cache
     from adaspec_dist.config import load_config
     from adaspec_dist.data.tasks import load_examples
     from adaspec_dist.data.tokenize import tokenize_examples
@@ -155,7 +155,7 @@ def _tp1_cache(recipe: Path, out: Path) -> None:
     tok = load_tokenizer(cfg.model.name_or_path)
     seqs = tokenize_examples(load_examples(cfg.data), tok, max_length=cfg.data.max_length)
     model = load_causal_lm(cfg.model)
-    produce_cache(seqs, hf_target_fn(model, scheme="topk", top_k=cfg.top_k), spec_from_config(cfg, 401, {}), out)
+    write_cache(seqs, hf_target_fn(model, scheme="topk", top_k=cfg.top_k), spec_from_config(cfg, 401, {}), out)
 
 
 def _read_all(cache_dir: Path):

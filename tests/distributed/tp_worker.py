@@ -249,8 +249,7 @@ def run_eval_cli(out: Path, ps, res: dict) -> None:
 
     from adaspec_dist.cli import main as cli_main
     from adaspec_dist.models.tp_target import TPTargetLM
-    from adaspec_dist.speculative.command import _synthetic_inputs
-    from adaspec_dist.speculative.evaluate import EvalConfig
+    from adaspec_dist.speculative.evaluate import EvalConfig, synthetic_inputs
 
     t0 = time.perf_counter()
     models = [f"target.name_or_path={out / 'llama_gqa'}", f"drafts.self={out / 'llama_gqa'}",
@@ -262,7 +261,7 @@ def run_eval_cli(out: Path, ps, res: dict) -> None:
     cfg = EvalConfig(num_prompts=4, max_new_tokens=8)
     hf = AutoModelForCausalLM.from_pretrained(out / "llama_gqa", dtype=torch.float32).eval()
     tp = TPTargetLM(load_tp_model(out / "llama_gqa", tp_group=ps.tp_group))
-    want, got = _synthetic_inputs(cfg, hf, VOCAB)[1], _synthetic_inputs(cfg, tp, VOCAB)[1]
+    want, got = synthetic_inputs(cfg, hf, VOCAB)[1], synthetic_inputs(cfg, tp, VOCAB)[1]
     res["eval/ar_greedy_equal"] = got == want
     res["eval/ar_tokens"] = sum(len(ids) for ids, _ in got)
     res["eval/seconds"] = time.perf_counter() - t0  # this section's share of the suite's time

@@ -14,8 +14,8 @@ DRAFT = {"preset": "tiny-llama", "seed": 5}
 
 def build_caches(root: Path) -> dict:
     """Build (once per root) the train cache (+ reference column) and the eval cache."""
-    from adaspec_dist.cache.produce import CacheConfig, run_job
-    from adaspec_dist.cache.reference import add_reference
+    from adaspec_dist.cache.produce import CacheConfig, produce_cache
+    from adaspec_dist.cache.reference import ReferenceConfig, add_reference
     from adaspec_dist.config import load_config
     from adaspec_dist.models.load import ModelConfig, load_causal_lm
     from tests.fixtures import tiny_tokenizer_dir
@@ -34,10 +34,10 @@ def build_caches(root: Path) -> dict:
         cfg = load_config(CacheConfig, None, {
             "data": {"task": "arith", "split": split, "limit": n, "max_length": 48}, "model": dict(TARGET),
             "tokenizer": str(tok), "out_dir": str(cache), "scheme": "topk", "top_k": 640, "shard_size": 8})
-        run_job(cfg)
+        produce_cache(cfg)
         if split == "train":
             ref = load_causal_lm(ModelConfig(**REFERENCE), vocab_size=640)
-            add_reference(cache, ref, divergence="fkl", identity="preset:tiny-llama(seed=7)")
+            add_reference(ReferenceConfig(cache_dir=str(cache), model="preset:tiny-llama(seed=7)"), model=ref)
     return out
 
 

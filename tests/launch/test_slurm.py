@@ -125,7 +125,7 @@ def test_sbatch_cache_two_nodes_equals_one_process(slurm, launch_root, tokenizer
     """launchers/slurm/cache.sbatch on 2 nodes writes the same cache, byte for byte, as one process."""
     import yaml
 
-    from adaspec_dist.cache.produce import CacheConfig, prepare_job, produce_cache
+    from adaspec_dist.cache.produce import CacheConfig, prepare_job, write_cache
     from adaspec_dist.config import load_config
     from adaspec_dist.data.tokenizer import load_tokenizer
     from adaspec_dist.models.load import build_preset, save_hf
@@ -139,7 +139,7 @@ def test_sbatch_cache_two_nodes_equals_one_process(slurm, launch_root, tokenizer
         "scheme": "topk", "top_k": 8, "batch_size": 2, "shard_size": 2, "seed": 0}))
 
     one = root / "one"
-    produce_cache(*prepare_job(load_config(CacheConfig, recipe, [f"out_dir={one}"])), one)
+    write_cache(*prepare_job(load_config(CacheConfig, recipe, [f"out_dir={one}"])), one)
     two, log = root / "two", root / "job.log"
     slurm.run("sbatch", "--wait", f"--output={log}", f"--chdir={REPO}", str(LAUNCHERS / "slurm" / "cache.sbatch"),
               "--config", str(recipe), f"out_dir={two}", timeout=400)

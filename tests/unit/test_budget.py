@@ -74,7 +74,7 @@ def test_split_over_ranks_and_errors():
 
 
 def test_dry_run_prints_the_published_budget(capsys):
-    from adaspec_dist import pipeline
+    from adaspec_dist.cli import pipeline
 
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)

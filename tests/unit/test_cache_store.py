@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.cache.produce import JobSpec, hf_target_fn, produce_cache
+from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
 from adaspec_dist.cache.reader import CacheReader
-from adaspec_dist.cache.reference import add_reference
+from adaspec_dist.cache.reference import ReferenceConfig, add_reference
 from adaspec_dist.cache.summary import summarise
 from adaspec_dist.data.tokenize import TokenizedExample
 from adaspec_dist.sparse.divergence import per_token_divergence
@@ -40,7 +40,7 @@ def build(tmp: Path, target, scheme="topk", n=13, **kw) -> Path:
                    shard_size=kw.pop("shard_size", 4), value_dtype=kw.pop("value_dtype", "fp16"), vocab_size=V,
                    extra={"tokenizer_fingerprint": "tok-A", "split": "train"}, **kw)
     fn = hf_target_fn(target, scheme=scheme, top_k=spec.top_k, draws=spec.draws)
-    produce_cache(make_sequences(n), fn, spec, tmp, tensorboard_dir=str(tmp.parent / (tmp.name + "-tb")))
+    write_cache(make_sequences(n), fn, spec, tmp, tensorboard_dir=str(tmp.parent / (tmp.name + "-tb")))
     return tmp
 
 
@@ -187,7 +187,7 @@ def test_reference_column_matches_the_trainer_estimator(tmp_path, target):
     d = corrupt_copy(build(tmp_path / "r", target, n=9), tmp_path / "r2")
     shards_before = snapshot(d / "shards")
     ref = build_preset("tiny-neox", V, seed=1)
-    man = add_reference(d, ref, divergence="fkl", batch_size=2, identity="ref-A")
+    man = add_reference(ReferenceConfig(cache_dir=d, model="ref-A", divergence="fkl", batch_size=2), model=ref)
     assert man["reference"]["model"] == "ref-A" and len(man["reference"]["shards"]) == 3
     after = snapshot(d / "shards")
     assert {k: v for k, v in after.items() if k in shards_before} == shards_before  # nothing rewritten
@@ -198,10 +198,10 @@ def test_reference_column_matches_the_trainer_estimator(tmp_path, target):
         expected = per_token_divergence(logits, b.target, kind="fkl")
         torch.testing.assert_close(b.ref_loss, expected, atol=1e-4, rtol=1e-4)
     # Rerun = resume (no change); another reference model is refused.
-    add_reference(d, ref, divergence="fkl", batch_size=2, identity="ref-A")
+    add_reference(ReferenceConfig(cache_dir=d, model="ref-A", divergence="fkl", batch_size=2), model=ref)
     assert snapshot(d / "shards") == after
     with pytest.raises(ValueError, match="already has a reference column"):
-        add_reference(d, ref, divergence="rkl", batch_size=2, identity="ref-A")
+        add_reference(ReferenceConfig(cache_dir=d, model="ref-A", divergence="rkl", batch_size=2), model=ref)
     info = summarise(d, verify=True)
     assert info["sequences"] == 9 and info["reference"]["model"] == "ref-A"
     assert info["mean_ref_loss"] > 0 and 0 <= info["mean_tail_mass"] < 1 and info["bytes_per_supervised_token"] > 0

@@ -21,6 +21,7 @@ import adaspec_dist, adaspec_dist.config, adaspec_dist.dist, adaspec_dist.cli
 from adaspec_dist.cli import build_parser
 build_parser()
 assert 'deepspeed' not in sys.modules and 'megatron' not in sys.modules
+assert 'torch' not in sys.modules  # `adaspec-dist --help` stays instant: subcommands load lazily
 print('ok')
 """
 
@@ -50,9 +51,31 @@ def test_help_lists_only_registered_commands():
 def test_every_registered_module_has_the_contract():
     import importlib
     for name, (module, _) in SUBCOMMANDS.items():
+        # One front end: every subcommand lives in the cli package, one module each.
+        assert module == f"adaspec_dist.cli.{name}", (name, module)
         mod = importlib.import_module(module)
         assert callable(mod.add_arguments) and callable(mod.run), name
         build_parser(load=name)
+
+
+def test_only_the_cli_parses_arguments_or_prints():
+    """Library modules log; argument parsing and printing belong to adaspec_dist/cli/ (read with ast)."""
+    import ast
+
+    problems = []
+    for path in sorted((REPO / "adaspec_dist").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("adaspec_dist/cli/"):
+            continue
+        tree = ast.parse(path.read_text(), filename=rel)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if "argparse" in names:
+                    problems.append(f"{rel}:{node.lineno} imports argparse")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                problems.append(f"{rel}:{node.lineno} calls print")
+    assert not problems, "\n".join(problems)
 
 
 def test_unknown_subcommand_fails():

@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaspec_dist.config import ConfigError, build_config
-from adaspec_dist.pipeline import STAGE_ORDER, is_complete, load_pipeline_config, plan, validate_stage_configs
+from adaspec_dist.cache.produce import CacheConfig
+from adaspec_dist.cache.reference import ReferenceConfig
+from adaspec_dist.config import ConfigError, build_config, to_dict
+from adaspec_dist.distill.config import TrainConfig
+from adaspec_dist.pipeline import STAGE_ORDER, is_complete, load_pipeline_config, plan
+from adaspec_dist.speculative.evaluate import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -68,21 +72,32 @@ def test_recipe_parses_and_plans(path):
     # Three arms everywhere AdaSPEC is compared: the compute control runs and is evaluated.
     assert "distillspec_wide" in names
 
-    validate_stage_configs(stages, strict=True)
+    # Each stage holds the typed config its job is called with (built, so valid, when planned).
+    owners = {"cache": CacheConfig, "add_reference": ReferenceConfig, "train": TrainConfig, "eval": EvalConfig}
+    assert all(isinstance(s.config, owners[s.job]) for s in stages if s.job in owners)
     by = {s.name: s for s in stages}
     # The reference column comes from the kd draft that the eval calls DistillSpec.
-    ref_export = by["add_reference"].argv[1]
-    assert by["eval"].config["drafts"]["distillspec"] == ref_export
-    assert set(by["eval"].config["drafts"]) == {"distillspec", "adaspec", "distillspec_wide"}
+    ref_export = by["add_reference"].config.model
+    assert by["eval"].config.drafts["distillspec"] == ref_export
+    assert set(by["eval"].config.drafts) == {"distillspec", "adaspec", "distillspec_wide"}
     # The control is kd with AdaSPEC's batch rule and epochs, and no selection settings.
-    wide, ada = by["distillspec_wide"].config, by["adaspec"].config
-    assert wide["objective"] == "kd" and "selection_scope" not in wide
-    assert all(wide.get(k) == ada.get(k) for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
-    assert by["reference"].config["objective"] == "kd" and by["adaspec"].config["objective"] == "adaspec"
+    wide, ada = by["distillspec_wide"], by["adaspec"]
+    assert wide.config.objective == "kd" and "selection_scope" not in wide.recipe
+    assert all(wide.recipe.get(k) == ada.recipe.get(k) for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
+    assert all(getattr(wide.config, k) == getattr(ada.config, k)
+               for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
+    assert by["reference"].config.objective == "kd" and ada.config.objective == "adaspec"
     # kd and adaspec start from the same draft initialisation and read the same cache.
-    assert by["reference"].config["draft"] == by["adaspec"].config["draft"]
-    assert by["reference"].config["cache_dir"] == by["adaspec"].config["cache_dir"] == by["add_reference"].argv[2]
+    assert by["reference"].config.draft == ada.config.draft
+    assert by["reference"].config.cache_dir == ada.config.cache_dir == by["add_reference"].config.cache_dir
     assert all(str(o).startswith(cfg.run_dir) for s in stages for o in s.outputs)
+    # The record each stage writes (run_dir/configs/NAME.yaml) rebuilds exactly its config, so the
+    # printed command line (`--config RECORD`) reruns the stage by hand.
+    for s in stages:
+        if s.record:
+            assert s.command_line().endswith(f"--config {s.record}")
+            again = build_config(type(s.config), yaml.safe_load(yaml.safe_dump(to_dict(s.config), sort_keys=False)))
+            assert again == s.config, s.name
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -126,7 +141,7 @@ def test_paper_recipes_match_their_generator(tmp_path):
 
 
 def test_overrides_and_dry_run_cli(capsys):
-    from adaspec_dist import pipeline
+    from adaspec_dist.cli import pipeline
 
     parser = argparse.ArgumentParser()
     pipeline.add_arguments(parser)
@@ -144,11 +159,40 @@ def test_unknown_key_and_bad_stage_are_one_line_errors(tmp_path):
         load_pipeline_config(bad)
     cfg = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", ["adaspec.filter_fraction=1.5"])
     with pytest.raises(ValueError):
-        validate_stage_configs(plan(cfg), strict=True)
+        plan(cfg)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("reference.engine.lrr=1", "unknown config key 'reference.engine.lrr'"),
+    ("adaspec.filter_fractoin=0.3", "unknown config key 'adaspec.filter_fractoin'"),
+    ("cache.scheme=dense", "config key 'cache.scheme' = 'dense' is not one of ['topk', 'sampled']"),
+    ("cache.value_dtype=fp8", "config key 'cache.value_dtype' = 'fp8' is not one of ['fp16', 'bf16', 'int8']"),
+    ("eval.gamas=[1]", "unknown config key 'eval.gamas'"),
+    ("eval.data.splt=test", "unknown config key 'eval.data.splt'"),
+    ("sft.objectiv=sft", "unknown config key 'sft.objectiv'"),
+])
+def test_a_bad_key_in_any_stage_section_fails_when_planned(override, needle):
+    cfg = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", [override])
+    with pytest.raises(ConfigError) as err:
+        plan(cfg)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("data.lmit=3", "unknown config key 'data.lmit'"),
+    ("eval_data.splt=test", "unknown config key 'eval_data.splt'"),
+    ("target.dtype=fp8", "config key 'target.dtype' = 'fp8' is not one of ['auto', 'float32', 'bfloat16', 'float16']"),
+    ("draft.prest=x", "unknown config key 'draft.prest'"),
+    ("divergence=kl", "config key 'divergence' = 'kl' is not one of ['fkl', 'rkl', 'jsd', 'tvd']"),
+])
+def test_a_bad_key_in_a_shared_section_fails_when_loaded(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", [override])
+    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_marker_of_another_config_is_refused(tmp_path):
-    from adaspec_dist.pipeline import _write_marker
+    from adaspec_dist.pipeline import write_marker as _write_marker
 
     cfg = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", [f"run_dir={tmp_path}"])
     stage = {s.name: s for s in plan(cfg)}["cache_train"]

@@ -6,21 +6,18 @@ Usage::
     torchrun --nproc_per_node 2 -m adaspec_dist.cli train --config ... engine.zero_stage=2
     deepspeed --hostfile hosts -m adaspec_dist.cli train --config ...   (or srun ... under Slurm)
 
+A ``TrainConfig`` -> ``distill.train.train``; global rank 0 prints the summary as one JSON line.
 ``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-
-import torch.distributed as dist
 
 from adaspec_dist.config import load_config
-from adaspec_dist.dist import shutdown
-from adaspec_dist.distill.train import TrainConfig, train
-
-logger = logging.getLogger(__name__)
+from adaspec_dist.dist import launch_env
+from adaspec_dist.distill.config import TrainConfig
+from adaspec_dist.distill.train import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config and not overrides:
         raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     cfg = load_config(TrainConfig, args.config, overrides)
-    summary = train(cfg, resume_run="auto" if args.auto_resume else args.resume)
-    is_main = not dist.is_initialized() or dist.get_rank() == 0
-    shutdown()
-    if is_main:
+    summary = train(cfg, resume="auto" if args.auto_resume else args.resume)
+    if launch_env().rank == 0:
         print(json.dumps(summary, default=str))
     return 0

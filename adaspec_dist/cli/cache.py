@@ -6,21 +6,17 @@ Usage::
     torchrun --nproc_per_node 2 -m adaspec_dist.cli cache --config ... out_dir=/data/cache
     adaspec-dist cache --add-reference REF_MODEL CACHE_DIR [--divergence fkl] [--batch-size 8]
 
-Rerunning the same command after a crash resumes (complete shards are kept, the result is
-byte-identical to an uninterrupted run).
+A ``CacheConfig`` -> ``cache.produce.produce_cache``; ``--add-reference`` builds a
+``ReferenceConfig`` -> ``cache.reference.add_reference``. Rerunning the same command after a
+crash resumes (complete shards are kept, the result is byte-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 
-from adaspec_dist.cache.produce import CacheConfig, run_job
-from adaspec_dist.cache.reference import add_reference
-from adaspec_dist.config import load_config
-from adaspec_dist.dist import init_distributed, shutdown
-from adaspec_dist.models.load import load_causal_lm
-
-logger = logging.getLogger(__name__)
+from adaspec_dist.cache.produce import CacheConfig, produce_cache
+from adaspec_dist.cache.reference import ReferenceConfig, add_reference
+from adaspec_dist.config import build_config, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
     cfg = load_config(CacheConfig, args.config, overrides)
-    manifest = run_job(cfg)
-    shutdown()
+    manifest = produce_cache(cfg)
     if manifest is not None:
         print(f"cache {cfg.out_dir}: {manifest['num_sequences']} sequences, "
               f"{manifest['num_supervised']} supervised tokens, {len(manifest['shards'])} shards")
@@ -53,12 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace) -> int:
     ref_path, cache_dir = args.add_reference
-    ps = init_distributed(1)
-    model = load_causal_lm(ref_path, device=ps.device)
-    manifest = add_reference(cache_dir, model, divergence=args.divergence, beta=args.beta,
-                             batch_size=args.batch_size, device=ps.device, ps=ps, identity=ref_path)
-    shutdown()
+    cfg = build_config(ReferenceConfig, {"cache_dir": cache_dir, "model": ref_path, "divergence": args.divergence,
+                                         "beta": args.beta, "batch_size": args.batch_size})
+    manifest = add_reference(cfg)
     if manifest is not None:
-        print(f"cache {cache_dir}: reference column ({args.divergence}) of {ref_path} added to "
+        print(f"cache {cache_dir}: reference column ({cfg.divergence}) of {ref_path} added to "
               f"{len(manifest['shards'])} shards")
     return 0

@@ -1,8 +1,18 @@
-"""The ``adaspec-dist`` console script: a table of subcommands, each imported only when run.
+"""The ``adaspec-dist`` console script: the package's one front end (argument parsing and printing).
 
-Contract: a subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-Only subcommands that work are listed in ``SUBCOMMANDS``; the README's command table is
-checked against this one by a test.
+Contract
+--------
+* ``SUBCOMMANDS``: name -> (module, one-line help). Each module (``cli/data.py``, ``cli/cache.py``,
+  ...) exposes ``add_arguments(parser)`` and ``run(args) -> int``: it builds a typed config from
+  the arguments and calls ONE job function of the library (``produce_cache``, ``add_reference``,
+  ``train``, ``evaluate``, ``run_pipeline``, ``write_report``, ...), then prints what it returns.
+  Only this package parses arguments or prints; library code logs.
+* Modules are imported only for the subcommand being run, so ``adaspec-dist --help`` and
+  ``import adaspec_dist.cli`` need neither torch, deepspeed nor megatron-core.
+* A user error (``ConfigError`` / ``ValueError`` / ``FileNotFoundError``) is one line on stderr,
+  ``adaspec-dist COMMAND: error: ...``, and exit code 2.
+* Only subcommands that work are listed; the README's command table is checked against this one
+  by a test.
 """
 from __future__ import annotations
 
@@ -17,14 +27,14 @@ from adaspec_dist.config import ConfigError
 # name -> (module, one-line help). Modules are imported lazily so that `--help` and
 # `import adaspec_dist` need neither deepspeed nor megatron-core.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("adaspec_dist.data.command", "preview a task's examples and token counts"),
-    "cache": ("adaspec_dist.cache.command", "run the target once and cache sparse next-token distributions"),
-    "inspect": ("adaspec_dist.cache.summary", "summarise a logit cache; --verify re-hashes every shard"),
-    "train": ("adaspec_dist.distill.command", "train a draft with DeepSpeed: sft, kd or adaspec (selective distillation)"),
-    "eval": ("adaspec_dist.speculative.command", "acceptance (alpha, tau, per-position) and SD speed of drafts vs a target"),
-    "pipeline": ("adaspec_dist.pipeline", "run a recipe's stages (sft, cache, kd reference, add-reference, adaspec, eval), resumably"),
-    "demo": ("adaspec_dist.demo", "the embedded end-to-end demo (no network, no GPU): DistillSpec vs AdaSPEC table and plots"),
-    "report": ("adaspec_dist.report", "AdaSPEC vs DistillSpec per task and seed (mean ± std) from run directories: markdown + PNG"),
+    "data": ("adaspec_dist.cli.data", "preview a task's examples and token counts"),
+    "cache": ("adaspec_dist.cli.cache", "run the target once and cache sparse next-token distributions"),
+    "inspect": ("adaspec_dist.cli.inspect", "summarise a logit cache; --verify re-hashes every shard"),
+    "train": ("adaspec_dist.cli.train", "train a draft with DeepSpeed: sft, kd or adaspec (selective distillation)"),
+    "eval": ("adaspec_dist.cli.eval", "acceptance (alpha, tau, per-position) and SD speed of drafts vs a target"),
+    "pipeline": ("adaspec_dist.cli.pipeline", "run a recipe's stages (sft, cache, kd reference, add-reference, adaspec, eval), resumably"),
+    "demo": ("adaspec_dist.cli.demo", "the embedded end-to-end demo (no network, no GPU): DistillSpec vs AdaSPEC table and plots"),
+    "report": ("adaspec_dist.cli.report", "AdaSPEC vs DistillSpec per task and seed (mean ± std) from run directories: markdown + PNG"),
 }
 
 
@@ -68,6 +78,14 @@ def split_overrides(argv: list[str], sub_parser: argparse.ArgumentParser) -> tup
     return kept, overrides
 
 
+def _release_process_group() -> None:
+    """Tear down the process group a job made (a no-op inside a pipeline's keep_process_group)."""
+    if "torch.distributed" in sys.modules:  # never import torch just to find nothing to tear down
+        from adaspec_dist.dist import shutdown
+
+        shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
@@ -94,7 +112,5 @@ def main(argv: list[str] | None = None) -> int:
         # User errors get one clear line, not a traceback.
         print(f"adaspec-dist {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    finally:
+        _release_process_group()

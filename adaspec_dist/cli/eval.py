@@ -1,0 +1,36 @@
+"""``adaspec-dist eval``: acceptance and speed of drafts against a target.
+
+An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (which loads the models, builds the inputs,
+evaluates and writes eval.json, PNG plots and tensorboard scalars into ``out_dir``); global rank 0
+prints the table. With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model
+sharded over the N launched ranks (``torchrun --nproc_per_node N``; exactly one TP group).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adaspec_dist.config import load_config
+from adaspec_dist.dist import launch_env
+from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
+from adaspec_dist.speculative.report import format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe with an EvalConfig (target, drafts, data, gammas, ...)")
+    parser.add_argument("--tp", type=int, default=None,
+                        help="tensor-parallel size of the target (same as tp=N; launch N ranks with torchrun)")
+    parser.add_argument("overrides", nargs="*",
+                        help="dotted overrides, e.g. target.name_or_path=runs/sft drafts.kd=runs/kd gammas=[1,2,4]")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.config and not args.overrides:
+        raise ValueError("eval needs --config RECIPE.yaml and/or overrides such as target.name_or_path=DIR drafts.kd=DIR")
+    overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
+    cfg = load_config(EvalConfig, args.config, overrides)
+    result = evaluate(cfg)
+    if launch_env().rank == 0:
+        print(format_table(result))
+        print(f"wrote eval.json, the PNG plots and tensorboard scalars (tb/) in {Path(cfg.out_dir)}")
+    return 0
