@@ -28,9 +28,9 @@ Contract
   eval`` it also has ``next_token(...)`` (the target-only baseline's pick: distributed argmax,
   or per-shard Gumbel-max) and ``overlap(...)`` (per-position Σ_x min(p, q) for α_logits: each
   rank sums its vocab slice with p normalised globally, then one SUM all-reduce).
-* ``OnlineTPTeacher(path, tp_size=...)``: the online teacher for a data-parallel student —
-  TP groups of ranks pool their micro-batches through one sharded target; each rank gets the
-  SparseTarget rows of its own batch (see the class doc).
+* ``OnlineTPTeacher(path, tp_group=...)``: the online teacher for a data-parallel student —
+  the ranks of a TP group (``dist.grid_groups(tp).tp_group``) pool their micro-batches through
+  one sharded target; each rank gets the SparseTarget rows of its own batch (see the class doc).
 
 Shapes: B rows, G gamma, Q new tokens, N supervised positions, V this shard's vocab width,
 D draws.
@@ -115,28 +115,20 @@ def make_target_fn(name_or_path: str | None, ps: Any, *, dtype: str, scheme: str
 class OnlineTPTeacher:
     """A TP target as the online teacher of a purely data-parallel student (issue 6, part 5).
 
-    Every rank trains the student on its own micro-batch. Contiguous groups of ``tp_size`` ranks
-    (created here, collectively: every rank must construct it) share one sharded target: they
-    all-gather their micro-batches (any B and T), run the TP target once on the union, and each
-    rank keeps the :class:`SparseTarget` rows of its own supervised positions (row-major, as the
-    cache stores them). Sampled targets draw from an internal generator seeded identically on
-    the group's ranks. Feeding these rows to the trainer's cached-mode losses gives the online
-    behaviour with a target no rank could hold.
+    Every rank trains the student on its own micro-batch. The ranks of ``tp_group`` (contiguous
+    ranks: ``dist.grid_groups(tp_size).tp_group``, built there; every rank of the group must
+    construct the teacher) share one sharded target: they all-gather their micro-batches (any B
+    and T), run the TP target once on the union, and each rank keeps the :class:`SparseTarget`
+    rows of its own supervised positions (row-major, as the cache stores them). Sampled targets
+    draw from an internal generator seeded identically on the group's ranks. Feeding these rows
+    to the trainer's cached-mode losses gives the online behaviour with a target no rank could
+    hold.
     """
 
-    def __init__(self, path: str, *, tp_size: int, scheme: str = "topk", top_k: int = 64, draws: int = 32,
+    def __init__(self, path: str, *, tp_group: Any, scheme: str = "topk", top_k: int = 64, draws: int = 32,
                  temperature: float = 1.0, dtype: torch.dtype = torch.float32, device: Any = "cpu", seed: int = 0):
-        import torch.distributed as dist
-
-        world, rank = dist.get_world_size(), dist.get_rank()
-        if tp_size < 1 or world % tp_size:
-            raise ValueError(f"teacher tp={tp_size} does not divide the world size {world}; change the teacher's tp")
-        self.group = None
-        for d in range(world // tp_size):  # collective: same groups, same order, on every rank
-            group = dist.new_group(list(range(d * tp_size, (d + 1) * tp_size)))
-            if d == rank // tp_size:
-                self.group = group
-        self.model = load_tp_model(path, tp_group=self.group, dtype=dtype, device=device)
+        self.group = tp_group
+        self.model = load_tp_target(path, tp_group=tp_group, device=device, dtype=dtype).model
         self.fn = sparse_target_fn(self.model, scheme=scheme, top_k=top_k, draws=draws, temperature=temperature)
         self.generator = torch.Generator().manual_seed(seed)
         self.vocab_size = self.model.vocab_size

@@ -218,9 +218,10 @@ def check_online_teacher(out: Path, ps, res: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from adaspec_dist.sparse.target import topk_targets
+    from adaspec_dist.dist import grid_groups
     from adaspec_dist.models.tp_target import OnlineTPTeacher
 
-    teacher = OnlineTPTeacher(str(out / "llama_gqa"), tp_size=2, scheme="topk", top_k=6)
+    teacher = OnlineTPTeacher(str(out / "llama_gqa"), tp_group=grid_groups(2).tp_group, scheme="topk", top_k=6)
     g = torch.Generator().manual_seed(50 + ps.rank)
     b, t = (2, 7) if ps.rank == 0 else (3, 10)
     ids = torch.randint(0, VOCAB, (b, t), generator=g)
