@@ -192,12 +192,12 @@ def test_a_bad_key_in_a_shared_section_fails_when_loaded(override, needle):
 
 
 def test_marker_of_another_config_is_refused(tmp_path):
-    from adaspec_dist.pipeline import write_marker as _write_marker
+    from adaspec_dist.pipeline import write_marker
 
     cfg = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", [f"run_dir={tmp_path}"])
     stage = {s.name: s for s in plan(cfg)}["cache_train"]
     assert not is_complete(cfg, stage)
-    _write_marker(cfg, stage, 1.0)
+    write_marker(cfg, stage, 1.0)
     Path(stage.outputs[0]).parent.mkdir(parents=True)
     Path(stage.outputs[0]).write_text("{}")
     assert is_complete(cfg, stage)
