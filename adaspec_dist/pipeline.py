@@ -41,7 +41,9 @@ Contract
   the stages are data-parallel themselves and share one process group
   (``dist.keep_process_group``). Rank-0-only work (tokenizer, markers, the eval) is fenced by
   barriers, and every rank reads the markers from the shared run directory.
-* Nothing here prints: progress lines go to ``echo`` (default: the log); the CLI prints them.
+* Nothing here prints: progress lines — each stage's command line when it starts, what its own
+  command would print when it ends (:func:`describe_result`: the cache's line, the training
+  summary, the eval table), its time — go to ``echo`` (default: the log); the CLI prints them.
 """
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from adaspec_dist.cache.produce import CacheConfig, produce_cache
-from adaspec_dist.cache.reference import ReferenceConfig, add_reference
+from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
+from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
 from adaspec_dist.config import ConfigError, build_config, merge, parse_overrides, read_yaml, save_resolved
 from adaspec_dist.data import tokenizer as tk
 from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
@@ -66,6 +68,7 @@ from adaspec_dist.distill.train import train
 from adaspec_dist.models.load import ModelConfig
 from adaspec_dist.sparse.divergence import Divergence
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
+from adaspec_dist.speculative.report import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -385,32 +388,48 @@ def train_tokenizer(tc: TokenizerTrainConfig, out_dir: str) -> None:
     tk.train_sentencepiece([e.prompt + e.answer for e in examples], tc.vocab_size, out_dir, seed=0)
 
 
-def run_stage(stage: Stage, *, train_callbacks: Sequence = ()) -> None:
-    """Run one stage in this process (every rank calls this; the stage splits the work)."""
+def run_stage(stage: Stage, *, train_callbacks: Sequence = ()) -> Any:
+    """Run one stage in this process (every rank calls this; the stage splits the work); returns
+    what the job returned (None on the ranks that sit out a rank-0-only stage)."""
     main = _is_main()
     if stage.job == "tokenizer":
         if main:
             train_tokenizer(stage.config, stage.outputs[0])
         _barrier()
-        return
+        return None
     if stage.record and main:
         record = Path(stage.record)
         save_resolved(stage.config, record.parent, name=record.name)
     _barrier()
     if stage.rank0_only and not main:
-        return  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
+        return None  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
     if stage.job == "cache":
-        produce_cache(stage.config)
-    elif stage.job == "add_reference":
-        add_reference(stage.config)
-    elif stage.job == "train":
+        return produce_cache(stage.config)
+    if stage.job == "add_reference":
+        return add_reference(stage.config)
+    if stage.job == "train":
         # `--resume` only when the trainer wrote a complete checkpoint (DeepSpeed writes `latest` last).
         resume = bool(stage.resume_dir) and (Path(stage.resume_dir) / "latest").is_file()
-        train(stage.config, resume=resume, callbacks=train_callbacks)
-    elif stage.job == "eval":
-        evaluate(stage.config)
-    else:  # pragma: no cover  (Job is a closed set)
-        raise ValueError(f"stage '{stage.name}' has no job '{stage.job}'")
+        return train(stage.config, resume=resume, callbacks=train_callbacks)
+    if stage.job == "eval":
+        return evaluate(stage.config)
+    raise ValueError(f"stage '{stage.name}' has no job '{stage.job}'")  # pragma: no cover  (a closed set)
+
+
+def describe_result(stage: Stage, result: Any) -> str | None:
+    """What the stage's own command prints when it ends: the cache's line, the training summary
+    (one JSON line), the eval table; None when there is nothing to say."""
+    if result is None:
+        return None
+    if stage.job == "cache":
+        return describe_cache(stage.config.out_dir, result)
+    if stage.job == "add_reference":
+        return describe_reference(stage.config, result)
+    if stage.job == "train":
+        return json.dumps(result, default=str)
+    if stage.job == "eval":
+        return format_table(result)
+    return None
 
 
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,
@@ -452,7 +471,10 @@ def _run_pipeline(cfg: PipelineConfig, *, only, force, echo, train_callbacks) ->
             continue
         echo(f"[{i + 1}/{len(stages)}] {stage.name}: {stage.command_line()}")
         start = time.time()
-        run_stage(stage, train_callbacks=train_callbacks)
+        result = run_stage(stage, train_callbacks=train_callbacks)
+        text = describe_result(stage, result)
+        if text:
+            echo(text)
         _barrier()  # every rank is done (rank-0-only stages included) before outputs are checked
         missing = [o for o in stage.outputs if not Path(o).exists()]
         if missing:

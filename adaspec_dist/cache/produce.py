@@ -292,6 +292,12 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
 
 
+def describe_cache(out_dir: str | Path, manifest: dict) -> str:
+    """One line on a finished cache (what ``adaspec-dist cache`` prints at its end)."""
+    return (f"cache {out_dir}: {manifest['num_sequences']} sequences, {manifest['num_supervised']} supervised tokens, "
+            f"{len(manifest['shards'])} shards")
+
+
 def produce_cache(cfg: CacheConfig) -> dict | None:
     """The ``cache`` job: process grid, then :func:`prepare_job`, then :func:`write_cache`; returns the
     manifest on global rank 0, None elsewhere. Rerunning it after a crash finishes the cache."""

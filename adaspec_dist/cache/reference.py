@@ -82,6 +82,12 @@ def reference_column(reader: CacheReader, ref_model, shard: int, *, divergence: 
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)
 
 
+def describe_reference(cfg: ReferenceConfig, manifest: dict) -> str:
+    """One line on an added column (what ``adaspec-dist cache --add-reference`` prints at its end)."""
+    return (f"cache {cfg.cache_dir}: reference column ({cfg.divergence}) of {cfg.model} added to "
+            f"{len(manifest['shards'])} shards")
+
+
 def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None, ps: Any = None) -> dict | None:
     """Compute and record the reference column (see module docstring); returns the manifest on rank 0.
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec_dist.cache.produce import CacheConfig, produce_cache
-from adaspec_dist.cache.reference import ReferenceConfig, add_reference
+from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
+from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
 from adaspec_dist.config import build_config, load_config
 
 
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(CacheConfig, args.config, overrides)
     manifest = produce_cache(cfg)
     if manifest is not None:
-        print(f"cache {cfg.out_dir}: {manifest['num_sequences']} sequences, "
-              f"{manifest['num_supervised']} supervised tokens, {len(manifest['shards'])} shards")
+        print(describe_cache(cfg.out_dir, manifest))
     return 0
 
 
@@ -52,6 +51,5 @@ def _reference(args: argparse.Namespace) -> int:
                                          "beta": args.beta, "batch_size": args.batch_size})
     manifest = add_reference(cfg)
     if manifest is not None:
-        print(f"cache {cache_dir}: reference column ({cfg.divergence}) of {ref_path} added to "
-              f"{len(manifest['shards'])} shards")
+        print(describe_reference(cfg, manifest))
     return 0
