@@ -94,7 +94,8 @@ def evaluate(run: Run) -> dict[str, float]:
     module = run.engine.module
     was_training = module.training
     module.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
+    # On the run's device: NCCL (CUDA) reduces only device tensors.
+    sums = torch.zeros(3, dtype=torch.float64, device=run.ps.device)
     for b, batch in enumerate(run.eval_reader):
         if run.cfg.eval_batches is not None and b >= run.cfg.eval_batches:
             break
