@@ -24,6 +24,8 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from adaspec_dist.files import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -113,6 +115,24 @@ def build_config(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = 
     return cfg
 
 
+def check_keys(cls: type, data: Mapping[str, Any] | None, *, prefix: str = "") -> dict[str, Any]:
+    """``data`` with its values coerced to ``cls``'s field types, recursively: unknown keys and wrong
+    types raise ``ConfigError`` as :func:`build_config` does, but missing required keys and
+    ``validate()`` are not checked, so a partial recipe resolves (``--print-config``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in dict(data or {}).items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; did you mean: {_closest(key, list(fields))}?")
+        inner = _unwrap_optional(hints[key])
+        if dataclasses.is_dataclass(inner) and isinstance(value, Mapping):
+            out[key] = check_keys(inner, value, prefix=prefix + key + ".")
+        else:  # (a dataclass given a non-mapping: the same "must be a mapping" error)
+            out[key] = _coerce(value, hints[key], prefix + key)
+    return out
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["--a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
     tree: dict[str, Any] = {}
@@ -172,8 +192,5 @@ def save_resolved(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / name
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, out)
+    atomic_write_text(out, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return out

@@ -247,6 +247,17 @@ def barrier(group: Any = None) -> None:
         dist.barrier(group=group)
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Global rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself without a process group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 _keepers = 0  # depth of keep_process_group() blocks in this process
 
 

@@ -31,12 +31,13 @@ Contract
   (:meth:`Stage.command_line`, echoed when it runs) with the stage's resolved config, which is
   written to ``run_dir/configs/NAME.yaml`` as a record before the stage runs.
 * Resumability: a stage that completes gets ``run_dir/stages/NAME.done.json`` holding the
-  sha256 of its config (:func:`config_sha`); a rerun skips stages whose marker matches and whose
-  outputs exist. A stage killed midway has no marker and is rerun; the stages themselves
-  resume (the cache keeps complete shards, ``train`` continues from its last checkpoint when
-  ``checkpoints/latest`` exists), so a killed pipeline finishes with the same results as an
-  uninterrupted one. A marker whose config hash differs is refused (one line naming the stage
-  and the fix).
+  sha256 of its config (:func:`config_sha`: paths relative to run_dir, so a moved run directory
+  resumes); a rerun skips stages whose marker matches and whose outputs exist. A stage killed
+  midway has no marker and is rerun; the stages themselves resume (the cache keeps complete
+  shards, ``train`` continues from its last checkpoint when ``checkpoints/latest`` exists), so a
+  killed pipeline finishes with the same results as an uninterrupted one. A marker whose config
+  hash differs is refused (one line naming the stage and the fix).
+* One pipeline at a time per run_dir: rank 0 claims it (``files.claim_for_job``) before writing.
 * Launchers: every rank runs the pipeline (torchrun / deepspeed / srun start N copies of it);
   the stages are data-parallel themselves and share one process group
   (``dist.keep_process_group``). Rank-0-only work (tokenizer, markers, the eval) is fenced by
@@ -65,6 +66,7 @@ from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
 from adaspec_dist.dist import barrier, init_distributed, keep_process_group, launch_env
 from adaspec_dist.distill.config import TrainConfig, budget_for
 from adaspec_dist.distill.train import train
+from adaspec_dist.files import atomic_write_text, claim_for_job
 from adaspec_dist.models.load import ModelConfig
 from adaspec_dist.sparse.divergence import Divergence
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
@@ -328,9 +330,30 @@ def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
 
 # ----------------------------------------------------------------------------- running
 
-def config_sha(stage: Stage) -> str:
-    """The hash a stage's marker records: its command line and the mapping its config came from."""
-    blob = json.dumps({"command": stage.command, "argv": stage.cli_args(), "config": stage.recipe}, sort_keys=True)
+def _located(value: Any, run_dir: str | None) -> Any:
+    """``value`` with every path made independent of where it is spelled from: a path inside
+    ``run_dir`` becomes ``$RUN_DIR/...``, another existing path its absolute form."""
+    if isinstance(value, dict):
+        return {k: _located(v, run_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_located(v, run_dir) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    absolute = os.path.abspath(value)
+    if run_dir is not None:
+        rel = os.path.relpath(absolute, os.path.abspath(run_dir))
+        if rel != ".." and not rel.startswith(".." + os.sep):
+            return "$RUN_DIR" if rel == "." else f"$RUN_DIR/{rel}"
+    return absolute if os.path.exists(value) else value
+
+
+def config_sha(stage: Stage, run_dir: str | None = None) -> str:
+    """The hash a stage's marker records: its command line and the mapping its config came from —
+    what the stage computes, not where its files are: paths under ``run_dir`` count relative to it
+    (a moved or renamed run directory is still complete, and resumes), other existing paths by
+    their absolute form (a relative or an absolute spelling of the same files agree)."""
+    blob = json.dumps(_located({"command": stage.command, "argv": stage.cli_args(), "config": stage.recipe},
+                               run_dir), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -348,7 +371,7 @@ def is_complete(cfg: PipelineConfig, stage: Stage) -> bool:
     if not marker.is_file():
         return False
     done = json.loads(marker.read_text())
-    if done.get("config_sha") != config_sha(stage):
+    if done.get("config_sha") != config_sha(stage, cfg.run_dir):
         raise ConfigError(f"stage '{stage.name}' in {cfg.run_dir} was completed with a different config; "
                           f"use a new run_dir, or pass --force {stage.name} to redo it and what follows")
     return all(Path(o).exists() for o in stage.outputs)
@@ -370,11 +393,9 @@ def write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
     """Record that ``stage`` completed with its current config (rank 0 calls it)."""
     marker = _marker(cfg, stage.name)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"stage": stage.name, "config_sha": config_sha(stage), "seconds": round(seconds, 1),
-                               "command": stage.command_line(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                              indent=2))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps({"stage": stage.name, "config_sha": config_sha(stage, cfg.run_dir),
+                                          "seconds": round(seconds, 1), "command": stage.command_line(),
+                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
 def train_tokenizer(tc: TokenizerTrainConfig, out_dir: str) -> None:
@@ -450,6 +471,19 @@ def _run_pipeline(cfg: PipelineConfig, *, only, force, echo, train_callbacks) ->
         if n not in names:
             raise ConfigError(f"unknown stage '{n}'; this recipe's stages are: {', '.join(names)}")
     main = _is_main()
+    _barrier()  # (with several ranks: the process group the claim's answer travels on)
+    claim = claim_for_job(cfg.run_dir, what="pipeline run directory",
+                          fix="wait for that pipeline to finish or choose another run_dir")
+    try:
+        return _run_claimed(cfg, stages, names, main, only=only, force=force, echo=echo,
+                            train_callbacks=train_callbacks)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run_claimed(cfg: PipelineConfig, stages: list[Stage], names: list[str], main: bool, *, only, force, echo,
+                 train_callbacks) -> list[str]:
     if main:
         save_resolved(cfg, cfg.run_dir, name="pipeline.yaml")
     else:

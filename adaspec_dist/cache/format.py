@@ -9,8 +9,9 @@ Contract (the full description for other tools is docs/cache-format.md)
   library; here memory-mapped with numpy by parsing the header) plus a sidecar
   ``shard-{j:05d}.json`` (counts, byte size, sha256) whose presence marks the shard complete.
   The optional reference column is ``shard-{j:05d}.ref.npy`` (float32, (N,)) + ``.ref.json``.
-* Every file is written to ``NAME.tmp`` and renamed, so a killed job leaves either the whole
-  file or nothing under the final name.
+* Every file is written to ``NAME.<pid>.<random>.tmp`` (unique per writer, ``adaspec_dist.files``)
+  and renamed, so a killed job leaves either the whole file or nothing under the final name, and
+  two writers never share a temp file.
 * ``check_*`` helpers raise :class:`CacheError` (a ``ValueError``) with one line naming the file
   and the fix.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adaspec_dist import files
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,15 +62,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | list[bytes | memoryview]) -> None:
-    """Write ``data`` to ``path`` via ``path.tmp`` + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        for block in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
-            fh.write(block)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` via a temp name unique to this writer + fsync + rename."""
+    files.atomic_write_bytes(path, data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

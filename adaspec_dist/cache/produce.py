@@ -17,7 +17,9 @@ Contract
   a generator seeded from ``(seed, j)``. So shard bytes depend neither on the number of ranks
   nor on interruptions: a 2-rank job equals a 1-rank job and a killed job rerun with the same
   command skips its complete shards and ends byte-identical. Rank 0 writes ``manifest.json``
-  last. A directory holding a different job (config or data) is refused, never overwritten.
+  last. A directory holding a different job (config or data) is refused, never overwritten; one
+  job at a time writes into a directory (:func:`claim_directory`), and every check that can be made
+  first (:func:`check_job`, :func:`check_positions`) is made before anything is written.
 
 Shapes: B batch, T time, V vocabulary, N supervised positions, K ids per row.
 """
@@ -37,13 +39,14 @@ import torch
 from tqdm import tqdm
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.cache.writer import finished_shard, job_roles, loss_mask_from_labels, write_shard
+from adaspec_dist.cache.writer import Roles, finished_shard, job_roles, loss_mask_from_labels, write_shard
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.tasks import DataConfig, load_examples
 from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
-from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity
+from adaspec_dist.files import DirectoryClaim, remove_stale_tmp
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, weights_fingerprint
 from adaspec_dist.models.tp_target import make_target_fn
 from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
                                         sampled_targets, topk_targets)
@@ -143,25 +146,64 @@ def shard_seed(seed: int, index: int) -> int:
 
 
 def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
-    blob = json.dumps({**spec.__dict__, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    """The hash of what determines the cache's bytes: the settings, the data, the tokenizer and the
+    target's weights — never where they are. The target's path (``extra.target.identity``) is left
+    out when its content fingerprint (``extra.target.weights``) is there, and out_dir never enters,
+    so a moved cache, a copied target or a relative vs absolute path still resumes."""
+    extra = dict(spec.extra)
+    target = extra.get("target")
+    if isinstance(target, dict) and "weights" in target:
+        extra["target"] = {k: v for k, v in target.items() if k != "identity"}
+    blob = json.dumps({**spec.__dict__, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def claim_directory(out_dir: Path, fingerprint: str, *, is_main: bool, barrier: Callable[[], None]) -> None:
-    """Refuse a directory that holds another job; record ours. Every rank gets the same answer."""
-    job = out_dir / JOB_FILE
-    if job.exists():
-        found = fmt.read_json(job, "job file").get("fingerprint")
-        if found != fingerprint:
-            raise ValueError(f"cache directory '{out_dir}' holds a cache made with different settings or data "
-                             f"(see {job}); choose a new out_dir or delete that directory")
-    elif out_dir.exists() and any(p.name != "tb" for p in out_dir.iterdir()):
-        raise ValueError(f"directory '{out_dir}' is not empty and holds no cache job; choose a new out_dir")
-    barrier()
-    if is_main and not job.exists():
-        (out_dir / fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        fmt.atomic_write_json(job, {"fingerprint": fingerprint})
-    barrier()
+def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
+    """Everything about the job that can be refused before anything is written (one-line ValueError)."""
+    if not sequences:
+        raise ValueError("no sequences to cache: the data split is empty; check data.task/split/limit")
+    if spec.scheme == "topk" and spec.top_k > spec.vocab_size:
+        raise ValueError(f"cache top_k={spec.top_k} exceeds the target's vocabulary ({spec.vocab_size} ids); "
+                         f"set top_k <= {spec.vocab_size}")
+    top = max((max(s.input_ids) for s in sequences if len(s.input_ids)), default=-1)
+    if top >= spec.vocab_size:
+        raise ValueError(f"the tokenized data holds token id {top} but the target's vocabulary has {spec.vocab_size} "
+                         "ids: the tokenizer is not the target's; set tokenizer to the target's own")
+
+
+def claim_directory(out_dir: Path, fingerprint: str, me: Roles) -> DirectoryClaim | None:
+    """Claim ``out_dir`` for this job, refuse a directory that holds another job, record ours.
+
+    The claim is per job: the main rank takes an exclusive lock on the directory (held until the
+    caller releases the returned claim; ``adaspec_dist.files``), checks ``job.json`` and writes it,
+    clears the temp files a killed run left; the other ranks wait for its answer, so every rank
+    gets the same one. A second job into the same directory — any settings, any timing — is
+    refused in one line while the first holds the lock, and by ``job.json`` after it."""
+    claim, refusal = None, None
+    if me.is_main:
+        try:
+            claim = DirectoryClaim.acquire(out_dir, what="cache directory",
+                                           fix="wait for it to finish or choose another out_dir")
+            job = out_dir / JOB_FILE
+            if job.exists():
+                found = fmt.read_json(job, "job file").get("fingerprint")
+                if found != fingerprint:
+                    raise ValueError(f"cache directory '{out_dir}' holds a cache made with different settings or "
+                                     f"data (see {job}); choose a new out_dir or delete that directory")
+            elif any(p.name not in ("tb", ".lock") for p in out_dir.iterdir()):
+                raise ValueError(f"directory '{out_dir}' is not empty and holds no cache job; choose a new out_dir")
+            else:
+                (out_dir / fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+                fmt.atomic_write_json(job, {"fingerprint": fingerprint})
+            remove_stale_tmp(out_dir)  # no writer is running: the claim excludes other jobs, ours waits
+        except (ValueError, OSError) as err:  # every rank must hear the answer, whatever it is
+            if claim is not None:
+                claim.release()
+            refusal = str(err)
+    refusal = me.share(refusal)
+    if refusal:
+        raise ValueError(refusal)
+    return claim
 
 
 def _pad(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[np.ndarray]]:
@@ -200,11 +242,21 @@ def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, ou
     ``ps`` is the ParallelState (None = one process); only TP leaders write.
     """
     out_dir = Path(out_dir)
-    if not sequences:
-        raise ValueError("no sequences to cache: the data split is empty; check data.task/split/limit")
+    check_job(sequences, spec)  # before anything is written: a refused job leaves no job.json behind
     me = job_roles(ps)
     fingerprint = job_fingerprint(spec, len(sequences))
-    claim_directory(out_dir, fingerprint, is_main=me.is_main, barrier=me.barrier)
+    claim = claim_directory(out_dir, fingerprint, me)
+    try:
+        return _write_claimed(sequences, target_fn, spec, out_dir, me, device=device, config=config,
+                              tensorboard_dir=tensorboard_dir)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: Path, me: Roles, *,
+                   device: Any, config: Any, tensorboard_dir: str | None) -> dict | None:
+    """The shards this rank owns, then (main rank) the manifest; the directory is this job's."""
     if me.is_main and config is not None:
         save_resolved(config, out_dir)
 
@@ -284,12 +336,24 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
         vocab_size = int(model.get_output_embeddings().weight.shape[0])
         target_fn = hf_target_fn(model, scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws,
                                  temperature=cfg.temperature)
-    extra = {"target": {"identity": model_identity(cfg.model), "dtype": cfg.model.dtype, "tp": cfg.tp},
+    if cfg.tp == 1:
+        check_positions(model, sequences)
+    extra = {"target": {"identity": model_identity(cfg.model), "weights": weights_fingerprint(cfg.model),
+                        "dtype": cfg.model.dtype, "tp": cfg.tp},
              "tokenizer_fingerprint": vocab_fingerprint(tokenizer),
              "data": {"task": cfg.data.task, "split": cfg.data.split, "limit": cfg.data.limit,
                       "max_length": cfg.data.max_length, "fingerprint": data_fingerprint(sequences)},
              "split": cfg.data.split}
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
+
+
+def check_positions(model, sequences: Sequence[Any]) -> None:
+    """Refuse sequences longer than the target's position limit (its logits there mean nothing)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max((len(s.input_ids) for s in sequences), default=0)
+    if isinstance(limit, int) and longest > limit:
+        raise ValueError(f"a sequence has {longest} tokens but the target's max_position_embeddings is {limit}; "
+                         f"set data.max_length <= {limit}")
 
 
 def describe_cache(out_dir: str | Path, manifest: dict) -> str:

@@ -21,13 +21,16 @@ Contract
   where the saved reader stopped. An iteration that finished the epoch starts it over.
 * ``verify``: ``"full"`` hashes every shard when the reader is built; ``"open"`` checks sizes
   then and each shard's sha256 when it is first opened; ``"none"`` only checks sizes.
-* Batches are decoded in a background thread, ``prefetch`` batches ahead (0 = inline).
+* Batches are decoded in a background thread, ``prefetch`` batches ahead (0 = inline); ending an
+  iteration early (``break``, an exception, closing it) stops and joins that thread, so no thread
+  is left decoding (in torch's C++ code) when the process exits.
 * ``shard_span(j) -> (lo, hi)``: the global sequence positions ``[lo, hi)`` of shard ``j``;
   ``drop_reference()``: serve batches without the reference column (``ref_loss`` None), for the
   job that (re)computes it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
@@ -41,6 +44,8 @@ import torch
 from adaspec_dist.cache.format import (CacheError, check_shard_file, check_tokenizer, check_vocab,
                                        load_manifest, open_safetensors, SHARD_DIR, sha256_file)
 from adaspec_dist.sparse.target import SparseTarget, decode_values
+
+logger = logging.getLogger(__name__)
 
 VERIFY_MODES = ("open", "full", "none")
 
@@ -221,26 +226,34 @@ class CacheReader:
                 close()
 
 
-def _prefetched(gen: Iterator, depth: int) -> Iterator:
-    """Run ``gen`` in a daemon thread, ``depth`` items ahead; exceptions re-raise in the consumer."""
+def _prefetched(gen: Iterator, depth: int, join_timeout_s: float = 60.0) -> Iterator:
+    """Run ``gen`` in a daemon thread, ``depth`` items ahead; exceptions re-raise in the consumer.
+
+    Closing this generator stops the thread and JOINS it (within one item's production): a
+    daemon thread still inside torch's C++ code when the interpreter exits is killed by
+    ``pthread_exit``, which aborts the process ("terminate called without an active exception",
+    exit 134 instead of a preempted run's 143)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as err:  # handed to the consumer, which re-raises it
-            q.put(err)
+            put(err)
 
     thread = threading.Thread(target=work, name="cache-prefetch", daemon=True)
     thread.start()
@@ -254,3 +267,6 @@ def _prefetched(gen: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join(join_timeout_s)
+        if thread.is_alive():  # pragma: no cover  (a read stuck in the filesystem)
+            logger.warning("the cache prefetch thread did not stop within %.0f s", join_timeout_s)

@@ -5,13 +5,30 @@ tokens, bytes on disk, bytes per supervised token, scheme and params, mean tail 
 top-1 agreement (how often the target's most likely cached id is the actual next token) and
 mean L_ref when a reference column exists. Statistics come from the first ``max_rows``
 supervised positions; ``verify`` re-hashes every shard (and reference file) first.
+
+``check_invariants(reader, max_rows)`` -> warning lines (also ``summarise(...)["warnings"]``): the
+numbers no intact cache can hold, each naming the file and the fix. Counts against the manifest
+for every shard (sequences, tokens, supervised rows, ids per row, reference rows); on up to
+``max_rows`` rows spread over the shards: ids inside the vocabulary, finite log-probabilities
+<= 0 (probabilities in [0, 1]), top-k mass <= 1 + eps (eps: the stored value type's rounding),
+sampled weights >= 0, and L_ref finite and, for top-k caches, >= 0 (the top-k + rest divergence
+is a proper divergence; the sampled estimator may dip below 0 per token). A checksum can only
+tell a file changed since it was written; these catch what was wrong when it was.
 """
 from __future__ import annotations
 
 import torch
 
+import numpy as np
+
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.reader import CacheReader
+from adaspec_dist.sparse.target import decode_values
+
+# How far past 1 rounding can push a stored top-k mass (fp16 / bf16: 8+ bits of mantissa on each
+# log-prob; int8: its companding error, docs/cache-format.md).
+_MASS_EPS = {"fp16": 0.02, "bf16": 0.02, "int8": 0.05}
+_REF_EPS = 1e-4  # a divergence computed in float32 can round a hair below 0
 
 
 def summarise(cache_dir, *, verify: bool = False, max_rows: int = 200_000) -> dict:
@@ -48,5 +65,85 @@ def summarise(cache_dir, *, verify: bool = False, max_rows: int = 200_000) -> di
             k: man["reference"][k] for k in ("model", "divergence", "beta")},
         "mean_ref_loss": float(torch.cat(refs).mean()) if refs else None,
         "stats_rows": rows, "verified": verify,
+        "warnings": check_invariants(reader, max_rows),
     }
     return out
+
+
+def _fix_shard(reader: CacheReader, what: str) -> str:
+    return (f"{what}: the shard is damaged; run `adaspec-dist inspect --verify {reader.cache_dir}`, then delete "
+            "the shard (and its .json) and rerun the cache job (same command) to recompute it")
+
+
+def _fix_ref(reader: CacheReader, what: str) -> str:
+    return (f"{what}: the reference column is damaged; run `adaspec-dist inspect --verify {reader.cache_dir}`, then "
+            f"recompute it with `adaspec-dist cache --add-reference REF_MODEL {reader.cache_dir} --replace`")
+
+
+def check_invariants(reader: CacheReader, max_rows: int = 200_000) -> list[str]:
+    """Warning lines for impossible numbers in the cache (see the module docstring); [] when none."""
+    man, out = reader.manifest, []
+    vocab = int(man["vocab_size"])
+    eps = _MASS_EPS.get(reader.value_dtype, 0.05)
+    ref = man.get("reference") or None
+    per_shard = max(1, max_rows // max(1, len(reader.shards)))
+    totals = {"num_sequences": "sequences", "num_tokens": "tokens", "num_supervised": "supervised"}
+    wrong = [f"{k} {man[k]} but its shards hold {sum(sh[v] for sh in reader.shards)}"
+             for k, v in totals.items() if man[k] != sum(sh[v] for sh in reader.shards)]
+    if wrong:
+        out.append(f"warning: {fmt.manifest_path(reader.cache_dir)} says {', '.join(wrong)}: it was edited or is "
+                   "damaged; delete it and rerun the cache job (same command) to rewrite it")
+    for s, sh in enumerate(reader.shards):
+        name = f"{fmt.SHARD_DIR}/{sh['file']}"
+        a = reader._shard(s)
+        counts = {"sequences": len(a["seq_offsets"]) - 1, "tokens": int(a["seq_offsets"][-1]),
+                  "supervised": int(a["row_offsets"][-1])}
+        wrong = [f"{k} {v} (manifest: {sh[k]})" for k, v in counts.items() if v != sh[k]]
+        if len(a["tokens"]) != counts["tokens"] or int(np.asarray(a["loss_mask"], dtype=np.int64).sum()) != \
+                counts["supervised"] or a["ids"].shape[0] != counts["supervised"]:
+            wrong.append("its arrays disagree with its own offsets")
+        if a["ids"].ndim != 2 or a["ids"].shape[1] != sh["k"]:
+            wrong.append(f"{a['ids'].shape[-1]} ids per row (manifest: {sh['k']})")
+        if wrong:
+            out.append(f"warning: {_fix_shard(reader, name + ' holds ' + ', '.join(wrong))}")
+            continue
+        n = min(counts["supervised"], per_shard)
+        ids = np.asarray(a["ids"][:n])
+        logp = decode_values(a["logp"][:n], reader.value_dtype).numpy()
+        bad = []
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad.append(f"ids outside the vocabulary [0, {vocab}) (max {int(ids.max())})")
+        if not np.isfinite(logp).all():
+            bad.append(f"{int((~np.isfinite(logp)).sum())} non-finite log-probabilities")
+        elif logp.size and logp.max() > eps:
+            bad.append(f"probabilities above 1 (largest log-prob {float(logp.max()):.3g})")
+        elif reader.scheme == "topk" and logp.size:
+            mass = np.exp(logp.astype(np.float64)).sum(-1)
+            if mass.max() > 1 + eps:
+                bad.append(f"{int((mass > 1 + eps).sum())} rows whose top-k mass exceeds 1 (max {mass.max():.3f})")
+        if "weights" in a:
+            w = np.asarray(a["weights"][:n])
+            if not np.isfinite(w).all() or (w.size and w.min() < 0):
+                bad.append("negative or non-finite sampling weights")
+        if bad:
+            out.append(f"warning: {_fix_shard(reader, name + ' holds ' + '; '.join(bad))}")
+        if ref and sh["file"] in ref.get("shards", {}):
+            out += _check_ref(reader, ref["shards"][sh["file"]]["file"], counts["supervised"], n)
+    return out
+
+
+def _check_ref(reader: CacheReader, file: str, supervised: int, n: int) -> list[str]:
+    """The reference column of one shard: one row per supervised position, finite, a divergence."""
+    name = f"{fmt.SHARD_DIR}/{file}"
+    col = np.load(reader.cache_dir / name, mmap_mode="r")
+    vals = np.asarray(col[:n], dtype=np.float64)
+    if col.shape != (supervised,):
+        problem = f"{name} has {col.shape[0]} rows for {supervised} supervised positions"
+    elif not np.isfinite(vals).all():
+        problem = f"{name} holds {int((~np.isfinite(vals)).sum())} non-finite L_ref values"
+    elif reader.scheme == "topk" and vals.size and vals.min() < -_REF_EPS:
+        problem = (f"{name} holds {int((vals < -_REF_EPS).sum())} negative L_ref values (min {vals.min():.4g}), "
+                   "impossible for a divergence")
+    else:
+        return []
+    return [f"warning: {_fix_ref(reader, problem)}"]

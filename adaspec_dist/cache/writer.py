@@ -11,7 +11,8 @@ Contract
 * ``loss_mask_from_labels(labels)``: position t is supervised iff ``labels[t+1] != -100``.
 * ``job_roles(ps)`` -> :class:`Roles`: this process's part in a data-parallel cache job (its DP
   rank, whether it writes, whether it writes the manifest, how ranks meet); ``ps=None`` is one
-  process (every role, no barrier). The cache job and the reference column share it.
+  process (every role, no barrier). ``Roles.share(obj)`` gives every rank the main rank's ``obj``
+  (how the directory claim's answer reaches all ranks). The cache job and the reference column share it.
 
 Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per row):
 ``tokens`` (L,) ids; ``seq_offsets`` (S+1,) int64; ``loss_mask`` (L,) uint8;
@@ -30,6 +31,7 @@ import numpy as np
 from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
                                        read_json, write_safetensors, CacheError)
 from adaspec_dist.dist import barrier as dist_barrier
+from adaspec_dist.dist import broadcast_object
 from adaspec_dist.sparse.target import SparseTarget, encode_values, id_dtype
 
 _VALUE_ST = {"fp16": "F16", "bf16": "BF16", "int8": "U8"}
@@ -46,6 +48,8 @@ class Roles:
     writes: bool
     """TP rank 0 of its replica: writes that replica's shards."""
     barrier: Callable[[], None]
+    share: Callable[[Any], Any] = lambda obj: obj
+    """The main rank's value of ``obj`` on every rank (a broadcast; one process: ``obj`` itself)."""
 
 
 def _no_barrier() -> None:
@@ -57,7 +61,7 @@ def job_roles(ps: Any = None) -> Roles:
     if ps is None:
         return Roles(dp_rank=0, dp_size=1, is_main=True, writes=True, barrier=_no_barrier)
     return Roles(dp_rank=ps.dp_rank, dp_size=ps.dp_size, is_main=ps.is_main, writes=ps.is_tp_leader,
-                 barrier=dist_barrier)
+                 barrier=dist_barrier, share=broadcast_object)
 
 
 def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:

@@ -13,16 +13,21 @@ Contract
   ``adaspec-dist COMMAND: error: ...``, and exit code 2.
 * Only subcommands that work are listed; the README's command table is checked against this one
   by a test.
+* A subcommand module's ``Usage::`` docstring block is its ``--help`` examples (every one is run
+  by tests/integration/test_examples.py). A job stopped by a signal (``Preempted``) ends the
+  program with 143 through ``os._exit`` once flushed and its process group destroyed (``main``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 
 from adaspec_dist.config import ConfigError
+from adaspec_dist.preemption import Preempted
 
 # name -> (module, one-line help). Modules are imported lazily so that `--help` and
 # `import adaspec_dist` need neither deepspeed nor megatron-core.
@@ -54,8 +59,29 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str |
         p = sub.add_parser(name, help=help_text, description=help_text)
         parser.subcommand_parsers[name] = p
         if name == load:
-            importlib.import_module(module).add_arguments(p)
+            loaded = importlib.import_module(module)
+            loaded.add_arguments(p)
+            examples = usage_examples(loaded.__doc__)
+            if examples:  # the module's Usage:: block, shown by --help (and run by tests/integration/test_examples.py)
+                p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+                p.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def usage_examples(doc: str | None) -> list[str]:
+    """The command lines of a docstring's ``Usage::`` block (its indented lines, dedented)."""
+    lines = (doc or "").splitlines()
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == "Usage::") + 1
+    except StopIteration:
+        return []
+    out = []
+    for ln in lines[start:]:
+        if ln.strip() and not ln.startswith(" "):
+            break
+        if ln.strip():
+            out.append(ln.strip())
+    return out
 
 
 _OVERRIDE = re.compile(r"^(--)?[A-Za-z_][\w.]*=")
@@ -86,7 +112,26 @@ def _release_process_group() -> None:
         shutdown()
 
 
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` at once, after flushing the logs and stdio: no interpreter
+    teardown, during which a thread still alive in C++ code (gloo, the TCPStore, a prefetcher) is
+    killed by ``pthread_exit`` and aborts the process (exit 134, "terminate called without an
+    active exception") — Slurm's requeue logic keys on the preempted job's 143."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console script. ``argv`` None = this process IS the program (``adaspec-dist``, ``python -m
+    adaspec_dist.cli``): then a job stopped by a signal (``Preempted``) ends the process with 143 via
+    :func:`_exit_now` once its checkpoint is written and its process group destroyed. With an
+    ``argv`` list (a caller in-process) ``Preempted`` propagates as the ``SystemExit(143)`` it is."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(load=command)
@@ -112,5 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         # User errors get one clear line, not a traceback.
         print(f"adaspec-dist {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stopped:
+        if as_program:
+            _release_process_group()
+            _exit_now(int(stopped.code))
+        raise
     finally:
         _release_process_group()

@@ -2,8 +2,9 @@
 
 Usage::
 
-    adaspec-dist cache --config configs/demo-cache.yaml [section.key=value ...]
-    torchrun --nproc_per_node 2 -m adaspec_dist.cli cache --config ... out_dir=/data/cache
+    adaspec-dist cache --config R.yaml [section.key=value ...]     # R.yaml: a CacheConfig recipe
+    adaspec-dist cache --print-config model.name_or_path=EleutherAI/pythia-1.4b data.task=gsm8k top_k=64
+    torchrun --nproc_per_node 2 -m adaspec_dist.cli cache --config R.yaml out_dir=/data/cache
     adaspec-dist cache --add-reference REF_MODEL CACHE_DIR [--divergence fkl] [--batch-size 8]
 
 A ``CacheConfig`` -> ``cache.produce.produce_cache``; ``--add-reference`` builds a
@@ -16,6 +17,7 @@ import argparse
 
 from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
+from adaspec_dist.cli.config_help import add_print_config, describe_config, print_config
 from adaspec_dist.config import build_config, load_config
 
 
@@ -29,15 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=None,
                         help="tensor-parallel size of the target (same as tp=N; world = TP x DP ranks)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. out_dir=/tmp/c scheme=sampled")
+    add_print_config(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.add_reference:
         return _reference(args)
+    overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
+    if args.print_config:
+        return print_config(CacheConfig, args.config, overrides)
     if not args.config and not args.overrides:
         raise ValueError("cache needs --config RECIPE.yaml (and/or overrides), or --add-reference REF_MODEL CACHE_DIR")
 
-    overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
     cfg = load_config(CacheConfig, args.config, overrides)
     manifest = produce_cache(cfg)
     if manifest is not None:
@@ -47,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace) -> int:
     ref_path, cache_dir = args.add_reference
-    cfg = build_config(ReferenceConfig, {"cache_dir": cache_dir, "model": ref_path, "divergence": args.divergence,
-                                         "beta": args.beta, "batch_size": args.batch_size})
+    data = {"cache_dir": cache_dir, "model": ref_path, "divergence": args.divergence, "beta": args.beta,
+            "batch_size": args.batch_size}
+    if args.print_config:
+        print(describe_config(ReferenceConfig, data))
+        return 0
+    cfg = build_config(ReferenceConfig, data)
     manifest = add_reference(cfg)
     if manifest is not None:
         print(describe_reference(cfg, manifest))

@@ -1,5 +1,10 @@
 """``adaspec-dist data``: preview a task's formatted examples and their token counts.
 
+Usage::
+
+    adaspec-dist data --task arith --show 2
+    adaspec-dist data --task gsm8k --source data/gsm8k.jsonl --tokenizer EleutherAI/pythia-1.4b
+
 Builds a ``DataConfig`` and calls ``data.preview.preview`` (examples exactly as training loads
 them); prints the first few with the prompt/answer boundary visible and, given ``--tokenizer``
 (or ``--build-tokenizer``), token-count statistics under the training policy, how many

@@ -2,24 +2,32 @@
 
 Loads the demo recipe (``configs/demo.yaml``, shipped in the package) with the overrides, calls
 ``demo.run_demo`` and prints (rank 0) the final table, the one-line verdict and where the plots are.
+
+Usage::
+
+    adaspec-dist demo
+    adaspec-dist demo --seed 1 --run-dir runs/demo-seed1
+    adaspec-dist demo --print-config adaspec.kept_token_epochs=2
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from adaspec_dist.cli.config_help import add_print_config, describe_config, recipe_data
 from adaspec_dist.demo import DEFAULT_RECIPE, run_demo
-from adaspec_dist.pipeline import load_pipeline_config
+from adaspec_dist.pipeline import PipelineConfig, load_pipeline_config, plan
 from adaspec_dist.report import verdict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. adaspec.epochs=2")
+    parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. adaspec.kept_token_epochs=2")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE),
                         help="recipe (default: the shipped demo.yaml, = configs/demo.yaml in the repository)")
     parser.add_argument("--run-dir", default=None, help="run directory (default: the recipe's, runs/demo)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the whole run (default: the recipe's)")
     parser.add_argument("--gamma", type=int, default=None, help="γ of the final table (default 4)")
+    add_print_config(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.print_config:  # as `adaspec-dist pipeline RECIPE --print-config`
+        print(describe_config(PipelineConfig, recipe_data(args.recipe, overrides)))
+        plan(load_pipeline_config(args.recipe, overrides))
+        return 0
     cfg = load_pipeline_config(args.recipe, overrides)
     summary = run_demo(cfg, gamma=args.gamma, echo=print)
     if summary is None:  # not rank 0

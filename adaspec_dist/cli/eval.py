@@ -1,5 +1,11 @@
 """``adaspec-dist eval``: acceptance and speed of drafts against a target.
 
+Usage::
+
+    adaspec-dist eval target.name_or_path=runs/demo/target/final drafts.kd=runs/demo/reference/final gammas=[1,2,4]
+    adaspec-dist eval --config R.yaml data.task=gsm8k data.split=test num_prompts=64 temperature=1.0
+    torchrun --nproc_per_node 4 -m adaspec_dist.cli eval --config R.yaml --tp 4
+
 An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (which loads the models, builds the inputs,
 evaluates and writes eval.json, PNG plots and tensorboard scalars into ``out_dir``); global rank 0
 prints the table. With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adaspec_dist.cli.config_help import add_print_config, print_config
 from adaspec_dist.config import load_config
 from adaspec_dist.dist import launch_env
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
@@ -22,12 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tensor-parallel size of the target (same as tp=N; launch N ranks with torchrun)")
     parser.add_argument("overrides", nargs="*",
                         help="dotted overrides, e.g. target.name_or_path=runs/sft drafts.kd=runs/kd gammas=[1,2,4]")
+    add_print_config(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
+    if args.print_config:
+        return print_config(EvalConfig, args.config, overrides)
     if not args.config and not args.overrides:
         raise ValueError("eval needs --config RECIPE.yaml and/or overrides such as target.name_or_path=DIR drafts.kd=DIR")
-    overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
     cfg = load_config(EvalConfig, args.config, overrides)
     result = evaluate(cfg)
     if launch_env().rank == 0:

@@ -1,11 +1,19 @@
 """``adaspec-dist inspect CACHE_DIR``: what a cache holds, and (``--verify``) whether it is intact.
 
-Calls ``cache.summary.summarise`` and prints its dict (``--json``: as JSON).
+Usage::
+
+    adaspec-dist inspect runs/demo/cache/train
+    adaspec-dist inspect runs/demo/cache/train --verify --json
+
+Calls ``cache.summary.summarise`` and prints its dict (``--json``: as JSON); each impossible number
+it found (``summarise(...)["warnings"]``: a negative L_ref, a top-k mass above 1, counts that
+disagree with the manifest, ...) is a ``warning:`` line on stderr naming the file and the fix.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from adaspec_dist.cache.summary import summarise
 
@@ -18,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     info = summarise(args.cache_dir, verify=args.verify)
+    for line in info["warnings"]:  # impossible numbers: each names its file and the fix
+        print(f"adaspec-dist inspect: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

@@ -1,5 +1,9 @@
 """``adaspec-dist report RUN_DIR...``: the three arms per task and seed, mean ± std.
 
+Usage::
+
+    adaspec-dist report runs/gsm8k-seed0 runs/gsm8k-seed1 runs/gsm8k-seed2 --out runs/report --gamma 4
+
 Calls ``report.write_report`` (report.md, report.json, report_alpha.png) and prints the markdown.
 """
 from __future__ import annotations

@@ -2,11 +2,15 @@
 
 Usage::
 
-    adaspec-dist train --config configs/RECIPE.yaml [--objective adaspec] [--resume] [section.key=value ...]
-    torchrun --nproc_per_node 2 -m adaspec_dist.cli train --config ... engine.zero_stage=2
-    deepspeed --hostfile hosts -m adaspec_dist.cli train --config ...   (or srun ... under Slurm)
+    adaspec-dist train --config R.yaml [--objective adaspec] [--resume] [section.key=value ...]
+    adaspec-dist train --print-config --config R.yaml engine.lr=1e-4     # every key: value, type, doc
+    adaspec-dist train --config runs/demo/configs/adaspec.yaml run_dir=runs/ada2 engine.lr=1e-3
+    torchrun --nproc_per_node 2 -m adaspec_dist.cli train --config R.yaml engine.zero_stage=2
+    deepspeed --hostfile hosts -m adaspec_dist.cli train --config R.yaml     # (or srun ... under Slurm)
 
-A ``TrainConfig`` -> ``distill.train.train``; global rank 0 prints the summary as one JSON line.
+``R.yaml`` is a TrainConfig recipe (a pipeline run writes one per train stage in
+``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train``; global rank 0 prints the
+summary as one JSON line.
 ``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly.
 """
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from adaspec_dist.cli.config_help import add_print_config, print_config
 from adaspec_dist.config import load_config
 from adaspec_dist.dist import launch_env
 from adaspec_dist.distill.config import TrainConfig
@@ -28,12 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint when there is one, else start fresh "
                              "(for requeued jobs that may have died before their first checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=2 max_steps=100")
+    add_print_config(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides or [])
     if args.objective:
         overrides.append(f"objective={args.objective}")
+    if args.print_config:
+        return print_config(TrainConfig, args.config, overrides)
     if not args.config and not overrides:
         raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     cfg = load_config(TrainConfig, args.config, overrides)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from adaspec_dist.data import embedded
+from adaspec_dist.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,5 @@ def embedded_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 4096, se
         pass
     texts = embedded_tokenizer_corpus(seed, limit_per_corpus=limit_per_corpus)
     tokenizer = train_sentencepiece(texts, vocab_size, out_dir, seed=seed)
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(want))
-    os.replace(tmp, stamp)  # the stamp appears only once the tokenizer files are complete
+    atomic_write_text(stamp, json.dumps(want))  # the stamp appears only once the tokenizer files are complete
     return tokenizer

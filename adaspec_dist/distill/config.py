@@ -57,9 +57,11 @@ class TrainConfig:
     tokenizer: str | None = None
     """Tokenizer path (for data and for the exported draft)."""
     cache_dir: str | None = None
+    """The training cache (`adaspec-dist cache`): sparse targets, and L_ref for adaspec."""
     eval_cache_dir: str | None = None
     """Held-out cache for periodic α / divergence evaluation."""
     run_dir: str = "runs/train"
+    """Receives config.yaml, tb/, checkpoints/ and final/ (one run at a time)."""
     max_steps: int | None = None
     """Optimiser steps (None = derived from passes / kept_token_epochs)."""
     passes: float = 1.0
@@ -84,9 +86,11 @@ class TrainConfig:
     eval_batches: int | None = None
     """Limit eval to this many batches per rank (None = the whole eval cache)."""
     seed: int = 0
+    """Seed of the data order and of torch's RNG; a preset draft's initialisation has its own draft.seed."""
     export: bool = True
     """Write run_dir/final in HF format at the end."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    """DeepSpeed engine, optimiser and schedule (distill/engine.py)."""
 
     def validate(self) -> None:
         if self.objective not in obj.OBJECTIVES:

@@ -88,6 +88,7 @@ class EngineConfig:
     lr: float = 3e-4
     """Peak learning rate."""
     weight_decay: float = 0.0
+    """AdamW weight decay of the matrices (biases and norms get none)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas (the paper recipes use HF Trainer's defaults, (0.9, 0.999))."""
     eps: float = 1e-8
@@ -95,7 +96,9 @@ class EngineConfig:
     schedule: Schedule = "cosine"
     """constant or cosine (with linear warmup, decaying to min_lr_ratio·lr)."""
     warmup_steps: int = 0
+    """Optimiser steps of linear warmup from 0 to lr (0 = none)."""
     min_lr_ratio: float = 0.1
+    """cosine: the final LR as a fraction of lr."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (HF gradient checkpointing)."""
 

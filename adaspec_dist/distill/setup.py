@@ -6,8 +6,10 @@ Contract
 the tokenizer, the batch split (distill/budget.py), the data stream (a ``CacheReader`` over
 ``cache_dir``, or a ``TokenStream`` over ``data`` for sft / online runs without a cache), the
 draft's DeepSpeed engine, the frozen online teacher (dense, or sharded over ``target_tp`` ranks)
-and reference when this objective needs them, the eval reader and, on the main rank, the
-resolved config and a tensorboard writer in ``run_dir``. It refuses (ValueError, one line) a
+and reference when this objective needs them, the eval reader, then the job's exclusive claim on
+``run_dir`` (``files.claim_for_job``: a second run into the same directory is refused in one line)
+and, on the main rank, the resolved config and a tensorboard writer in ``run_dir``. Nothing is
+written before every check has passed. It refuses (ValueError, one line) a
 cache whose reference column was computed with another divergence, an adaspec run with no L_ref
 at all, and a draft whose vocabulary differs from the cache's / tokenizer's.
 """
@@ -29,6 +31,7 @@ from adaspec_dist.distill.batches import TokenStream
 from adaspec_dist.distill.config import TrainConfig, budget_for, total_steps_for
 from adaspec_dist.distill.engine import build_engine
 from adaspec_dist.distill.state import DataStream, Run
+from adaspec_dist.files import claim_for_job
 from adaspec_dist.models.load import ModelConfig, load_causal_lm
 from adaspec_dist.models.tp_target import OnlineTPTeacher
 
@@ -75,6 +78,9 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.eval_cache_dir:
         eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
                                   dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
+    # Everything above only reads and checks; from here the run writes into run_dir, one job at a time.
+    claim = claim_for_job(cfg.run_dir, what="run directory",
+                          fix="wait for that run to finish or choose another run_dir")
     writer = None
     if ps.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -83,7 +89,7 @@ def setup(cfg: TrainConfig) -> Run:
         writer = SummaryWriter(str(Path(cfg.run_dir) / "tb"))
     return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
                reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, budget=budget,
-               tp_teacher=tp_teacher)
+               tp_teacher=tp_teacher, claim=claim)
 
 
 def stream_lacks_reference(stream: DataStream) -> bool:

@@ -27,6 +27,7 @@ from adaspec_dist.distill.batches import TokenStream
 from adaspec_dist.distill.budget import Budget
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.distill.engine import Engine
+from adaspec_dist.files import DirectoryClaim
 from adaspec_dist.models.tp_target import OnlineTPTeacher
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class Run:
     budget: Budget
     tp_teacher: OnlineTPTeacher | None = None
     """The target sharded over ``target_tp`` ranks (online teacher with target_tp > 1)."""
+    claim: DirectoryClaim | None = None
+    """This job's exclusive claim on ``run_dir`` (main rank; ``adaspec_dist.files``), released when
+    the job ends."""
     progress: Progress = field(default_factory=Progress)
 
     @property

@@ -50,8 +50,26 @@ def train(cfg: TrainConfig, *, resume: ResumeMode = False, callbacks: Sequence[T
 
 
 def _train(cfg: TrainConfig, resume: ResumeMode, callbacks: Sequence[TrainCallback], stop: StopSignal) -> dict:
+    resumed = resolve_resume(resume, checkpoint_dir(cfg))  # before setup: a refusal writes nothing
     run = setup(cfg)
-    resumed = resolve_resume(resume, checkpoint_dir(cfg))
+    try:
+        return _run(run, resumed, resume, callbacks, stop)
+    finally:
+        _close(run)
+
+
+def _close(run: Run) -> None:
+    """End the job's hold on its resources, however it ends (done, error, or a stop signal):
+    flush and close tensorboard (its scalars up to the stop checkpoint are on disk, and its writer
+    thread ends) and release the claim on run_dir."""
+    if run.writer is not None:
+        run.writer.close()
+    if run.claim is not None:
+        run.claim.release()
+
+
+def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainCallback], stop: StopSignal) -> dict:
+    cfg = run.cfg
     if resume == "auto" and not resumed and run.ps.is_main:
         logger.info("--auto-resume: no checkpoint in '%s' yet; starting from scratch", checkpoint_dir(cfg))
     if resumed:
@@ -73,8 +91,6 @@ def _train(cfg: TrainConfig, resume: ResumeMode, callbacks: Sequence[TrainCallba
         summary["export"] = str(checkpoint.export(run))
     for cb in callbacks:
         cb.after_train(run)
-    if run.writer is not None:
-        run.writer.close()
     return summary
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from adaspec_dist.files import tmp_path
+
 logger = logging.getLogger(__name__)
 
 # Tiny architectures. "tiny-*" are for unit tests (milliseconds per forward on CPU);
@@ -132,6 +134,44 @@ def model_identity(cfg: ModelConfig | str) -> str:
     return cfg.name_or_path or f"preset:{cfg.preset}(seed={cfg.seed})"
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_fingerprint(cfg: ModelConfig | str, *, blocks: int = 16, block_bytes: int = 1 << 16) -> str:
+    """What a model computes, not where it lives (a job's fingerprint uses it instead of the path).
+
+    A local directory: sha256 of its ``config.json`` (without ``_name_or_path``) and, per weights
+    file, its name, size and ``blocks`` evenly spaced ``block_bytes`` blocks (about 1 MiB read per
+    file, so a multi-GB target costs milliseconds; retrained weights differ in every block). A
+    preset: its name, seed and overrides. A hub id: the id. The same files under another path, a
+    relative or an absolute spelling, or a copy give the same fingerprint.
+    """
+    import hashlib
+    import json
+
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = ModelConfig(name_or_path=str(cfg))
+    if not cfg.name_or_path:
+        return json.dumps({"preset": cfg.preset, "seed": cfg.seed, "overrides": cfg.overrides}, sort_keys=True)
+    path = Path(cfg.name_or_path)
+    if not path.is_dir():
+        return f"hub:{cfg.name_or_path}"
+    h = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        conf = json.loads(config.read_text())
+        conf.pop("_name_or_path", None)
+        h.update(json.dumps(conf, sort_keys=True).encode())
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            for i in range(blocks):
+                fh.seek(max(0, size - block_bytes) * i // max(1, blocks - 1))
+                h.update(fh.read(block_bytes))
+    return h.hexdigest()
+
+
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -139,9 +179,7 @@ def param_count(model) -> int:
 def save_hf(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     """Save model (safetensors) and tokenizer in HF format, atomically."""
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = tmp_path(out)  # unique per writer: two exports never share a temp directory
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)

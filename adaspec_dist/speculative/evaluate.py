@@ -70,15 +70,20 @@ class EvalConfig:
     num_prompts: int = 32
     """Prompts to decode (the first ones of the split, or synthetic ones)."""
     max_prompt_tokens: int = 256
-    """Prompts are cut from the left to this many tokens."""
+    """Prompts are cut from the left to this many tokens (prompts + max_new_tokens + max(gammas) past a
+    model's max_position_embeddings are refused: lower this)."""
     gammas: list[int] = field(default_factory=lambda: list(range(1, 9)))
     """Draft lengths to evaluate."""
     batch_size: int = 8
+    """Prompts decoded together (rows accept different counts: ragged batches)."""
     temperature: float = 0.0
     """0 = greedy; applied to target and draft alike."""
     top_p: float = 1.0
+    """Nucleus sampling of target and draft alike (1 = off; < 1 refused with tp > 1)."""
     max_new_tokens: int = 64
+    """Tokens generated per prompt; prompt + max_new_tokens + max(gammas) must fit the models' positions."""
     seed: int = 0
+    """Seed of the sampled decoding and of synthetic prompts."""
     device: str = "auto"
     """auto = cuda when available, else cpu."""
     out_dir: str = "runs/eval"
@@ -231,11 +236,47 @@ def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
                              f"evaluate drafts trained on the target's tokenizer")
 
 
+def position_limit(model) -> int | None:
+    """``max_position_embeddings`` of an HF model or of a TP target's HF config; None if unknown."""
+    for conf in (getattr(model, "config", None), getattr(getattr(model, "model", None), "hf_config", None)):
+        limit = getattr(conf, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def check_positions(models: dict[str, Any], prompts: Sequence[list[int]], held_out: Sequence | None,
+                    cfg: EvalConfig) -> None:
+    """Refuse inputs that would run a model past its ``max_position_embeddings`` (one line naming the
+    keys to lower). Refused, not cut: cutting would change what is measured without a word, and the
+    user already owns the cut (``max_prompt_tokens``). Decoding a prompt of P tokens feeds positions
+    up to P + max_new_tokens + γ - 2 (a last step's drafts overshoot max_new_tokens); a held-out
+    sequence of L tokens (α_logits) feeds L positions."""
+    limits = {name: lim for name, m in models.items() if (lim := position_limit(m)) is not None}
+    if not limits:
+        return
+    name = min(limits, key=limits.get)
+    limit, gamma = limits[name], max(cfg.gammas)
+    longest = max((len(p) for p in prompts), default=0)
+    if longest + cfg.max_new_tokens + gamma - 1 > limit:
+        room = limit - cfg.max_new_tokens - gamma + 1
+        raise ValueError(
+            f"the longest prompt has {longest} tokens: with max_new_tokens={cfg.max_new_tokens} and gamma up to "
+            f"{gamma}, decoding reaches position {longest + cfg.max_new_tokens + gamma - 2}, past {name}'s "
+            f"max_position_embeddings ({limit}); lower max_prompt_tokens"
+            + (f" (to {room} or less)" if room >= 1 else "") + ", max_new_tokens or gammas")
+    lengths = [len(s.input_ids) if hasattr(s, "input_ids") else len(s[0]) for s in held_out or []]
+    if lengths and max(lengths) > limit:
+        raise ValueError(f"a held-out sequence has {max(lengths)} tokens, past {name}'s max_position_embeddings "
+                         f"({limit}); set data.max_length <= {limit}")
+
+
 def synthetic_inputs(cfg: EvalConfig, target, vocab: int):
     """Random token prompts; held-out text = the target's greedy continuation (labels on it only)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = torch.randint(4, 17, (cfg.num_prompts,), generator=gen).tolist()
     prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths]
+    check_positions({"the target": target}, prompts, None, cfg)  # before the target continues them
     cont = autoregressive_generate(target, prompts, max_new_tokens=cfg.max_new_tokens, vocab_size=vocab).sequences
     held_out = [(p + c, [-100] * len(p) + c) for p, c in zip(prompts, cont)]
     return prompts, held_out, None, None
@@ -272,6 +313,7 @@ def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = 
     else:
         vocab = min([_width(target)] + [_width(d) for d in drafts.values()])
         prompts, held_out, eos, tok_len = synthetic_inputs(cfg, target, vocab)
+    check_positions({"the target": target, **{f"draft '{n}'": d for n, d in drafts.items()}}, prompts, held_out, cfg)
     bar = tqdm(total=len(drafts) * len(cfg.gammas), desc="eval (draft x gamma)", disable=not is_main)
     result = evaluate_drafts(target, drafts, prompts, held_out, cfg, eos_token_id=eos, vocab_size=tok_len,
                              progress=lambda name, g: bar.update(1))

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from adaspec_dist.files import atomic_write_text
+
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -47,9 +49,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "eval.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2))
     return path
 
 

@@ -3,7 +3,7 @@
 #
 #   launchers/deepspeed/run.sh [OPTIONS] STAGE [STAGE ARGS...]
 #
-# One node:              run.sh --nproc 8 train --config configs/demo.yaml
+# One node:              run.sh --nproc 8 train --config R.yaml   (R.yaml: a TrainConfig recipe)
 # N nodes over ssh:      run.sh --hostfile hosts train --config ...      (pdsh starts every node)
 # N nodes without ssh:   run.sh --hostfile hosts --no-ssh --node-rank R train --config ...
 #                        (run it on every node, R = 0..N-1, same hostfile and master)

@@ -3,7 +3,7 @@
 #
 #   launchers/torchrun/run.sh [OPTIONS] STAGE [STAGE ARGS...]
 #
-# One node:            run.sh --nproc 8 train --config configs/demo.yaml
+# One node:            run.sh --nproc 8 train --config R.yaml   (R.yaml: a TrainConfig recipe)
 # N nodes, static:     on node R of N:  run.sh --nnodes N --node-rank R --master-addr HOST0 --master-port P train ...
 # N nodes, c10d:       on every node:   run.sh --nnodes N --rdzv c10d --master-addr HOST0 --master-port P \
 #                                              --rdzv-id JOB train ...   (torchrun assigns the node ranks)

@@ -67,3 +67,23 @@ def test_auto_resume_starts_fresh_where_resume_refuses(tmp_path):
     fresh = run_cli([*args, "--auto-resume", f"run_dir={tmp_path / 'b'}", "save_every=1"])
     assert json.loads(fresh.stdout.strip().splitlines()[-1])["steps"] == 1
     assert (tmp_path / "b" / "checkpoints" / "latest").is_file()
+
+
+def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path, capsys):
+    """One job at a time per run_dir: a second train (here: the directory claimed as a running
+    job's main rank holds it) gets one line, and writes no config, tensorboard or checkpoint."""
+    from adaspec_dist.files import DirectoryClaim
+    from tests.fixtures import tiny_tokenizer_dir
+
+    run_dir = tmp_path / "run"
+    args = ["train", "objective=sft", "draft.preset=tiny-llama", f"tokenizer={tiny_tokenizer_dir(tmp_path)}",
+            "data.task=arith", "data.limit=4", "data.max_length=32", "max_steps=1", "export=false",
+            "engine.micro_batch_size=2", "engine.ds_config=ds_zero0.json", f"run_dir={run_dir}"]
+    with DirectoryClaim.acquire(run_dir):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"run directory '{run_dir}' is in use by another job" in err and "choose another run_dir" in err
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    # --resume without a checkpoint is refused before the run directory is even created.
+    assert main([*args[:-1], f"run_dir={tmp_path / 'other'}", "--resume"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err and not (tmp_path / "other").exists()

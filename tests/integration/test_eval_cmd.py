@@ -94,3 +94,39 @@ def test_eval_tp_refusals_are_one_line(capsys):
     assert main(["eval", "--tp", "2", "target.preset=tiny-llama", "drafts.x=/y"]) == 2
     err = capsys.readouterr().err.strip()
     assert "tp > 1 needs target.name_or_path" in err and "\n" not in err
+
+
+def _error_line(capsys) -> str:
+    """The one error line on stderr (model loading writes progress bars there too)."""
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_inputs_past_the_models_positions_are_refused_naming_the_keys(tmp_path, spm_tokenizer_dir, capsys):  # noqa: F811
+    """tiny-llama has max_position_embeddings 256: a prompt (+ max_new_tokens + γ) or a held-out
+    sequence past it is refused in one line naming what to lower, before anything is decoded."""
+    from adaspec_dist.cli import main
+    from adaspec_dist.data.tokenizer import load_tokenizer
+
+    target, noisy = _models(tmp_path, TINY_VOCAB, load_tokenizer(spm_tokenizer_dir))
+    common = ["eval", f"target.name_or_path={target}", f"drafts.noisy={noisy}", "gammas=[1,2]", "batch_size=4",
+              f"out_dir={tmp_path / 'eval'}"]
+    # stdlib_code's second test prompt has 353 tokens with this tokenizer; 300 of them are kept.
+    code = main([*common, "data.task=stdlib_code", "data.split=test", "num_prompts=2", "max_prompt_tokens=300",
+                 "data.max_length=200", "max_new_tokens=16"])
+    err = _error_line(capsys)
+    assert code == 2, err
+    assert "the longest prompt has 300 tokens" in err and "max_position_embeddings (256)" in err
+    assert "lower max_prompt_tokens (to 239 or less), max_new_tokens or gammas" in err
+    # Held-out sequences (α_logits) longer than the positions: data.max_length names the fix.
+    code = main([*common, "data.task=stdlib_code", "data.split=test", "num_prompts=2", "max_prompt_tokens=64",
+                 "data.max_length=400", "max_new_tokens=16"])
+    err = _error_line(capsys)
+    assert code == 2 and "held-out sequence has" in err and "set data.max_length <= 256" in err, err
+    # Synthetic prompts: max_new_tokens alone can run past the limit.
+    code = main(["eval", f"target.name_or_path={target}", f"drafts.noisy={noisy}", "gammas=[4]",
+                 "max_new_tokens=250", f"out_dir={tmp_path / 'eval2'}"])
+    err = _error_line(capsys)
+    assert code == 2 and "past the target's max_position_embeddings (256)" in err, err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "eval2").exists()

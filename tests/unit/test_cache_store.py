@@ -205,3 +205,64 @@ def test_reference_column_matches_the_trainer_estimator(tmp_path, target):
     info = summarise(d, verify=True)
     assert info["sequences"] == 9 and info["reference"]["model"] == "ref-A"
     assert info["mean_ref_loss"] > 0 and 0 <= info["mean_tail_mass"] < 1 and info["bytes_per_supervised_token"] > 0
+
+
+def test_leaving_an_iteration_early_joins_the_prefetch_thread(topk_cache):
+    """No decoding thread outlives its iteration (one alive in torch's C++ code at interpreter exit
+    aborts the process: exit 134 instead of a preempted run's 143)."""
+    import threading
+
+    reader = CacheReader(topk_cache, batch_size=2, shuffle=False, prefetch=2)
+    it = iter(reader)
+    next(it)
+    assert any(t.name == "cache-prefetch" for t in threading.enumerate())
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "cache-prefetch"]
+    for _ in reader:  # a full pass ends its thread too
+        pass
+    assert not [t for t in threading.enumerate() if t.name == "cache-prefetch"]
+
+
+def test_inspect_warns_about_impossible_numbers_naming_the_file_and_the_fix(tmp_path, target, capsys):
+    """A damaged file whose bytes still pass the size check (and its sha256, when damaged before it
+    was hashed) yields statistics no intact cache can: inspect says which file and what to do."""
+    import io
+
+    from adaspec_dist.cli import main
+
+    d = build(tmp_path / "c", target, n=9)
+    add_reference(ReferenceConfig(cache_dir=d, model="ref-A", divergence="fkl", batch_size=2),
+                  model=build_preset("tiny-neox", V, seed=1))
+    assert summarise(d)["warnings"] == []
+    # A negative KL in one reference file (same size: only the values changed).
+    ref = d / "shards" / "shard-00001.ref.npy"
+    col = np.load(ref)
+    buf = io.BytesIO()
+    np.save(buf, -np.abs(col) - 1.0)
+    ref.write_bytes(buf.getvalue())
+    # Top-k log-probs above 0 (probabilities above 1) in one shard, same size.
+    shard = d / "shards" / "shard-00002.safetensors"
+    arrays, names, meta = fmt.open_safetensors(shard)
+    data = {k: np.array(v) for k, v in arrays.items()}
+    data["logp"] = np.full_like(data["logp"], 0.5)
+    fmt.write_safetensors(shard, data, dtypes={"logp": names["logp"]}, metadata=meta)
+    info = summarise(d)
+    assert info["mean_ref_loss"] < 0  # what inspect printed, unflagged, before
+    warnings = info["warnings"]
+    assert len(warnings) == 2, warnings
+    ref_line = next(w for w in warnings if "shard-00001.ref.npy" in w)
+    assert "negative L_ref" in ref_line and "inspect --verify" in ref_line and "--add-reference" in ref_line \
+        and "--replace" in ref_line
+    shard_line = next(w for w in warnings if "shard-00002.safetensors" in w)
+    assert "probabilities above 1" in shard_line and "rerun the cache job" in shard_line
+    # The command prints them on stderr, one line each, and still its statistics.
+    assert main(["inspect", str(d)]) == 0
+    captured = capsys.readouterr()
+    assert [ln for ln in captured.err.splitlines() if "warning:" in ln] == \
+        [f"adaspec-dist inspect: {w}" for w in warnings]
+    assert "mean_ref_loss" in captured.out
+    # Counts that disagree with the manifest.
+    man = json.loads((d / "manifest.json").read_text())
+    man["num_supervised"] += 3
+    (d / "manifest.json").write_text(json.dumps(man))
+    assert any("manifest.json says num_supervised" in w for w in summarise(d)["warnings"])

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 # component under adaspec_dist: a subpackage (``cache/``, ``cli/``) or a top-level module
 # (``pipeline.py``).
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "configs", "dist", "preemption"),  # foundation: YAML -> dataclasses, shipped files, env and process groups, signals
+    # foundation: YAML -> dataclasses, shipped files, env and process groups, atomic files and
+    # directory claims, signals
+    ("config", "configs", "dist", "files", "preemption"),
     ("sparse",),                       # the shared math: SparseTarget, encoders, divergences
     ("data", "models"),
     ("cache", "speculative"),

@@ -204,3 +204,39 @@ def test_marker_of_another_config_is_refused(tmp_path):
     other = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", [f"run_dir={tmp_path}", "cache.top_k=8"])
     with pytest.raises(ConfigError, match="cache_train.*different config"):
         is_complete(other, {s.name: s for s in plan(other)}["cache_train"])
+
+
+def test_a_moved_run_directory_is_still_complete(tmp_path, monkeypatch):
+    """A marker hashes what a stage computes, not where its files are: the run directory moved or
+    renamed (or named relative vs absolute), and a target named relative vs absolute, still match."""
+    from adaspec_dist.pipeline import write_marker
+
+    (tmp_path / "models" / "tgt").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    recipe = CONFIGS / "gsm8k-pythia31m-1.4b.yaml"
+    first = load_pipeline_config(recipe, ["run_dir=runs/a", f"target.name_or_path={tmp_path / 'models' / 'tgt'}"])
+    for stage in plan(first):
+        write_marker(first, stage, 1.0)
+        for out in stage.outputs:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "a").rename(tmp_path / "elsewhere" / "b")
+    moved = load_pipeline_config(recipe, [f"run_dir={tmp_path / 'elsewhere' / 'b'}", "target.name_or_path=models/tgt"])
+    assert all(is_complete(moved, stage) for stage in plan(moved))
+    # What the stage computes still counts.
+    other = load_pipeline_config(recipe, [f"run_dir={tmp_path / 'elsewhere' / 'b'}", "target.name_or_path=models/tgt",
+                                          "cache.top_k=8"])
+    with pytest.raises(ConfigError, match="cache_train.*different config"):
+        is_complete(other, {s.name: s for s in plan(other)}["cache_train"])
+
+
+def test_a_pipeline_run_directory_in_use_is_refused(tmp_path, capsys):
+    from adaspec_dist.cli import main
+    from adaspec_dist.files import DirectoryClaim
+
+    with DirectoryClaim.acquire(tmp_path / "run"):
+        assert main(["pipeline", str(CONFIGS / "demo.yaml"), f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"pipeline run directory '{tmp_path / 'run'}' is in use by another job" in err
+    assert not (tmp_path / "run" / "pipeline.yaml").exists()
