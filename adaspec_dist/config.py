@@ -167,8 +167,15 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass a recipe from configs/ or a path to one")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML{where} ({problem}); "
+                          "check the indentation and quoting there") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file '{path}' must hold a YAML mapping at the top level")
     return dict(data)

@@ -174,6 +174,25 @@ def check_vocab(man: dict, vocab_size: int | None, where: str) -> None:
                          "use a draft with the target's tokenizer or rebuild the cache")
 
 
+def check_manifest_vocab(man: dict, tokenizer_len: int | None, where: str) -> None:
+    """The manifest's vocab_size is the target's logit width: never below the tokenizer's length
+    (a model may pad its vocabulary above it), and, when the target is an HF directory that still
+    exists, equal to its config's vocab_size. A mismatch means a damaged or hand-edited manifest."""
+    vocab = int(man["vocab_size"])
+    path = Path(where) / MANIFEST
+    if tokenizer_len is not None and vocab < tokenizer_len:
+        raise CacheError(f"'{path}' says vocab_size {vocab} but the tokenizer has {tokenizer_len} tokens; "
+                         "the manifest is damaged or belongs to another target: rebuild the cache")
+    identity = str((man.get("target") or {}).get("identity") or "")
+    config = Path(identity) / "config.json" if identity and not identity.startswith("preset:") else None
+    if config is not None and config.is_file():
+        with open(config) as fh:
+            width = json.load(fh).get("vocab_size")
+        if width is not None and int(width) != vocab:
+            raise CacheError(f"'{path}' says vocab_size {vocab} but its target {identity} has {width}; "
+                             "the manifest is damaged or the target changed: rebuild the cache")
+
+
 def check_tokenizer(man: dict, fingerprint: str | None, where: str) -> None:
     cached = man.get("tokenizer_fingerprint")
     if fingerprint is not None and cached is not None and cached != fingerprint:

@@ -171,6 +171,21 @@ def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
                          "ids: the tokenizer is not the target's; set tokenizer to the target's own")
 
 
+def completed_manifest(out_dir: Path, fingerprint: str) -> dict | None:
+    """The manifest of a finished cache made by this very job (same fingerprint), else None."""
+    job, manifest = out_dir / JOB_FILE, fmt.manifest_path(out_dir)
+    if not (job.is_file() and manifest.is_file()):
+        return None
+    if fmt.read_json(job, "job file").get("fingerprint") != fingerprint:
+        return None
+    done = fmt.read_json(manifest, "manifest")
+    if not done.get("complete"):
+        return None
+    # Each shard re-hashed, as a resume would: a deleted or damaged shard is rewritten, not skipped.
+    intact = all(finished_shard(out_dir, sh["index"]) is not None for sh in done["shards"])
+    return done if intact else None
+
+
 def claim_directory(out_dir: Path, fingerprint: str, me: Roles) -> DirectoryClaim | None:
     """Claim ``out_dir`` for this job, refuse a directory that holds another job, record ours.
 
@@ -245,6 +260,11 @@ def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, ou
     check_job(sequences, spec)  # before anything is written: a refused job leaves no job.json behind
     me = job_roles(ps)
     fingerprint = job_fingerprint(spec, len(sequences))
+    done = completed_manifest(out_dir, fingerprint)
+    if done is not None:
+        # Nothing to write: rewriting the manifest would drop a reference column added since.
+        logger.info("cache %s is already complete (%d shards); nothing to do", out_dir, len(done["shards"]))
+        return done if me.is_main else None
     claim = claim_directory(out_dir, fingerprint, me)
     try:
         return _write_claimed(sequences, target_fn, spec, out_dir, me, device=device, config=config,
@@ -315,6 +335,13 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
         "shards": shards, **spec.extra,
     }
     manifest.setdefault("tokenizer_fingerprint", None)
+    previous = fmt.manifest_path(out_dir)
+    if previous.is_file():
+        # A shard rewritten after damage is byte-identical (the job is deterministic), so a reference
+        # column added earlier still applies: keep its record (its own files are checked when read).
+        reference = fmt.read_json(previous, "manifest").get("reference")
+        if reference:
+            manifest["reference"] = reference
     fmt.atomic_write_json(fmt.manifest_path(out_dir), manifest)
     logger.info("cache complete: %d sequences, %d supervised tokens in %d shards at %s", num_sequences,
                 manifest["num_supervised"], n_shards, out_dir)

@@ -52,11 +52,26 @@ class ReferenceConfig:
     """β of jsd."""
     batch_size: int = 8
     """Sequences per reference forward."""
+    replace: bool = False
+    """Delete an existing reference column (another model or divergence, or a damaged one) and
+    compute this one; without it such a column is refused and a matching one is resumed."""
 
     def validate(self) -> None:
         check_kind(self.divergence, self.beta)
         if self.batch_size < 1:
             raise ValueError(f"reference batch_size={self.batch_size} must be >= 1")
+
+
+def _drop_reference(cache_dir: Path, manifest: dict) -> dict:
+    """Delete every shard's reference files and the manifest's record of them (rank 0)."""
+    for sh in manifest["shards"]:
+        paths = fmt.shard_paths(cache_dir, sh["index"])
+        for key in ("ref_meta", "ref"):  # the sidecar first: a half-deleted pair is never 'finished'
+            paths[key].unlink(missing_ok=True)
+    manifest = {k: v for k, v in manifest.items() if k != "reference"}
+    fmt.atomic_write_json(fmt.manifest_path(cache_dir), manifest)
+    logger.info("removed the reference column of %s (--replace)", cache_dir)
+    return manifest
 
 
 def _finished(cache_dir: Path, index: int) -> dict | None:
@@ -108,10 +123,15 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
     fmt.check_vocab(manifest, vocab, str(cache_dir))
     wanted = {"divergence": divergence, "beta": beta, "model": identity}
     have = manifest.get("reference")
-    if have and {k: have.get(k) for k in wanted} != wanted:
-        raise ValueError(f"cache '{cache_dir}' already has a reference column ({have['model']}, {have['divergence']}); "
-                         "copy the cache without *.ref.* files and its manifest's 'reference' to add another")
     me = job_roles(ps)
+    if cfg.replace:
+        if me.is_main:
+            manifest = _drop_reference(cache_dir, manifest)
+        me.barrier()
+        manifest = fmt.load_manifest(cache_dir)
+    elif have and {k: have.get(k) for k in wanted} != wanted:
+        raise ValueError(f"cache '{cache_dir}' already has a reference column ({have['model']}, {have['divergence']}); "
+                         "rerun with --replace to recompute it with this model (or copy the cache first)")
     # The reader decodes the cached targets exactly as training will (and verifies the shards).
     reader = CacheReader(cache_dir, batch_size=batch_size, shuffle=False, prefetch=0, verify="open")
     reader.drop_reference()

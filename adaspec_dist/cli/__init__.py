@@ -53,6 +53,7 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str |
         description="Selective knowledge distillation (AdaSPEC) of draft models for speculative decoding.",
     )
     parser.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"adaspec-dist {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.subcommand_parsers = {}
     for name, (module, help_text) in table.items():
@@ -112,6 +113,26 @@ def _release_process_group() -> None:
         shutdown()
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (library messages are one line; some wrapped ones are not)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: '{err.filename}'"
+    return text
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("adaspec-dist")
+    except PackageNotFoundError:
+        from adaspec_dist import __version__
+
+        return __version__
+
+
 def _exit_now(code: int) -> None:
     """End the process with ``code`` at once, after flushing the logs and stdio: no interpreter
     teardown, during which a thread still alive in C++ code (gloo, the TCPStore, a prefetcher) is
@@ -153,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        # User errors get one clear line, not a traceback.
-        print(f"adaspec-dist {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError) as err:
+        # User errors get one clear line, not a traceback. OSError covers what a user's paths cause
+        # (missing, not a directory, read-only, no permission); its message names the path.
+        print(f"adaspec-dist {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except Preempted as stopped:
         if as_program:

@@ -5,7 +5,7 @@ Usage::
     adaspec-dist cache --config R.yaml [section.key=value ...]     # R.yaml: a CacheConfig recipe
     adaspec-dist cache --print-config model.name_or_path=EleutherAI/pythia-1.4b data.task=gsm8k top_k=64
     torchrun --nproc_per_node 2 -m adaspec_dist.cli cache --config R.yaml out_dir=/data/cache
-    adaspec-dist cache --add-reference REF_MODEL CACHE_DIR [--divergence fkl] [--batch-size 8]
+    adaspec-dist cache --add-reference REF_MODEL CACHE_DIR [--divergence fkl] [--batch-size 8] [--replace]
 
 A ``CacheConfig`` -> ``cache.produce.produce_cache``; ``--add-reference`` builds a
 ``ReferenceConfig`` -> ``cache.reference.add_reference``. Rerunning the same command after a
@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--divergence", default="fkl", help="reference loss kind: fkl, rkl, jsd, tvd (default fkl)")
     parser.add_argument("--beta", type=float, default=0.5, help="JSD beta (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per reference forward (default 8)")
+    parser.add_argument("--replace", action="store_true",
+                        help="with --add-reference: delete the cache's existing (or damaged) reference column "
+                             "and compute this one")
     parser.add_argument("--tp", type=int, default=None,
                         help="tensor-parallel size of the target (same as tp=N; world = TP x DP ranks)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. out_dir=/tmp/c scheme=sampled")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def _reference(args: argparse.Namespace) -> int:
     ref_path, cache_dir = args.add_reference
     data = {"cache_dir": cache_dir, "model": ref_path, "divergence": args.divergence, "beta": args.beta,
-            "batch_size": args.batch_size}
+            "batch_size": args.batch_size, "replace": args.replace}
     if args.print_config:
         print(describe_config(ReferenceConfig, data))
         return 0

@@ -196,11 +196,23 @@ def _local_files(source: str, split: str, config: str | None) -> list[Path] | No
     return None
 
 
+def _is_blank(path: Path) -> bool:
+    """An empty (or whitespace-only) text file; parquet files are never judged blank here."""
+    if path.suffix == ".parquet":
+        return path.stat().st_size == 0
+    with open(path, "rb") as fh:
+        return not fh.read(1 << 16).strip()
+
+
 def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None) -> tuple[Iterable, str]:
     """Rows of the split (a ``datasets.Dataset``) and a name for error messages."""
     import datasets  # heavy; imported only when a hub/local task is actually loaded
 
     local = _local_files(source, split, task.hub_config) if source else None
+    if local and all(_is_blank(f) for f in local):
+        # datasets raises a bare StopIteration on an empty json/jsonl file: say what is wrong instead.
+        raise ValueError(f"data source '{local[0]}' has no rows; fill it with {', '.join(task.columns)} records "
+                         "or point data.source at another file")
     if local:
         ds = datasets.load_dataset(_LOCAL_SUFFIXES[local[0].suffix], data_files=[str(f) for f in local],
                                    split="train")

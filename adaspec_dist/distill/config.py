@@ -115,6 +115,9 @@ class TrainConfig:
                                    or not self.target.name_or_path):
             raise ValueError("target_tp > 1 shards an online teacher: set teacher_mode=online and "
                              "target.name_or_path to an HF model directory")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} would export an untrained draft; set max_steps >= 1 "
+                             "or remove it to train the budget's passes")
         if self.passes <= 0 and self.max_steps is None:
             raise ValueError("passes must be positive (or set max_steps)")
 

@@ -55,6 +55,8 @@ class Engine(Protocol):
 
     def step(self) -> None: ...
 
+    def is_gradient_accumulation_boundary(self) -> bool: ...
+
     def zero_optimization_stage(self) -> int: ...
 
     def get_lr(self) -> list[float]: ...
@@ -202,10 +204,28 @@ def current_lr(engine: Engine) -> float:
     return float(engine.get_lr()[0])
 
 
-def grad_norm(engine: Engine) -> float:
-    """Global gradient norm of the last optimiser step (nan when DeepSpeed did not compute it)."""
+def grad_norm(engine: Engine, fallback: float | None = None) -> float:
+    """Global gradient norm of the last optimiser step: DeepSpeed's (ZeRO 1-3 compute it), else
+    ``fallback`` (see :func:`full_grad_norm`), else nan."""
     value = engine.get_global_grad_norm()
+    if value is None:
+        value = fallback
     return float("nan") if value is None else float(value)
+
+
+def full_grad_norm(engine: Engine) -> float | None:
+    """The L2 norm of the module's gradients before clipping, when every rank holds them whole
+    (ZeRO-0, after backward's all-reduce at an accumulation boundary); None under ZeRO 1-3, whose
+    optimiser reports the norm itself. DeepSpeed's plain fp32 path with a client optimiser computes
+    none, which left train/grad_norm NaN."""
+    import torch
+
+    if engine.zero_optimization_stage() != 0:
+        return None
+    grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
 def tag_for(step: int) -> str:

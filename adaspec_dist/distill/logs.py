@@ -52,7 +52,7 @@ def log_step(run: Run, stats: dict[str, Any], rate: float) -> None:
     w.add_scalar("train/kept_tokens", stats["kept_global"], s)
     w.add_scalar("train/tokens_per_s", rate, s)
     w.add_scalar("train/lr", current_lr(run.engine), s)
-    w.add_scalar("train/grad_norm", grad_norm(run.engine), s)
+    w.add_scalar("train/grad_norm", grad_norm(run.engine, stats.get("grad_norm")), s)
     w.add_scalar("train/passes", run.passes, s)
     if run.cfg.objective == "adaspec":
         w.add_scalar("train/kept_token_epochs", run.passes * run.cfg.filter_fraction, s)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from adaspec_dist.cache.format import check_manifest_vocab
 from adaspec_dist.cache.reader import CacheReader
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.tasks import load_examples
@@ -53,6 +54,8 @@ def setup(cfg: TrainConfig) -> Run:
                                      grad_accum=budget.grad_accum, global_batch_size=None)
     stream = _stream(cfg, ps, tokenizer, budget.micro_batch)
     _check_reference_column(cfg, stream)
+    if isinstance(stream, CacheReader):  # the cache's width is what the draft is built with: check it
+        check_manifest_vocab(stream.manifest, len(tokenizer) if tokenizer is not None else None, cfg.cache_dir)
     vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
     draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
     draft_vocab = int(draft.get_output_embeddings().weight.shape[0])

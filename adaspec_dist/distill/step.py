@@ -27,6 +27,7 @@ import torch.distributed as dist
 from adaspec_dist.cache.reader import CacheBatch
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.batches import TokenBatch
+from adaspec_dist.distill.engine import full_grad_norm
 from adaspec_dist.distill.state import Run
 from adaspec_dist.sparse.divergence import per_token_divergence, sparse_alpha
 
@@ -60,6 +61,8 @@ def train_step(run: Run, batch: Batch) -> dict[str, Any]:
     batch = batch.to(run.ps.device)
     loss, stats = compute_loss(run, batch)
     run.engine.backward(loss)
+    if run.engine.is_gradient_accumulation_boundary():
+        stats["grad_norm"] = full_grad_norm(run.engine)  # before step() clips and zeroes them
     run.engine.step()
     p = run.progress
     p.micro_step += 1

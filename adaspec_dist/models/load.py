@@ -176,10 +176,28 @@ def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def align_special_tokens(model, tokenizer) -> None:
+    """Give the model's config and generation config the tokenizer's bos / eos / pad ids.
+
+    Presets are built before a tokenizer exists (their configs hold generic defaults), so without
+    this an export's ``model.generate`` would not stop at the tokenizer's ``</s>``."""
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        for key, value in ids.items():
+            if value is not None:
+                setattr(cfg, key, value)
+
+
 def save_hf(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
-    """Save model (safetensors) and tokenizer in HF format, atomically."""
+    """Save model (safetensors) and tokenizer in HF format, atomically; with a tokenizer, the
+    saved configs carry its special-token ids (see :func:`align_special_tokens`)."""
     out = Path(out_dir)
     tmp = tmp_path(out)  # unique per writer: two exports never share a temp directory
+    if tokenizer is not None:
+        align_special_tokens(model, tokenizer)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
