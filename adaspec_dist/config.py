@@ -181,13 +181,19 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return dict(data)
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None,
-                overrides: list[str] | Mapping[str, Any] | None = None) -> T:
-    """YAML recipe (optional) + dotted overrides -> ``cls``."""
+def recipe_mapping(path: str | os.PathLike | None = None,
+                   overrides: list[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The mapping a config is built from: the YAML recipe (optional), dotted overrides merged on top."""
     data = read_yaml(path) if path else {}
     if overrides:
         data = merge(data, overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides)))
-    return build_config(cls, data)
+    return data
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None,
+                overrides: list[str] | Mapping[str, Any] | None = None) -> T:
+    """YAML recipe (optional) + dotted overrides -> ``cls``."""
+    return build_config(cls, recipe_mapping(path, overrides))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

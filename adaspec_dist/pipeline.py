@@ -60,7 +60,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
-from adaspec_dist.config import ConfigError, build_config, merge, parse_overrides, read_yaml, save_resolved
+from adaspec_dist.config import ConfigError, build_config, load_config, merge, save_resolved
 from adaspec_dist.data import tokenizer as tk
 from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
 from adaspec_dist.dist import barrier, init_distributed, keep_process_group, launch_env
@@ -196,10 +196,7 @@ class Stage:
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
-    data = read_yaml(path)
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-    return build_config(PipelineConfig, data)
+    return load_config(PipelineConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -43,3 +43,19 @@ def run_cli(args: list[str], *, timeout: float = 300, env: dict | None = None,
         raise AssertionError(f"adaspec-dist {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def first_two_chisquare(sequences, expected_VV, vocab: int) -> float:
+    """p-value of the observed first-two-token pairs of ``sequences`` against the exact joint
+    distribution ``expected_VV`` (flattened, sums to 1). Cells with fewer than 5 expected counts
+    are pooled into one, as chi-square needs."""
+    import torch
+    from scipy import stats
+
+    n = len(sequences)
+    keep = expected_VV * n >= 5
+    cells = torch.tensor([s[0] * vocab + s[1] for s in sequences])
+    counts = torch.bincount(cells, minlength=vocab * vocab).double()
+    obs = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    exp = torch.cat([expected_VV[keep], expected_VV[~keep].sum()[None]]) * n
+    return stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue

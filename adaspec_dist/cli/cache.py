@@ -17,8 +17,8 @@ import argparse
 
 from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
-from adaspec_dist.cli.config_help import add_print_config, describe_config, print_config
-from adaspec_dist.config import build_config, load_config
+from adaspec_dist.cli.config_help import add_print_config, describe_config, job_config
+from adaspec_dist.config import build_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,12 +41,10 @@ def run(args: argparse.Namespace) -> int:
     if args.add_reference:
         return _reference(args)
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
-    if args.print_config:
-        return print_config(CacheConfig, args.config, overrides)
-    if not args.config and not args.overrides:
-        raise ValueError("cache needs --config RECIPE.yaml (and/or overrides), or --add-reference REF_MODEL CACHE_DIR")
-
-    cfg = load_config(CacheConfig, args.config, overrides)
+    cfg = job_config(CacheConfig, args, overrides, "cache needs --config RECIPE.yaml (and/or overrides), or "
+                     "--add-reference REF_MODEL CACHE_DIR")
+    if cfg is None:
+        return 0
     manifest = produce_cache(cfg)
     if manifest is not None:
         print(describe_cache(cfg.out_dir, manifest))

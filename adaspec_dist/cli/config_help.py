@@ -1,7 +1,7 @@
 """``--print-config``: every key of a subcommand's config, its value, type / choices, default and doc.
 
-Shared by ``train``, ``cache``, ``eval`` and ``pipeline`` (``add_print_config(parser)``, then
-``print_config(cls, recipe, overrides)`` in ``run``). The output is YAML — a recipe to start from —
+Shared by ``train``, ``cache``, ``eval``, ``pipeline`` and ``demo`` (``add_print_config(parser)``,
+then ``job_config(cls, args, overrides, usage)`` — or ``print_config`` — in ``run``). The output is YAML — a recipe to start from —
 with one comment per key: its type (a ``Literal``'s choices), its default and its doc line (the
 attribute docstring under the dataclass field, read with ``ast``). Values are the recipe's and
 the overrides' where given, else the defaults; a required key nobody set shows ``<required>``.
@@ -22,13 +22,14 @@ import textwrap
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from adaspec_dist.config import ConfigError, build_config, check_keys, merge, parse_overrides, read_yaml
+from adaspec_dist.config import ConfigError, build_config, check_keys, load_config, recipe_mapping
 
 REQUIRED = "<required>"
+T = TypeVar("T")
 
 
 def add_print_config(parser: argparse.ArgumentParser) -> None:
@@ -138,14 +139,18 @@ def describe_config(cls: type, data: Mapping[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def recipe_data(path: str | None, overrides: list[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The mapping a subcommand builds its config from: the YAML recipe, overrides merged on top."""
-    data = read_yaml(path) if path else {}
-    if overrides:
-        data = merge(data, overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides)))
-    return data
-
-
 def print_config(cls: type, path: str | None, overrides: list[str] | None) -> int:
-    print(describe_config(cls, recipe_data(path, overrides)))
+    print(describe_config(cls, recipe_mapping(path, overrides)))
     return 0
+
+
+def job_config(cls: type[T], args: Any, overrides: list[str], usage: str) -> T | None:
+    """A subcommand's typed config from ``--config`` and ``overrides``; None once ``--print-config``
+    has printed it instead. Neither given is the one-line error ``usage``."""
+    if args.print_config:
+        print_config(cls, args.config, overrides)
+        return None
+    if not args.config and not overrides:
+        raise ValueError(usage)
+    return load_config(cls, args.config, overrides)
+

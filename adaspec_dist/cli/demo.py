@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adaspec_dist.cli.config_help import add_print_config, describe_config, recipe_data
+from adaspec_dist.cli.config_help import add_print_config, describe_config
+from adaspec_dist.config import recipe_mapping
 from adaspec_dist.demo import DEFAULT_RECIPE, run_demo
 from adaspec_dist.pipeline import PipelineConfig, load_pipeline_config, plan
 from adaspec_dist.report import verdict
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
     if args.print_config:  # as `adaspec-dist pipeline RECIPE --print-config`
-        print(describe_config(PipelineConfig, recipe_data(args.recipe, overrides)))
+        print(describe_config(PipelineConfig, recipe_mapping(args.recipe, overrides)))
         plan(load_pipeline_config(args.recipe, overrides))
         return 0
     cfg = load_pipeline_config(args.recipe, overrides)

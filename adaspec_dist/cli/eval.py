@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adaspec_dist.cli.config_help import add_print_config, print_config
-from adaspec_dist.config import load_config
+from adaspec_dist.cli.config_help import add_print_config, job_config
 from adaspec_dist.dist import launch_env
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
 from adaspec_dist.speculative.report import format_table
@@ -34,11 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
-    if args.print_config:
-        return print_config(EvalConfig, args.config, overrides)
-    if not args.config and not args.overrides:
-        raise ValueError("eval needs --config RECIPE.yaml and/or overrides such as target.name_or_path=DIR drafts.kd=DIR")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = job_config(EvalConfig, args, overrides, "eval needs --config RECIPE.yaml and/or overrides such as "
+                     "target.name_or_path=DIR drafts.kd=DIR")
+    if cfg is None:
+        return 0
     result = evaluate(cfg)
     if launch_env().rank == 0:
         print(format_table(result))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec_dist.cli.config_help import add_print_config, describe_config, recipe_data
+from adaspec_dist.cli.config_help import add_print_config, describe_config
+from adaspec_dist.config import recipe_mapping
 from adaspec_dist.dist import launch_env
 from adaspec_dist.pipeline import PipelineConfig, budget_line, load_pipeline_config, plan, run_pipeline
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         # The stage sections are TrainConfig / CacheConfig / EvalConfig overrides: planning types them
         # (an unknown key there is the usual one-line error); `adaspec-dist train --print-config` lists theirs.
-        print(describe_config(PipelineConfig, recipe_data(args.recipe, args.overrides)))
+        print(describe_config(PipelineConfig, recipe_mapping(args.recipe, args.overrides)))
         plan(load_pipeline_config(args.recipe, args.overrides))
         return 0
     cfg = load_pipeline_config(args.recipe, args.overrides)

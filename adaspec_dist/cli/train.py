@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from adaspec_dist.cli.config_help import add_print_config, print_config
-from adaspec_dist.config import load_config
+from adaspec_dist.cli.config_help import add_print_config, job_config
 from adaspec_dist.dist import launch_env
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.distill.train import train
@@ -40,11 +39,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides or [])
     if args.objective:
         overrides.append(f"objective={args.objective}")
-    if args.print_config:
-        return print_config(TrainConfig, args.config, overrides)
-    if not args.config and not overrides:
-        raise ValueError("train needs --config RECIPE.yaml (and/or section.key=value overrides)")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = job_config(TrainConfig, args, overrides,
+                     "train needs --config RECIPE.yaml (and/or section.key=value overrides)")
+    if cfg is None:
+        return 0
     summary = train(cfg, resume="auto" if args.auto_resume else args.resume)
     if launch_env().rank == 0:
         print(json.dumps(summary, default=str))

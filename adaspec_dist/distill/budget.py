@@ -79,17 +79,19 @@ def resolve_budget(*, passes: float, kept_token_epochs: float | None, budget: st
     if global_batch_size is not None and global_batch_size < 1:
         raise ValueError(f"engine.global_batch_size must be a positive number of sequences, got {global_batch_size}")
     base_global = global_batch_size or micro_batch_size * grad_accum * dp_size
+
+    def base_split() -> tuple[int, int]:
+        """The base batch's split: derived when a global batch is stated, else as given."""
+        return (split_over_ranks(base_global, micro_batch_size, dp_size) if global_batch_size
+                else (micro_batch_size, grad_accum))
+
     if kept_token_epochs is None:
-        micro, accum = (split_over_ranks(base_global, micro_batch_size, dp_size) if global_batch_size
-                        else (micro_batch_size, grad_accum))
-        return Budget(base_global, micro, accum, float(passes), f"{passes:g} passes")
+        return Budget(base_global, *base_split(), float(passes), f"{passes:g} passes")
     if kept_token_epochs <= 0:
         raise ValueError(f"kept_token_epochs must be positive, got {kept_token_epochs}")
-    run_passes = kept_token_epochs / fraction
     if budget == "equal_batch":
-        micro, accum = (split_over_ranks(base_global, micro_batch_size, dp_size) if global_batch_size
-                        else (micro_batch_size, grad_accum))
-        return Budget(base_global, micro, accum, run_passes,
+        run_passes = kept_token_epochs / fraction
+        return Budget(base_global, *base_split(), run_passes,
                       f"equal_batch: {kept_token_epochs:g} kept-token epochs = {run_passes:g} passes at batch "
                       f"{base_global}")
     wide = _integral(base_global / fraction)

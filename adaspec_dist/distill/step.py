@@ -61,8 +61,8 @@ def train_step(run: Run, batch: Batch) -> dict[str, Any]:
     batch = batch.to(run.ps.device)
     loss, stats = compute_loss(run, batch)
     run.engine.backward(loss)
-    if run.engine.is_gradient_accumulation_boundary():
-        stats["grad_norm"] = full_grad_norm(run.engine)  # before step() clips and zeroes them
+    if run.writer is not None and run.engine.is_gradient_accumulation_boundary():
+        stats["grad_norm"] = full_grad_norm(run.engine)  # only logged (rank 0); before step() clips and zeroes them
     run.engine.step()
     p = run.progress
     p.micro_step += 1

@@ -5,13 +5,13 @@ sampled SD draws the target's distribution (chi-square, with a broken verifier a
 must fail). The CPU versions are tests/unit/test_decoder_models.py."""
 import pytest
 import torch
-from scipy import stats
 
 from adaspec_dist.models.load import build_preset
 from adaspec_dist.speculative.decoder import autoregressive_generate, speculative_generate
 from adaspec_dist.speculative.sampling import SamplingConfig
 from adaspec_dist.speculative.verify import verify
 from tests.gpu.checks import greedy_divergences, greedy_violations, noisy_copy
+from tests.helpers import first_two_chisquare
 
 pytestmark = pytest.mark.gpu
 
@@ -78,17 +78,12 @@ def test_sampled_sd_follows_the_target_distribution(dtype, gamma, device):
         p2 = torch.softmax(target(torch.tensor([prompt + [a] for a in range(V)], device=device)).logits[:, -1]
                            .double(), -1)
     expected = (p1[:, None] * p2).flatten().cpu()
-    keep = expected * N >= 5                         # chi-square needs non-tiny expected counts
 
     def pvalue(verify_fn):
         out = speculative_generate(target, draft, [prompt] * N, gamma=gamma, max_new_tokens=2,
                                    sampling=SamplingConfig(temperature=1.0), verify_fn=verify_fn,
                                    generator=torch.Generator(device=device).manual_seed(123))
-        cells = torch.tensor([s[0] * V + s[1] for s in out.sequences])
-        counts = torch.bincount(cells, minlength=V * V).double()
-        obs = torch.cat([counts[keep], counts[~keep].sum()[None]])
-        exp = torch.cat([expected[keep], expected[~keep].sum()[None]]) * N
-        return stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue, out
+        return first_two_chisquare(out.sequences, expected, V), out
 
     p_ok, out = pvalue(verify)
     hist = out.stats.accept_hist

@@ -2,12 +2,12 @@
 for ragged prompts, and sampled SD draws from the target's distribution (chi-square)."""
 import pytest
 import torch
-from scipy import stats
 
 from adaspec_dist.models.load import build_preset
 from adaspec_dist.speculative.decoder import autoregressive_generate, speculative_generate
 from adaspec_dist.speculative.sampling import SamplingConfig
 from adaspec_dist.speculative.verify import verify
+from tests.helpers import first_two_chisquare
 
 
 def _pair(preset, vocab, noise, seed=0):
@@ -89,15 +89,10 @@ def test_sampled_tokens_follow_the_target_distribution(gamma):
     draft = build_preset("tiny-llama", V, seed=6, initializer_range=0.3)
     prompt = [1, 4, 2]
     expected = _joint_first_two(target, prompt, V)
-    keep = expected * N >= 5                         # chi-square needs non-tiny expected counts
 
     def pvalue(verify_fn):
         out = _sd_first_two(target, draft, prompt, verify_fn, N, gamma)
-        cells = torch.tensor([s[0] * V + s[1] for s in out.sequences])
-        counts = torch.bincount(cells, minlength=V * V).double()
-        obs = torch.cat([counts[keep], counts[~keep].sum()[None]])
-        exp = torch.cat([expected[keep], expected[~keep].sum()[None]]) * N
-        return stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue, out
+        return first_two_chisquare(out.sequences, expected, V), out
 
     p_ok, out = pvalue(verify)
     hist = out.stats.accept_hist
