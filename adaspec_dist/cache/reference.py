@@ -12,9 +12,11 @@ position of every shard,
 so ``ΔL = L_draft − L_ref`` compares like with like (``cfg.divergence``, ``cfg.beta``). Results go to new files
 ``shards/shard-{j}.ref.npy`` ((N,) float32, row order = the shard's target rows) and
 ``.ref.json`` sidecars; rank 0 then records them in ``manifest["reference"]`` (divergence, beta,
-model identity, per-shard sha256). Data-parallel like the cache job (shard j -> DP rank
-j % dp_size); a killed run resumes by skipping shards whose column is complete. A cache that
-already carries a reference from another model or divergence is refused.
+model identity and weights fingerprint, per-shard sha256). Data-parallel like the cache job
+(shard j -> DP rank j % dp_size); a killed run resumes by skipping shards whose column is
+complete and was computed by the same weights and divergence (each ``.ref.json`` records them).
+A cache that already carries a reference from other weights or another divergence is refused;
+the same weights under another path (relative/absolute, a copy) are the same reference.
 
 Shapes: B batch, T time, V vocabulary, N supervised positions.
 """
@@ -33,7 +35,7 @@ from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.reader import CacheReader
 from adaspec_dist.cache.writer import job_roles
 from adaspec_dist.dist import init_distributed
-from adaspec_dist.models.load import load_causal_lm
+from adaspec_dist.models.load import load_causal_lm, module_fingerprint, weights_fingerprint
 from adaspec_dist.sparse.divergence import Divergence, check_kind, per_token_divergence
 
 logger = logging.getLogger(__name__)
@@ -74,13 +76,27 @@ def _drop_reference(cache_dir: Path, manifest: dict) -> dict:
     return manifest
 
 
-def _finished(cache_dir: Path, index: int) -> dict | None:
+def _finished(cache_dir: Path, index: int, computed_by: dict) -> dict | None:
+    """The shard's reference sidecar when its column is intact and was computed with
+    ``computed_by`` (weights fingerprint, divergence, beta); else None (to compute)."""
     paths = fmt.shard_paths(cache_dir, index)
     if not (paths["ref_meta"].exists() and paths["ref"].exists()):
         return None
     meta = fmt.read_json(paths["ref_meta"], "reference sidecar")
+    if any(meta.get(k) != v for k, v in computed_by.items()):
+        return None  # a killed run of another reference left it: recompute, never mix two references
     ok = paths["ref"].stat().st_size == meta.get("bytes") and fmt.sha256_file(paths["ref"]) == meta.get("sha256")
     return meta if ok else None
+
+
+def _same_reference(have: dict, wanted: dict) -> bool:
+    """Whether an existing column is this job's: same divergence and beta, same weights (columns
+    recorded before weights were fingerprinted compare by the model's name)."""
+    if (have.get("divergence"), have.get("beta")) != (wanted["divergence"], wanted["beta"]):
+        return False
+    if "weights" in have:
+        return have["weights"] == wanted["weights"]
+    return have.get("model") == wanted["model"]
 
 
 @torch.no_grad()
@@ -115,13 +131,17 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
             raise ValueError("add_reference needs the reference model: an HF directory (the kd-trained draft)")
         ps = ps if ps is not None else init_distributed(1)
         model = load_causal_lm(cfg.model, device=ps.device)
+        weights = weights_fingerprint(cfg.model)
+    else:
+        weights = module_fingerprint(model)
     device = next(model.parameters()).device
     cache_dir = Path(cfg.cache_dir)
     identity = cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None) or "unknown"
     manifest = fmt.load_manifest(cache_dir)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     fmt.check_vocab(manifest, vocab, str(cache_dir))
-    wanted = {"divergence": divergence, "beta": beta, "model": identity}
+    wanted = {"divergence": divergence, "beta": beta, "model": identity, "weights": weights}
+    computed_by = {k: wanted[k] for k in ("divergence", "beta", "weights")}
     have = manifest.get("reference")
     me = job_roles(ps)
     if cfg.replace:
@@ -129,7 +149,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
             manifest = _drop_reference(cache_dir, manifest)
         me.barrier()
         manifest = fmt.load_manifest(cache_dir)
-    elif have and {k: have.get(k) for k in wanted} != wanted:
+    elif have and not _same_reference(have, wanted):
         raise ValueError(f"cache '{cache_dir}' already has a reference column ({have['model']}, {have['divergence']}); "
                          "rerun with --replace to recompute it with this model (or copy the cache first)")
     # The reader decodes the cached targets exactly as training will (and verifies the shards).
@@ -139,7 +159,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
     n_shards = len(manifest["shards"])
     mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
     for j in mine:
-        if _finished(cache_dir, manifest["shards"][j]["index"]) is not None:
+        if _finished(cache_dir, manifest["shards"][j]["index"], computed_by) is not None:
             continue
         col = reference_column(reader, model, j, divergence=divergence, beta=beta,
                                batch_size=batch_size, device=device)
@@ -152,7 +172,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
             fmt.atomic_write_bytes(paths["ref"], buf.getvalue())
             fmt.atomic_write_json(paths["ref_meta"], {"file": paths["ref"].name, "rows": int(col.shape[0]),
                                                       "bytes": paths["ref"].stat().st_size,
-                                                      "sha256": fmt.sha256_file(paths["ref"])})
+                                                      "sha256": fmt.sha256_file(paths["ref"]), **computed_by})
         logger.info("reference column of shard %d: mean L_ref %.4f over %d positions", j,
                     float(col.mean()) if col.size else 0.0, col.shape[0])
     me.barrier()
@@ -160,7 +180,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
     if me.is_main:
         shards = {}
         for sh in manifest["shards"]:
-            meta = _finished(cache_dir, sh["index"])
+            meta = _finished(cache_dir, sh["index"], computed_by)
             if meta is None:
                 raise fmt.CacheError(f"reference column of '{sh['file']}' is missing or corrupt after the run; "
                                      "rerun `adaspec-dist cache --add-reference`")

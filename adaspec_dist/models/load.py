@@ -172,6 +172,29 @@ def weights_fingerprint(cfg: ModelConfig | str, *, blocks: int = 16, block_bytes
     return h.hexdigest()
 
 
+def module_fingerprint(model: Any, *, samples: int = 4096) -> str:
+    """What an in-memory model computes (a job given a loaded model uses it as
+    :func:`weights_fingerprint` would use its directory): sha256 of its config (without
+    ``_name_or_path``) and, per parameter, its name, shape, dtype and ``samples`` evenly strided
+    values — cheap for a large model, and different for any retrained one."""
+    import hashlib
+    import json
+
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        conf = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(conf, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        idx = torch.linspace(0, max(0, flat.numel() - 1), min(samples, flat.numel())).long().to(flat.device)
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(flat[idx].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

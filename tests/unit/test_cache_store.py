@@ -207,6 +207,42 @@ def test_reference_column_matches_the_trainer_estimator(tmp_path, target):
     assert info["mean_ref_loss"] > 0 and 0 <= info["mean_tail_mass"] < 1 and info["bytes_per_supervised_token"] > 0
 
 
+def test_reference_is_identified_by_its_weights_not_its_path(tmp_path, target, monkeypatch):
+    """The same saved reference named by a relative or an absolute path (or a copy) is the same
+    reference: the rerun resumes instead of being refused. Another model's column, even one a
+    killed run left in a sidecar before the manifest recorded it, is never reused."""
+    d = build(tmp_path / "c", target, n=9)
+    ref_dir = tmp_path / "refs" / "kd"
+    build_preset("tiny-neox", V, seed=1).save_pretrained(ref_dir)
+    monkeypatch.chdir(tmp_path)
+    add_reference(ReferenceConfig(cache_dir=str(d), model="refs/kd", batch_size=4))
+    done = snapshot(d / "shards")
+    add_reference(ReferenceConfig(cache_dir=str(d), model=str(ref_dir.resolve()), batch_size=4))  # was refused
+    copy = tmp_path / "copy-of-kd"
+    copy.mkdir()
+    for f in ref_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    add_reference(ReferenceConfig(cache_dir=str(d), model=str(copy), batch_size=4))
+    assert snapshot(d / "shards") == done
+    other = tmp_path / "refs" / "other"
+    build_preset("tiny-neox", V, seed=2).save_pretrained(other)
+    with pytest.raises(ValueError, match="already has a reference column"):
+        add_reference(ReferenceConfig(cache_dir=str(d), model=str(other), batch_size=4))
+    # A killed run of `other` (sidecars of its shards, no manifest record yet), then the job is
+    # rerun with the first reference: the other model's columns are recomputed, not mixed in.
+    man = json.loads((d / "manifest.json").read_text())
+    man.pop("reference")
+    (d / "manifest.json").write_text(json.dumps(man))
+    add_reference(ReferenceConfig(cache_dir=str(d), model=str(other), batch_size=4))
+    other_col = np.load(d / "shards" / "shard-00000.ref.npy")
+    man = json.loads((d / "manifest.json").read_text())
+    man.pop("reference")
+    (d / "manifest.json").write_text(json.dumps(man))
+    add_reference(ReferenceConfig(cache_dir=str(d), model="refs/kd", batch_size=4))
+    assert snapshot(d / "shards") == done
+    assert not np.array_equal(np.load(d / "shards" / "shard-00000.ref.npy"), other_col)
+
+
 def test_leaving_an_iteration_early_joins_the_prefetch_thread(topk_cache):
     """No decoding thread outlives its iteration (one alive in torch's C++ code at interpreter exit
     aborts the process: exit 134 instead of a preempted run's 143)."""
