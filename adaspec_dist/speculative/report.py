@@ -53,6 +53,52 @@ def write_json(result: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def draft_colors(names) -> dict[str, str]:
+    """One colour per draft, the same in every plot (matplotlib's default cycle, by draft order)."""
+    palette = [f"C{i}" for i in range(10)]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+_GAMMA_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_per_position(result: dict[str, Any], ax) -> None:
+    """P(accept | previous accepted) at draft positions 1..γ: a draft's colour, a γ's line style."""
+    from matplotlib.ticker import MaxNLocator
+
+    colors = draft_colors(result["drafts"])
+    for name, d in result["drafts"].items():
+        for i, (g, r) in enumerate(d["by_gamma"].items()):
+            ax.plot(range(1, len(r["per_position"]) + 1), r["per_position"], marker="o", color=colors[name],
+                    linestyle=_GAMMA_STYLES[i % len(_GAMMA_STYLES)], label=f"{name} γ={g}")
+    ax.set(xlabel="draft position", ylabel="P(accept | previous accepted)", title="per-position acceptance",
+           ylim=(0, 1.05))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # positions are whole numbers
+    ax.legend(fontsize=6, ncol=2)
+
+
+def plot_tau(result: dict[str, Any], ax) -> None:
+    """Measured τ per γ (solid) and τ(α_logits, γ) (dashed), one colour per draft; y from 1."""
+    from matplotlib.ticker import MaxNLocator
+
+    colors = draft_colors(result["drafts"])
+    top = 1.0
+    for name, d in result["drafts"].items():
+        gs = [int(g) for g in d["by_gamma"]]
+        taus = [r["tau"] for r in d["by_gamma"].values()]
+        ax.plot(gs, taus, marker="o", color=colors[name], label=f"{name} measured")
+        top = max([top, *(t for t in taus if t is not None)])
+        if d["alpha_logits"] is not None:
+            theory = [r["tau_theory"] for r in d["by_gamma"].values()]
+            ax.plot(gs, theory, linestyle="--", color=colors[name], label=f"{name} theory (α={d['alpha_logits']:.2f})")
+            top = max([top, *(t for t in theory if t is not None)])
+    # τ >= 1 always (the target's own token): the axis starts there, so heights read as gains.
+    ax.set(xlabel="γ (draft tokens per target call)", ylabel="τ (tokens per target call)", title="τ vs γ",
+           ylim=(1.0, top * 1.05 + 0.05))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+
+
 def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -60,31 +106,13 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, d in result["drafts"].items():
-        for g, r in d["by_gamma"].items():
-            ax.plot(range(1, len(r["per_position"]) + 1), r["per_position"], marker="o", label=f"{name} γ={g}")
-    ax.set(xlabel="draft position", ylabel="P(accept | previous accepted)", title="per-position acceptance",
-           ylim=(0, 1.05))
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    paths.append(out_dir / "per_position_acceptance.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, d in result["drafts"].items():
-        gs = [int(g) for g in d["by_gamma"]]
-        line, = ax.plot(gs, [r["tau"] for r in d["by_gamma"].values()], marker="o", label=f"{name} measured")
-        if d["alpha_logits"] is not None:
-            ax.plot(gs, [r["tau_theory"] for r in d["by_gamma"].values()], linestyle="--", color=line.get_color(),
-                    label=f"{name} theory (α={d['alpha_logits']:.2f})")
-    ax.set(xlabel="γ (draft tokens per target call)", ylabel="τ (tokens per target call)", title="τ vs γ")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "tau_vs_gamma.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    for name, plot in (("per_position_acceptance.png", plot_per_position), ("tau_vs_gamma.png", plot_tau)):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot(result, ax)
+        fig.tight_layout()
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 
