@@ -81,8 +81,9 @@ class TrainConfig:
     """Checkpoint every N optimiser steps (0 = only at the end)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept in run_dir/checkpoints (0 = keep all)."""
-    eval_every: int = 0
-    """Evaluate every N optimiser steps (0 = at the start and the end only)."""
+    eval_every: int | None = None
+    """Evaluate on eval_cache_dir every N optimiser steps (None = about ten evaluations over the
+    run, every ceil(steps / 10), so α has a curve; 0 = at the start and the end only)."""
     eval_batches: int | None = None
     """Limit eval to this many batches per rank (None = the whole eval cache)."""
     seed: int = 0
@@ -118,6 +119,8 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} would export an untrained draft; set max_steps >= 1 "
                              "or remove it to train the budget's passes")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ValueError(f"eval_every={self.eval_every} must be >= 0 (0 = evaluate at the start and end only)")
         if self.passes <= 0 and self.max_steps is None:
             raise ValueError("passes must be positive (or set max_steps)")
 
@@ -128,6 +131,17 @@ def budget_for(cfg: TrainConfig, dp_size: int) -> Budget:
     return resolve_budget(passes=cfg.passes, kept_token_epochs=cfg.kept_token_epochs, budget=cfg.budget,
                           fraction=cfg.filter_fraction, global_batch_size=e.global_batch_size,
                           micro_batch_size=e.micro_batch_size, grad_accum=e.grad_accum, dp_size=dp_size)
+
+
+EVALS_PER_RUN = 10
+
+
+def eval_interval(cfg: TrainConfig, total_steps: int) -> int:
+    """Optimiser steps between held-out evaluations (0 = none in between): ``eval_every``, or
+    ceil(total_steps / EVALS_PER_RUN) when it is None."""
+    if cfg.eval_every is not None:
+        return cfg.eval_every
+    return max(1, math.ceil(total_steps / EVALS_PER_RUN))
 
 
 def total_steps_for(cfg: TrainConfig, budget: Budget, batches_per_pass: int) -> int:

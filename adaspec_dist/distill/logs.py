@@ -7,6 +7,7 @@ epochs at k = 0.4 is 7.5 passes); passes are what the loop counts, both are logg
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -40,6 +41,38 @@ def log_plan(run: Run) -> None:
     logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
                 "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
                 b.grad_accum, run.ps.dp_size, passes, passes * frac, unit, kept, b.rule)
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A (nested) dataclass as {"engine.lr": 0.003, ...}: the scalar types tensorboard's hparams
+    take (None and collections as their text)."""
+    out: dict[str, bool | int | float | str] = {}
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out.update(flat_config(value, key + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            out[key] = "None" if value is None else str(value)
+    return out
+
+
+def log_hparams(run: Run) -> None:
+    """The resolved config in tensorboard: the HPARAMS tab (every key, with the held-out α and
+    divergence as its metrics, so runs can be compared) and the YAML under TEXT ``config``."""
+    w = run.writer
+    if w is None:
+        return
+    import yaml
+    from torch.utils.tensorboard.summary import hparams
+
+    # The metric values are the eval/* scalars this run logs under the same tags.
+    metrics = {"eval/alpha": 0.0, f"eval/{run.cfg.divergence}": 0.0}
+    for summary in hparams(flat_config(run.cfg), metrics):
+        w.file_writer.add_summary(summary)
+    text = yaml.safe_dump(dataclasses.asdict(run.cfg), sort_keys=False)
+    w.add_text("config", "```\n" + text + "```")
 
 
 def log_step(run: Run, stats: dict[str, Any], rate: float) -> None:

@@ -7,7 +7,7 @@ Contract
   (continue when there is one). ``callbacks``: ``TrainCallback`` hooks (distill/state.py).
 * The job, as a list of steps: build the run (distill/setup.py); resume (distill/checkpoint.py);
   log the plan; evaluate (not when resuming); train to ``total_steps`` (distill/step.py),
-  evaluating every ``eval_every`` and checkpointing every ``save_every`` optimiser steps, and on
+  evaluating every ``eval_every`` (default: ten times per run) and checkpointing every ``save_every`` optimiser steps, and on
   a stop signal (SIGTERM / SIGUSR1: checkpoint at the step boundary, then ``Preempted``, exit
   143); evaluate; checkpoint unless this step has one; export ``run_dir/final`` in HF format.
 * Summary: ``eval_start`` / ``eval_end`` (α and divergence on the eval cache, ``{}`` without
@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from adaspec_dist.distill import checkpoint
 from adaspec_dist.distill.checkpoint import ResumeMode, checkpoint_dir, resolve_resume
-from adaspec_dist.distill.config import TrainConfig, budget_for, total_steps_for
-from adaspec_dist.distill.logs import Throughput, epoch_unit, log_done, log_eval, log_plan, log_step
+from adaspec_dist.distill.config import TrainConfig, budget_for, eval_interval, total_steps_for
+from adaspec_dist.distill.logs import Throughput, epoch_unit, log_done, log_eval, log_hparams, log_plan, log_step
 from adaspec_dist.distill.setup import setup
 from adaspec_dist.distill.state import Every, Run, TrainCallback
 from adaspec_dist.distill.step import evaluate, optimizer_steps, train_step
@@ -75,6 +75,7 @@ def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainC
     if resumed:
         checkpoint.restore(run)
     log_plan(run)
+    log_hparams(run)
     summary: dict[str, Any] = {"eval_start": {} if resumed else _evaluate(run)}
     throughput = Throughput(run)
     last_stats = _train_loop(run, callbacks, stop, throughput)
@@ -97,7 +98,7 @@ def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainC
 def _train_loop(run: Run, callbacks: Sequence[TrainCallback], stop: StopSignal, throughput: Throughput) -> dict:
     """Optimiser steps to ``run.total_steps``, with the evaluations and checkpoints they are due;
     returns the last step's stats."""
-    evals, saves = Every(run.cfg.eval_every), Every(run.cfg.save_every)
+    evals, saves = Every(eval_interval(run.cfg, run.total_steps)), Every(run.cfg.save_every)
     last_stats: dict[str, Any] = {}
     bar = tqdm(total=run.total_steps, initial=run.progress.step, desc=run.cfg.objective, disable=not run.ps.is_main)
     with bar, contextlib.closing(optimizer_steps(run)) as steps:
@@ -109,7 +110,7 @@ def _train_loop(run: Run, callbacks: Sequence[TrainCallback], stop: StopSignal, 
             bar.set_postfix(loss=f"{stats['loss']:.4f}", kept=stats["kept_global"])
             for cb in callbacks:
                 cb.after_step(step, run)
-            if evals.due(step):
+            if evals.due(step) and step < run.total_steps:  # the last step's evaluation is eval_end
                 log_eval(run, evaluate(run))
             if saves.due(step):
                 _checkpoint(run, callbacks)

@@ -102,16 +102,29 @@ def test_vocabulary_mismatch_and_empty_runs_are_refused(world, tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
-def test_grad_norm_is_logged_as_a_number(world, tmp_path):
+def test_tensorboard_has_numbers_an_alpha_curve_and_the_config(world, tmp_path):
+    """grad norms are numbers (were NaN), α has a curve by default (was: start and end only),
+    and the resolved config is in the HPARAMS tab and as text."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     out = tmp_path / "cache"
     cache(world, out)
-    _train(world, tmp_path / "run", out, "max_steps=3")
+    _train(world, tmp_path / "run", out, "max_steps=20", f"eval_cache_dir={out}", "eval_batches=1")
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
     acc.Reload()
     norms = [e.value for e in acc.Scalars("train/grad_norm")]
-    assert len(norms) == 3 and all(v == v and v > 0 for v in norms), norms  # v == v: not NaN
+    assert len(norms) == 20 and all(v == v and v > 0 for v in norms), norms  # v == v: not NaN
+    alpha_steps = [e.step for e in acc.Scalars("eval/alpha")]
+    assert alpha_steps == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20], alpha_steps  # ceil(20 / 10) = 2
+    hp = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["objective"].string_value == "kd"
+    assert start.hparams["engine.lr"].number_value == pytest.approx(1e-3)
+    assert start.hparams["cache_dir"].string_value == str(out)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"eval/alpha", "eval/fkl"}
+    assert "config" in "".join(acc.Tags()["tensors"])
 
 
 def test_export_stops_at_the_tokenizers_eos(world):
