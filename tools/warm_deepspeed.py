@@ -2,7 +2,8 @@
 
 On CPU the only one is DeepSpeed's shared-memory comm op (built when DeepSpeed's comm backend
 starts); the trainer uses torch.optim.AdamW, so no fused/CPU Adam build is needed. The build is
-cached in ~/.cache/torch_extensions; a build killed half-way leaves a stale ``lock`` file there
+cached in this environment's ``sys.prefix/torch_extensions`` (or TORCH_EXTENSIONS_DIR;
+``adaspec_dist.distill.engine.extensions_dir``); a build killed half-way leaves a stale ``lock`` file there
 that hangs later runs — this script removes such a lock only when no build is running
 (``--clear-stale-locks``). Usage: ``python tools/warm_deepspeed.py``.
 """
@@ -25,7 +26,9 @@ def main() -> int:
     parser.add_argument("--clear-stale-locks", action="store_true",
                         help="delete torch_extensions lock files older than 30 minutes first")
     args = parser.parse_args()
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    from adaspec_dist.distill.engine import extensions_dir
+
+    root = extensions_dir()
     if args.clear_stale_locks and root.exists():
         for lock in stale_locks(root):
             print(f"removing stale build lock {lock}")

@@ -20,6 +20,10 @@ Contract
   every rank (a no-op below ZeRO-3), for export and evaluation-free inspection.
 * ``Engine``: the slice of ``deepspeed.DeepSpeedEngine`` the trainer uses, as a Protocol, so
   that callers can be typed while deepspeed stays a deferred import.
+* JIT-built ops go to ``extensions_dir()``: ``TORCH_EXTENSIONS_DIR`` when set, else this Python
+  environment's own ``sys.prefix/torch_extensions`` (two venvs with different torch builds
+  never load or rebuild each other's ops); ``build_engine`` says in one log line when the first
+  run in an environment is about to compile (minutes, once), instead of waiting silently.
 """
 from __future__ import annotations
 
@@ -174,8 +178,43 @@ def lr_lambda(cfg: EngineConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+# The DeepSpeed op a CPU run compiles when its comm backend starts (GPU runs compile none: the
+# optimiser is torch's AdamW).
+CPU_OPS = ("deepspeed_shm_comm",)
+
+
+def extensions_dir() -> Path:
+    """Where torch/DeepSpeed JIT-build C++ ops for this process, set in the environment so the
+    build uses it: TORCH_EXTENSIONS_DIR when the user set it, else ``sys.prefix/torch_extensions``
+    (per environment: torch's default ~/.cache/torch_extensions/pyXY_cpu is shared by every venv
+    of a user, whatever its torch version), or, when sys.prefix is read-only (a system-wide
+    install), ~/.cache/torch_extensions/<python and torch version>."""
+    import os
+    import sys
+
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        mine = Path(sys.prefix) / "torch_extensions"
+        if not (mine.is_dir() or os.access(sys.prefix, os.W_OK)):
+            import torch
+
+            tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+            mine = Path.home() / ".cache" / "torch_extensions" / tag
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(mine)
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+def ops_to_build(device: Any) -> list[Path]:
+    """The build directories of the ops this run will compile before it can start (empty when
+    they are built, and on CUDA)."""
+    if str(device).startswith("cuda"):
+        return []
+    root = extensions_dir()
+    return [root / name for name in CPU_OPS if not any((root / name).glob(f"{name}*.so"))]
+
+
 def build_engine(model: torch.nn.Module, *, cfg: EngineConfig, total_steps: int, device: Any = "cpu") -> Engine:
     """Wrap ``model`` in a DeepSpeed engine (see the module docstring)."""
+    pending = ops_to_build(device)  # also points the build at this environment's extensions dir
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -192,6 +231,10 @@ def build_engine(model: torch.nn.Module, *, cfg: EngineConfig, total_steps: int,
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    if pending and dist.get_rank() == 0:
+        logger.info("DeepSpeed compiles its C++ op %s into %s: the first run in this environment waits "
+                    "1-3 minutes, once (python tools/warm_deepspeed.py does it ahead of time)",
+                    ", ".join(p.name for p in pending), pending[0].parent)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=conf, dist_init_required=False)
     logger.info("DeepSpeed engine: ZeRO-%d, %s, micro-batch %d x accum %d x dp %d, schedule %s",
