@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from adaspec_dist.data import embedded
+from adaspec_dist.hub import hub_access
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None)
         config = task.hub_config if hub_id == task.hub_id else None
         # Slicing in the split string keeps a limited preview from materialising a huge split.
         hub_split = f"{split}[:{limit}]" if limit else split
+        hub_access(hub_id, "dataset")  # offline and not cached: one line now, not a minute of retries
         try:
             ds = datasets.load_dataset(hub_id, config, split=hub_split)
         except OSError as err:  # unreachable hub, unknown id, missing split (ConnectionError is an OSError)

@@ -34,6 +34,7 @@ from typing import Iterable
 
 from adaspec_dist.data import embedded
 from adaspec_dist.files import atomic_write_text
+from adaspec_dist.hub import hub_access
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """``AutoTokenizer.from_pretrained``; sets pad = eos when the tokenizer has no pad token."""
     from transformers import AutoTokenizer
 
+    name = str(name_or_path)
+    access = {} if Path(name).exists() else hub_access(name, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(name, **access)
     except OSError as err:
         raise ValueError(f"cannot load tokenizer '{name_or_path}' ({str(err).splitlines()[0]}); pass a "
                          "directory written by save_pretrained or a hub id reachable from here") from None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from adaspec_dist.files import tmp_path
+from adaspec_dist.hub import hub_access
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def load_causal_lm(cfg: ModelConfig | str, *, vocab_size: int | None = None, dev
         path = cfg.name_or_path
         if (path.startswith((".", "/")) or os.sep in path and Path(path).exists()) and not Path(path).exists():
             raise FileNotFoundError(f"model directory '{path}' does not exist; train or download it first")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        access = {} if Path(path).exists() else hub_access(path, "model")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **access)
     else:
         if vocab_size is None:
             raise ValueError(f"preset '{cfg.preset}' needs a vocab_size (from the tokenizer)")

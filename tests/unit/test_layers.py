@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 # (``pipeline.py``).
 LAYERS: list[tuple[str, ...]] = [
     # foundation: YAML -> dataclasses, shipped files, env and process groups, atomic files and
-    # directory claims, signals
-    ("config", "configs", "dist", "files", "preemption"),
+    # directory claims, reaching the HF Hub, signals
+    ("config", "configs", "dist", "files", "hub", "preemption"),
     ("sparse",),                       # the shared math: SparseTarget, encoders, divergences
     ("data", "models"),
     ("cache", "speculative"),
