@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -145,6 +145,11 @@ def shard_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+# Manifest fields that describe the data but do not determine the cache's bytes (its token ids are
+# in data.fingerprint): they never enter the job's fingerprint, so adding one keeps old caches valid.
+DESCRIPTIVE_DATA_KEYS = ("prompt_format", "chat_template")
+
+
 def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
     """The hash of what determines the cache's bytes: the settings, the data, the tokenizer and the
     target's weights — never where they are. The target's path (``extra.target.identity``) is left
@@ -154,8 +159,25 @@ def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
     target = extra.get("target")
     if isinstance(target, dict) and "weights" in target:
         extra["target"] = {k: v for k, v in target.items() if k != "identity"}
+    if isinstance(extra.get("data"), dict):
+        extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
     blob = json.dumps({**spec.__dict__, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def legacy_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
+    """What the same job's ``job.json`` held when written by an earlier version (format 1 before
+    weights fingerprints: the settings and identities hashed as they were, the target by its
+    path): a rerun of the same command on such a cache resumes or finds it complete instead of
+    calling it 'different settings'."""
+    extra = {k: v for k, v in spec.extra.items()}
+    target = extra.get("target")
+    if isinstance(target, dict):
+        extra["target"] = {k: v for k, v in target.items() if k != "weights"}
+    if isinstance(extra.get("data"), dict):
+        extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
+    blob = json.dumps({**spec.__dict__, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    return [hashlib.sha256(blob.encode()).hexdigest()]
 
 
 def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
@@ -171,12 +193,14 @@ def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
                          "ids: the tokenizer is not the target's; set tokenizer to the target's own")
 
 
-def completed_manifest(out_dir: Path, fingerprint: str) -> dict | None:
-    """The manifest of a finished cache made by this very job (same fingerprint), else None."""
+def completed_manifest(out_dir: Path, fingerprint: str | Collection[str]) -> dict | None:
+    """The manifest of a finished cache made by this very job (its fingerprint, or one of the
+    ``fingerprint`` collection: today's and the legacy ones), else None."""
+    accepted = {fingerprint} if isinstance(fingerprint, str) else set(fingerprint)
     job, manifest = out_dir / JOB_FILE, fmt.manifest_path(out_dir)
     if not (job.is_file() and manifest.is_file()):
         return None
-    if fmt.read_json(job, "job file").get("fingerprint") != fingerprint:
+    if fmt.read_json(job, "job file").get("fingerprint") not in accepted:
         return None
     done = fmt.read_json(manifest, "manifest")
     if not done.get("complete"):
@@ -186,14 +210,15 @@ def completed_manifest(out_dir: Path, fingerprint: str) -> dict | None:
     return done if intact else None
 
 
-def claim_directory(out_dir: Path, fingerprint: str, me: Roles) -> DirectoryClaim | None:
+def claim_directory(out_dir: Path, fingerprint: str, me: Roles, legacy: Collection[str] = ()) -> DirectoryClaim | None:
     """Claim ``out_dir`` for this job, refuse a directory that holds another job, record ours.
 
     The claim is per job: the main rank takes an exclusive lock on the directory (held until the
     caller releases the returned claim; ``adaspec_dist.files``), checks ``job.json`` and writes it,
     clears the temp files a killed run left; the other ranks wait for its answer, so every rank
     gets the same one. A second job into the same directory — any settings, any timing — is
-    refused in one line while the first holds the lock, and by ``job.json`` after it."""
+    refused in one line while the first holds the lock, and by ``job.json`` after it. A ``job.json``
+    an earlier version wrote for the same job (one of ``legacy``) is rewritten with today's."""
     claim, refusal = None, None
     if me.is_main:
         try:
@@ -202,7 +227,10 @@ def claim_directory(out_dir: Path, fingerprint: str, me: Roles) -> DirectoryClai
             job = out_dir / JOB_FILE
             if job.exists():
                 found = fmt.read_json(job, "job file").get("fingerprint")
-                if found != fingerprint:
+                if found in legacy and found != fingerprint:
+                    fmt.atomic_write_json(job, {"fingerprint": fingerprint})
+                    logger.info("%s: written by an earlier adaspec-dist version for the same job; updated", job)
+                elif found != fingerprint:
                     raise ValueError(f"cache directory '{out_dir}' holds a cache made with different settings or "
                                      f"data (see {job}); choose a new out_dir or delete that directory")
             elif any(p.name not in ("tb", ".lock") for p in out_dir.iterdir()):
@@ -260,12 +288,13 @@ def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, ou
     check_job(sequences, spec)  # before anything is written: a refused job leaves no job.json behind
     me = job_roles(ps)
     fingerprint = job_fingerprint(spec, len(sequences))
-    done = completed_manifest(out_dir, fingerprint)
+    legacy = legacy_fingerprints(spec, len(sequences))
+    done = completed_manifest(out_dir, [fingerprint, *legacy])
     if done is not None:
         # Nothing to write: rewriting the manifest would drop a reference column added since.
         logger.info("cache %s is already complete (%d shards); nothing to do", out_dir, len(done["shards"]))
         return done if me.is_main else None
-    claim = claim_directory(out_dir, fingerprint, me)
+    claim = claim_directory(out_dir, fingerprint, me, legacy)
     try:
         return _write_claimed(sequences, target_fn, spec, out_dir, me, device=device, config=config,
                               tensorboard_dir=tensorboard_dir)

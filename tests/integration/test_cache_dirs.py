@@ -139,3 +139,47 @@ def test_a_moved_cache_with_a_relative_target_path_is_complete_and_a_half_finish
     assert now.keys() == files.keys()
     # Byte-identical but for the records that name paths (the resolved config, the target's identity).
     assert {k for k in files if now[k] != files[k]} <= {Path("config.yaml"), Path("manifest.json")}
+
+
+def _legacy_job_file(out: Path, world) -> str:
+    """job.json as adaspec-dist <= c93f46a wrote it: the JobSpec with the target named by its path
+    and no weights fingerprint (the formula re-derived here from the manifest, independently of
+    produce.legacy_fingerprints)."""
+    import hashlib
+    import json
+
+    man = json.loads((out / "manifest.json").read_text())
+    p = man["params"]
+    extra = {"target": {k: v for k, v in man["target"].items() if k != "weights"},
+             "tokenizer_fingerprint": man["tokenizer_fingerprint"],
+             "data": {k: man["data"][k] for k in ("task", "split", "limit", "max_length", "fingerprint")},
+             "split": man["split"]}
+    spec = {"scheme": man["scheme"], "top_k": p["top_k"], "draws": p["draws"], "temperature": p["temperature"],
+            "value_dtype": p["value_dtype"], "batch_size": p["batch_size"], "shard_size": p["shard_size"],
+            "seed": p["seed"], "vocab_size": man["vocab_size"], "extra": extra,
+            "num_sequences": man["num_sequences"]}
+    legacy = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    (out / "job.json").write_text(json.dumps({"fingerprint": legacy}))
+    return legacy
+
+
+def test_a_cache_of_the_previous_version_is_complete_or_resumes(world, tmp_path):
+    """A cache whose job.json an earlier version wrote (was: refused as 'different settings')."""
+    import json
+
+    out = tmp_path / "old"
+    run_cli(cache_argv(world, out))
+    shards = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    legacy = _legacy_job_file(out, world)
+    proc = run_cli(cache_argv(world, out))
+    assert "already complete" in proc.stderr + proc.stdout
+    # Half-finished (a shard and the manifest gone): resumes, rewrites the same bytes, adopts the job file.
+    (out / "manifest.json").unlink()
+    (out / "shards" / "shard-00001.safetensors").unlink()
+    (out / "shards" / "shard-00001.json").unlink()
+    run_cli(cache_argv(world, out))
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
+    assert json.loads((out / "job.json").read_text())["fingerprint"] != legacy
+    # Other settings are still another job.
+    (out / "job.json").write_text(json.dumps({"fingerprint": legacy}))
+    assert "different settings" in error_line(run_cli(cache_argv(world, out, "top_k=4"), check=False))
