@@ -19,12 +19,21 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from typing import Literal
 from urllib.parse import urlparse
 
 Kind = Literal["model", "tokenizer", "dataset"]
 _PROBE_TIMEOUT_S = 3.0
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` (not a path: no leading '/', '.', '~', at most one '/')."""
+    return bool(_HUB_ID.match(name))
 
 
 def is_offline_forced() -> bool:

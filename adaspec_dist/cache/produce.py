@@ -41,7 +41,7 @@ from tqdm import tqdm
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.writer import Roles, finished_shard, job_roles, loss_mask_from_labels, write_shard
 from adaspec_dist.config import save_resolved
-from adaspec_dist.data.tasks import DataConfig, load_examples
+from adaspec_dist.data.tasks import DataConfig, chat_template_for, load_examples, prompt_format
 from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
@@ -398,7 +398,9 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
                         "dtype": cfg.model.dtype, "tp": cfg.tp},
              "tokenizer_fingerprint": vocab_fingerprint(tokenizer),
              "data": {"task": cfg.data.task, "split": cfg.data.split, "limit": cfg.data.limit,
-                      "max_length": cfg.data.max_length, "fingerprint": data_fingerprint(sequences)},
+                      "max_length": cfg.data.max_length, "fingerprint": data_fingerprint(sequences),
+                      # descriptive (DESCRIPTIVE_DATA_KEYS): what exported drafts' chat templates are built from
+                      "prompt_format": prompt_format(cfg.data), "chat_template": chat_template_for(cfg.data)},
              "split": cfg.data.split}
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
 

@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from adaspec_dist.data import embedded
 from adaspec_dist.hub import hub_access
@@ -47,10 +47,31 @@ class DataConfig:
     """Seed of the embedded generators (item choice and order); unused by hub/local tasks."""
     max_length: int = 512
     """Token budget per sequence (prompt + answer + BOS/EOS); see tokenize.py for truncation."""
+    columns: dict[str, str] | None = None
+    """Read the task's columns under other names: {task column: source column}, e.g.
+    {question: problem, answer: solution} for a gsm8k-style file whose columns differ."""
+    prompt_template: str | None = None
+    """A custom prompt: a Python format string over the row's columns, e.g. "Q: {question}\nA: "
+    (replaces the task's own format; task `custom` needs it)."""
+    answer_template: str | None = None
+    """The supervised text for a custom format, e.g. "{answer}" (with prompt_template)."""
 
     def validate(self) -> None:
         if self.task not in TASKS and self.task not in embedded.EMBEDDED:
             raise ValueError(f"unknown data task '{self.task}'; choose one of {task_names()}")
+        custom = self.prompt_template is not None or self.answer_template is not None
+        if custom and (self.prompt_template is None or self.answer_template is None):
+            raise ValueError("data.prompt_template and data.answer_template go together: set both "
+                             "(e.g. prompt_template: 'Q: {question}\\nA: ', answer_template: '{answer}')")
+        if self.task == "custom" and not (custom and self.source):
+            raise ValueError("data task 'custom' needs data.source (a local file or hub id) and data.prompt_template "
+                             "+ data.answer_template over its columns")
+        if self.task == "chat" and not self.source:
+            raise ValueError("data task 'chat' needs data.source: a .jsonl/.parquet file (or hub id) whose rows hold "
+                             "`messages` [{role, content}, ...] ending with the assistant's answer")
+        if self.task in embedded.EMBEDDED and (custom or self.columns):
+            raise ValueError(f"data task '{self.task}' is embedded (generated locally): data.columns and "
+                             "templates apply to hub/local sources; remove them or pick another task")
         if self.task in embedded.EMBEDDED and self.source is not None:
             raise ValueError(f"data task '{self.task}' is embedded (generated locally); remove data.source "
                              f"'{self.source}' or pick a hub task ({sorted(TASKS)})")
@@ -128,6 +149,24 @@ def format_xsum(row: Mapping[str, Any]) -> Example:
                    answer=str(row["summary"]).strip())
 
 
+# Chat datasets (rows with `messages`: [{role, content}, ...], the OpenAI/TRL layout): the last
+# message is the supervised answer and must be the assistant's; the earlier ones are rendered as
+# plain "Role: content" turns, ending with the assistant's cue. The exported draft's chat
+# template renders exactly this (see chat_template_for).
+CHAT_TURN = "{role}: {content}\n\n"
+CHAT_CUE = "Assistant: "
+
+
+def format_chat(row: Mapping[str, Any]) -> Example:
+    messages = list(row["messages"])
+    if len(messages) < 2 or messages[-1].get("role") != "assistant":
+        raise ValueError("chat row: `messages` must end with an assistant message after at least one other "
+                         f"(got roles {[m.get('role') for m in messages]}); drop such rows or fix the file")
+    prompt = "".join(CHAT_TURN.format(role=str(m["role"]).capitalize(), content=str(m["content"]).strip())
+                     for m in messages[:-1]) + CHAT_CUE
+    return Example(prompt=prompt, answer=str(messages[-1]["content"]).strip())
+
+
 @dataclass(frozen=True)
 class HubTask:
     hub_id: str
@@ -151,7 +190,59 @@ TASKS: dict[str, HubTask] = {
                              {"train": 287113, "validation": 13368, "test": 11490}),
     "xsum": HubTask("EdinburghNLP/xsum", None, ("document", "summary"), format_xsum,
                     {"train": 204045, "validation": 11332, "test": 11334}),
+    # Your own data: `chat` reads `messages` rows; `custom` formats any columns with
+    # data.prompt_template / data.answer_template. Neither has a default source.
+    "chat": HubTask("", None, ("messages",), format_chat),
+    "custom": HubTask("", None, (), format_chat),  # formatted by the templates instead (see formatter)
 }
+
+# What the user's text becomes in each task's prompt: a format string whose one field, {input}, is
+# the question / instruction / article (exported drafts carry it as their chat template; see
+# chat_template_for). mbpp's prompt has a second field (the tests) and gets no chat template.
+PROMPT_FORMATS: dict[str, str] = {
+    "gsm8k": "{input}" + GSM8K_QUESTION_SUFFIX,
+    "alpaca": _ALPACA_NO_INPUT.replace("{instruction}", "{input}"),
+    "mbpp": "You are an expert Python programmer, and here is your task: {input} Your code should pass these "
+            "tests:\n\n{tests}\n\n",
+    "cnn_dailymail": "Summarize the following article.\n\nArticle: {input}\n\nSummary: ",
+    "xsum": "Summarize the following document in one sentence.\n\nDocument: {input}\n\nSummary: ",
+    "arith": "Question: {input}\nAnswer: ",
+    "pydoc": "### Instruction:\n{input}\n\n### Response:\n",
+    "stdlib_code": "### Instruction:\n{input}\n\n### Response:\n",
+}
+
+
+def prompt_format(cfg: "DataConfig") -> str | None:
+    """The prompt the draft was trained on, as a format string over the user's fields ({input} for
+    the built-in tasks, the row's columns for a custom template); None for chat data (its
+    turns are the format: CHAT_TURN / CHAT_CUE)."""
+    if cfg.prompt_template is not None:
+        return cfg.prompt_template
+    return PROMPT_FORMATS.get(cfg.task)
+
+
+def chat_template_for(cfg: "DataConfig") -> str | None:
+    """A Jinja chat template that renders a conversation as this task's training prompt (BOS
+    included, trailing spaces left to the answer as tokenize.py does), so that
+    ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` gives the exact ids the
+    draft was trained to continue. None when the prompt has more than one field."""
+    import string
+
+    def literal(text: str) -> str:  # Jinja-safe constant text
+        return "{{ " + repr(text) + " }}" if text else ""
+
+    if cfg.task == "chat" and cfg.prompt_template is None:
+        turn = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] | trim }}"
+                + literal(CHAT_TURN.split("{content}")[1]) + "{% endfor %}")
+        return "{{ bos_token }}" + turn + "{% if add_generation_prompt %}" + literal(CHAT_CUE.rstrip(" ")) + "{% endif %}"
+    fmt = prompt_format(cfg)
+    if fmt is None:
+        return None
+    fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None]
+    if len(fields) != 1:
+        return None
+    before, after = fmt.split("{" + fields[0] + "}")
+    return ("{{ bos_token }}" + literal(before) + "{{ messages[-1]['content'] }}" + literal(after.rstrip(" ")))
 
 
 def task_names() -> list[str]:
@@ -205,14 +296,16 @@ def _is_blank(path: Path) -> bool:
         return not fh.read(1 << 16).strip()
 
 
-def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None) -> tuple[Iterable, str]:
-    """Rows of the split (a ``datasets.Dataset``) and a name for error messages."""
+def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None,
+               columns: Mapping[str, str] | None = None, needed: Sequence[str] = ()) -> tuple[Iterable, str]:
+    """Rows of the split (a ``datasets.Dataset``) with ``columns`` renamed ({task column: source
+    column}) and the ``needed`` columns checked, and a name for error messages."""
     import datasets  # heavy; imported only when a hub/local task is actually loaded
 
     local = _local_files(source, split, task.hub_config) if source else None
     if local and all(_is_blank(f) for f in local):
         # datasets raises a bare StopIteration on an empty json/jsonl file: say what is wrong instead.
-        raise ValueError(f"data source '{local[0]}' has no rows; fill it with {', '.join(task.columns)} records "
+        raise ValueError(f"data source '{local[0]}' has no rows; fill it with {', '.join(needed)} records "
                          "or point data.source at another file")
     if local:
         ds = datasets.load_dataset(_LOCAL_SUFFIXES[local[0].suffix], data_files=[str(f) for f in local],
@@ -234,10 +327,17 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None)
         origin = f"hub dataset {hub_id}" + (f" ({config})" if config else "") + f" split {split}"
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
-    missing = [c for c in task.columns if c not in ds.column_names]
+    if columns:
+        absent = [src for src in columns.values() if src not in ds.column_names]
+        if absent:
+            raise ValueError(f"data.columns maps to column '{absent[0]}' that {origin} lacks "
+                             f"(found: {', '.join(ds.column_names)}); fix data.columns")
+        ds = ds.rename_columns({src: dst for dst, src in columns.items() if src != dst})
+    missing = [c for c in needed if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{origin} lacks column '{missing[0]}'; expected columns: {', '.join(task.columns)} "
-                         f"(found: {', '.join(ds.column_names)})")
+        raise ValueError(f"{origin} lacks column '{missing[0]}'; expected columns: {', '.join(needed)} "
+                         f"(found: {', '.join(ds.column_names)}); rename with data.columns "
+                         f"{{{missing[0]}: YOUR_COLUMN}} or fix the file")
     return ds, origin
 
 
@@ -249,10 +349,28 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> list[Example]:
         pairs = embedded.generate(cfg.task, split=split, seed=cfg.seed, limit=cfg.limit)
         return [Example(prompt=p, answer=a) for p, a in pairs]
     task = TASKS[cfg.task]
-    rows, origin = _load_rows(task, cfg.source, split, cfg.limit)
-    examples = [task.format(row) for row in rows]
+    fmt, needed = formatter(cfg)
+    rows, origin = _load_rows(task, cfg.source, split, cfg.limit, cfg.columns, needed)
+    examples = [fmt(row) for row in rows]
     logger.info("loaded %d %s examples from %s", len(examples), cfg.task, origin)
     return examples
+
+
+def formatter(cfg: DataConfig) -> tuple[Callable[[Mapping[str, Any]], Example], tuple[str, ...]]:
+    """How a row becomes an Example for ``cfg``, and the columns that needs: the custom templates
+    when set (their fields), else the task's own format (its columns)."""
+    import string
+
+    if cfg.prompt_template is None or cfg.answer_template is None:
+        return TASKS[cfg.task].format, TASKS[cfg.task].columns
+    prompt_t, answer_t = cfg.prompt_template, cfg.answer_template
+    fields = tuple(dict.fromkeys(f.split(".")[0].split("[")[0] for t in (prompt_t, answer_t)
+                                 for _, f, _, _ in string.Formatter().parse(t) if f))
+
+    def fmt(row: Mapping[str, Any]) -> Example:
+        return Example(prompt=prompt_t.format(**row), answer=answer_t.format(**row).strip())
+
+    return fmt, fields
 
 
 def known_rows(cfg: DataConfig, split: str | None = None) -> int | None:

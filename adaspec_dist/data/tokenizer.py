@@ -34,7 +34,7 @@ from typing import Iterable
 
 from adaspec_dist.data import embedded
 from adaspec_dist.files import atomic_write_text
-from adaspec_dist.hub import hub_access
+from adaspec_dist.hub import hub_access, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     name = str(name_or_path)
+    if not Path(name).exists() and not looks_like_hub_id(name):
+        raise ValueError(f"cannot load tokenizer '{name}' (no such directory); pass a directory written by "
+                         "save_pretrained or a hub id")
     access = {} if Path(name).exists() else hub_access(name, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **access)

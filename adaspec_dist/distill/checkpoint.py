@@ -11,8 +11,8 @@ Contract
   keeps the newest ``keep_checkpoints`` tags.
 * ``restore(run)``: the inverse, from the newest checkpoint, so the run continues exactly (the
   same batches, random draws and optimiser state as an uninterrupted run).
-* ``export(run) -> path``: the draft in HF format with its tokenizer in ``run_dir/final``
-  (collective under ZeRO-3).
+* ``export(run, summary) -> path``: the draft in HF format with its tokenizer (its chat template
+  = the task's prompt) and a model card in ``run_dir/final`` (collective under ZeRO-3).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from adaspec_dist.dist import barrier
+from adaspec_dist.distill.card import apply_prompt, model_card, prompt_info
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.distill.engine import gathered_module, latest_step, load_checkpoint, save_checkpoint
 from adaspec_dist.distill.state import Progress, Run
@@ -90,13 +91,19 @@ def restore(run: Run) -> None:
     logger.info("resumed at step %d (pass %.3f)", run.progress.step, run.passes)
 
 
-def export(run: Run) -> Path:
-    """Write the draft in HF format (with its tokenizer) to run_dir/final (collective under ZeRO-3)."""
+def export(run: Run, summary: dict[str, Any] | None = None) -> Path:
+    """Write the draft in HF format to run_dir/final (collective under ZeRO-3): with its tokenizer,
+    carrying the task's prompt as its chat template, and a README.md model card (distill/card.py)
+    stating the run and ``summary``'s held-out α."""
     out = Path(run.cfg.run_dir) / "final"
     with gathered_module(run.engine) as module:
         if run.ps.is_main:
+            info = prompt_info(run)
             if run.tokenizer is None:
                 logger.warning("no tokenizer configured: exporting the draft without one (set tokenizer: PATH)")
-            save_hf(module, out, tokenizer=run.tokenizer)
+            elif apply_prompt(run.tokenizer, info):
+                logger.info("export: the tokenizer's chat template renders the %s prompt format", info["task"])
+            save_hf(module, out, tokenizer=run.tokenizer,
+                    files={"README.md": model_card(run, summary or {}, info)})
     barrier()
     return out

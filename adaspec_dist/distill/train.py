@@ -89,7 +89,7 @@ def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainC
                    last_loss=last_stats.get("loss"), trained_tokens=run.progress.trained_tokens)
     log_done(run)
     if cfg.export:
-        summary["export"] = str(checkpoint.export(run))
+        summary["export"] = str(checkpoint.export(run, summary))
     for cb in callbacks:
         cb.after_train(run)
     return summary

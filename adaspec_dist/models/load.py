@@ -216,9 +216,10 @@ def align_special_tokens(model, tokenizer) -> None:
                 setattr(cfg, key, value)
 
 
-def save_hf(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+def save_hf(model, out_dir: str | os.PathLike, tokenizer=None, files: dict[str, str] | None = None) -> Path:
     """Save model (safetensors) and tokenizer in HF format, atomically; with a tokenizer, the
-    saved configs carry its special-token ids (see :func:`align_special_tokens`)."""
+    saved configs carry its special-token ids (see :func:`align_special_tokens`). ``files``:
+    extra text files written alongside ({name: text}, e.g. README.md)."""
     out = Path(out_dir)
     tmp = tmp_path(out)  # unique per writer: two exports never share a temp directory
     if tokenizer is not None:
@@ -226,6 +227,8 @@ def save_hf(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -127,6 +127,29 @@ def test_tensorboard_has_numbers_an_alpha_curve_and_the_config(world, tmp_path):
     assert "config" in "".join(acc.Tags()["tensors"])
 
 
+def test_the_export_says_how_to_prompt_it_and_what_it_measured(world, tmp_path):
+    """run_dir/final carries the task's prompt as its tokenizer's chat template (plain transformers
+    gives the exact ids the draft was trained to continue) and a model card with the held-out α."""
+    from transformers import AutoTokenizer
+
+    from adaspec_dist.data.tasks import DataConfig, load_examples
+    from adaspec_dist.data.tokenize import prompt_ids
+
+    out = tmp_path / "cache"
+    cache(world, out)
+    _train(world, tmp_path / "run", out, "max_steps=2", f"eval_cache_dir={out}")
+    final = tmp_path / "run" / "final"
+    tok = AutoTokenizer.from_pretrained(final)
+    example = load_examples(DataConfig(task="arith", limit=1))[0]
+    question = example.prompt.removeprefix("Question: ").removesuffix("\nAnswer: ")
+    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    assert ids == prompt_ids(example, tok)
+    card = (final / "README.md").read_text()
+    assert "Question: {input}" in card and "objective | `kd`" in card and "Held-out α" in card
+    assert "τ(γ=3)" in card and str(world["target"]) in card
+
+
 def test_export_stops_at_the_tokenizers_eos(world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

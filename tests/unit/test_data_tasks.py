@@ -152,7 +152,7 @@ def test_config_errors(tmp_path):
         DataConfig(task="arith", source="x.jsonl").validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(DataConfig(task="gsm8k", source=str(tmp_path / "missing.jsonl")))
-    with pytest.raises(ValueError, match="cannot load hub dataset 'nobody/no-such-dataset'.*local"):
+    with pytest.raises(ValueError, match="dataset 'nobody/no-such-dataset' is not a local path.*data.source"):
         load_examples(DataConfig(task="xsum", source="nobody/no-such-dataset"))  # tests run with HF_HUB_OFFLINE=1
     with pytest.raises(ConfigError, match="did you mean: split"):
         build_config(DataConfig, {"task": "arith", "splitt": "test"})
@@ -165,3 +165,86 @@ def test_embedded_tasks_through_load_examples():
         test = load_examples(DataConfig(task=task, limit=5, seed=1), split="validation")
         assert len(train) == len(test) == 5
         assert not {e.prompt for e in train} & {e.prompt for e in test}
+
+
+# ----------------------------------------------------------------------------- your own data (issue 15)
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_a_column_mapping_reads_a_file_whose_columns_differ(tmp_path):
+    rows = [{"problem": r["question"], "solution": r["answer"], "id": i} for i, r in enumerate(ROWS["gsm8k"])]
+    src = _jsonl(tmp_path / "mine.jsonl", rows)
+    mapped = load_examples(DataConfig(task="gsm8k", source=src, columns={"question": "problem", "answer": "solution"}))
+    _jsonl(tmp_path / "std.jsonl", ROWS["gsm8k"])
+    assert mapped == load_examples(DataConfig(task="gsm8k", source=str(tmp_path / "std.jsonl")))
+    with pytest.raises(ValueError, match=r"lacks column 'question'.*data.columns"):  # the fix is named
+        load_examples(DataConfig(task="gsm8k", source=src))
+    with pytest.raises(ValueError, match=r"data.columns maps to column 'query'.*found: problem"):
+        load_examples(DataConfig(task="gsm8k", source=src, columns={"question": "query", "answer": "solution"}))
+
+
+def test_a_custom_template_formats_any_columns(tmp_path):
+    src = _jsonl(tmp_path / "qa.jsonl", [{"q": "2+2?", "a": " 4 ", "lang": "en"}, {"q": "3+1?", "a": "4", "lang": "fr"}])
+    got = load_examples(DataConfig(task="custom", source=src, prompt_template="[{lang}] Q: {q}\nA: ",
+                                   answer_template="{a}"))
+    assert got == [Example("[en] Q: 2+2?\nA: ", "4"), Example("[fr] Q: 3+1?\nA: ", "4")]
+    with pytest.raises(ValueError, match="lacks column 'lang2'"):
+        load_examples(DataConfig(task="custom", source=src, prompt_template="{lang2} {q}", answer_template="{a}"))
+    for bad in (dict(task="custom", source=src), dict(task="custom", prompt_template="{q}", answer_template="{a}"),
+                dict(task="gsm8k", source=src, prompt_template="{q}")):
+        with pytest.raises(ValueError, match="prompt_template"):
+            DataConfig(**bad).validate()
+    with pytest.raises(ValueError, match="embedded"):
+        DataConfig(task="arith", columns={"question": "q"}).validate()
+
+
+def test_chat_rows_supervise_the_last_assistant_turn(tmp_path):
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+             {"role": "assistant", "content": "4"}]
+    src = _jsonl(tmp_path / "chat.jsonl", [{"messages": convo}])
+    (ex,) = load_examples(DataConfig(task="chat", source=src))
+    assert ex == Example("System: Be brief.\n\nUser: What is 2+2?\n\nAssistant: ", "4")
+    _jsonl(tmp_path / "bad.jsonl", [{"messages": convo[:2]}])
+    with pytest.raises(ValueError, match="must end with an assistant message"):
+        load_examples(DataConfig(task="chat", source=str(tmp_path / "bad.jsonl")))
+    with pytest.raises(ValueError, match="needs data.source"):
+        DataConfig(task="chat").validate()
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "alpaca", "arith", "pydoc", "cnn_dailymail", "chat", "custom"])
+def test_the_chat_template_renders_the_training_prompt_ids(task, spm_tokenizer):
+    """What an exported draft's tokenizer gives plain transformers users is the exact id prefix the
+    draft was trained to continue (tokenize.prompt_ids)."""
+    from adaspec_dist.data.tasks import PROMPT_FORMATS, chat_template_for
+    from adaspec_dist.data.tokenize import prompt_ids
+
+    text = "Tom has 3 apples and buys 2 more. How many now?"
+    if task == "chat":
+        cfg = DataConfig(task="chat", source="x")
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        prompt = f"System: Be brief.\n\nUser: {text}\n\nAssistant: "
+    elif task == "custom":
+        cfg = DataConfig(task="custom", source="x", prompt_template="Q: {q}\nA: ", answer_template="{a}")
+        messages, prompt = [{"role": "user", "content": text}], f"Q: {text}\nA: "
+    else:
+        cfg = DataConfig(task=task, source=None if task in ("arith", "pydoc") else "x")
+        messages, prompt = [{"role": "user", "content": text}], PROMPT_FORMATS[task].format(input=text)
+    tok = spm_tokenizer
+    saved = tok.chat_template
+    try:
+        tok.chat_template = chat_template_for(cfg)
+        got = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        got = list(got["input_ids"] if isinstance(got, dict) or hasattr(got, "keys") else got)
+    finally:
+        tok.chat_template = saved
+    assert got == prompt_ids(Example(prompt, "x"), tok)
+
+
+def test_the_gsm8k_prompt_format_is_the_formatter(spm_tokenizer):
+    from adaspec_dist.data.tasks import PROMPT_FORMATS, format_gsm8k
+
+    row = ROWS["gsm8k"][0]
+    assert format_gsm8k(row).prompt == PROMPT_FORMATS["gsm8k"].format(input=row["question"])
