@@ -28,7 +28,11 @@ import numpy as np
 
 from adaspec_dist import files
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""What this version writes: 2 = sampled rows compact (variable length: unique ids + draw counts,
+log-probs optional); top-k shards are laid out as in 1."""
+READABLE_VERSIONS = (1, 2)
+ALL_DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 
@@ -160,12 +164,37 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise CacheError(f"'{path}' is missing: the cache job did not finish; rerun the same command to resume it")
     man = read_json(path, "manifest")
-    if man.get("format_version") != FORMAT_VERSION:
+    if man.get("format_version") not in READABLE_VERSIONS:
         raise CacheError(f"manifest '{path}' has format version {man.get('format_version')}, this reader "
-                         f"reads {FORMAT_VERSION}; rebuild the cache with this version of adaspec-dist")
+                         f"reads {list(READABLE_VERSIONS)}; rebuild the cache with this version of adaspec-dist")
     if not man.get("complete"):
         raise CacheError(f"manifest '{path}' marks the cache incomplete; rerun the cache job to finish it")
     return man
+
+
+def compact_rows(man: dict) -> bool:
+    """Whether the cache's sampled rows are compact (format 2: flat ids + counts + row lengths)."""
+    return man.get("scheme") == "sampled" and int(man.get("format_version", 1)) >= 2
+
+
+def stores_logp(man: dict) -> bool:
+    """Whether the teacher's log-probabilities at the stored ids are in the cache."""
+    return not compact_rows(man) or bool(man["params"].get("store_logp"))
+
+
+def supported_divergences(man: dict) -> tuple[str, ...]:
+    """The divergences a cache can train (and estimate) with: all of them when it stores the
+    teacher's log-probs; only fkl for a compact sampled cache without them (it keeps the row
+    constant Σ w log p, all that forward KL needs)."""
+    return ALL_DIVERGENCES if stores_logp(man) else ("fkl",)
+
+
+def check_divergence(man: dict, kind: str, where: str) -> None:
+    """One-line CacheError when the cache cannot estimate ``kind``."""
+    if kind not in supported_divergences(man):
+        raise CacheError(f"cache '{where}' stores no teacher log-probs (sampled, store_logp: false), so it supports "
+                         f"divergence fkl only, not {kind}; train with divergence fkl or rebuild the cache with "
+                         "store_logp: true")
 
 
 def check_vocab(man: dict, vocab_size: int | None, where: str) -> None:

@@ -77,6 +77,9 @@ class CacheConfig:
     """Proposal temperature of sampled (1 = sample from the target itself: exact weights)."""
     value_dtype: ValueDtype = "fp16"
     """Stored log-prob type: fp16, bf16 or int8 (companded; error stated in docs/cache-format.md)."""
+    store_logp: bool = False
+    """sampled: also store the target's log-prob at each drawn id (needed by rkl, jsd, tvd and a
+    temperature other than 1); without it a row is its ids, draw counts and one float, enough for fkl."""
     batch_size: int = 8
     """Sequences per forward pass."""
     shard_size: int = 256
@@ -98,6 +101,9 @@ class CacheConfig:
                 raise ValueError(f"cache {name}={getattr(self, name)} must be >= 1")
         if self.temperature <= 0:
             raise ValueError(f"cache temperature={self.temperature} must be > 0")
+        if self.scheme == "sampled" and self.temperature != 1.0 and not self.store_logp:
+            raise ValueError(f"cache temperature={self.temperature} needs store_logp: true (the importance weights "
+                             "need the target's log-probs); set it, or temperature: 1")
         if self.tp > 1 and not self.model.name_or_path:
             raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
 
@@ -111,6 +117,7 @@ class JobSpec:
     draws: int = 32
     temperature: float = 1.0
     value_dtype: str = "fp16"
+    store_logp: bool = False
     batch_size: int = 8
     shard_size: int = 256
     seed: int = 0
@@ -161,8 +168,18 @@ def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
         extra["target"] = {k: v for k, v in target.items() if k != "identity"}
     if isinstance(extra.get("data"), dict):
         extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
-    blob = json.dumps({**spec.__dict__, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    blob = json.dumps({**_byte_settings(spec), "extra": extra, "num_sequences": num_sequences}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _byte_settings(spec: JobSpec) -> dict:
+    """The settings as hashed: a top-k job leaves out store_logp (its bytes are format 1's, so its
+    fingerprint is too); a sampled job adds its row layout (format 2's compact rows)."""
+    settings = {k: v for k, v in spec.__dict__.items() if k != "store_logp"}
+    if spec.scheme == "sampled":
+        settings.update(store_logp=spec.store_logp, sampled_layout="compact")
+    return settings
 
 
 def legacy_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
@@ -170,13 +187,16 @@ def legacy_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
     weights fingerprints: the settings and identities hashed as they were, the target by its
     path): a rerun of the same command on such a cache resumes or finds it complete instead of
     calling it 'different settings'."""
+    if spec.scheme == "sampled":
+        return []  # format 1 wrote other bytes for sampled rows: an old sampled cache is another job
     extra = {k: v for k, v in spec.extra.items()}
     target = extra.get("target")
     if isinstance(target, dict):
         extra["target"] = {k: v for k, v in target.items() if k != "weights"}
     if isinstance(extra.get("data"), dict):
         extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
-    blob = json.dumps({**spec.__dict__, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    blob = json.dumps({**_byte_settings(spec), "extra": extra, "num_sequences": num_sequences}, sort_keys=True,
+                      default=str)
     return [hashlib.sha256(blob.encode()).hexdigest()]
 
 
@@ -187,6 +207,9 @@ def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
     if spec.scheme == "topk" and spec.top_k > spec.vocab_size:
         raise ValueError(f"cache top_k={spec.top_k} exceeds the target's vocabulary ({spec.vocab_size} ids); "
                          f"set top_k <= {spec.vocab_size}")
+    if spec.scheme == "sampled" and spec.temperature != 1.0 and not spec.store_logp:
+        raise ValueError(f"cache temperature={spec.temperature} needs store_logp: true (the importance weights "
+                         "need the target's log-probs); set it, or temperature: 1")
     top = max((max(s.input_ids) for s in sequences if len(s.input_ids)), default=-1)
     if top >= spec.vocab_size:
         raise ValueError(f"the tokenized data holds token id {top} but the target's vocabulary has {spec.vocab_size} "
@@ -329,7 +352,8 @@ def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec,
         if me.writes:
             write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
                         input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
-                        value_dtype=spec.value_dtype)
+                        value_dtype=spec.value_dtype, draws=spec.draws if spec.scheme == "sampled" else None,
+                        store_logp=spec.store_logp)
         n_tok = sum(len(x) for x in ids)
         done_tokens += n_tok
         if bar is not None:
@@ -358,6 +382,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
         "format_version": fmt.FORMAT_VERSION, "complete": True, "scheme": spec.scheme,
         "params": {"top_k": spec.top_k, "draws": spec.draws, "temperature": spec.temperature,
                    "value_dtype": spec.value_dtype, "id_dtype": id_dtype(spec.vocab_size).name,
+                   "store_logp": spec.store_logp if spec.scheme == "sampled" else True,
                    "shard_size": spec.shard_size, "batch_size": spec.batch_size, "seed": spec.seed},
         "vocab_size": spec.vocab_size, "num_sequences": num_sequences,
         "num_tokens": sum(s["tokens"] for s in shards), "num_supervised": sum(s["supervised"] for s in shards),

@@ -43,6 +43,7 @@ import torch
 
 from adaspec_dist.cache.format import (CacheError, check_shard_file, check_tokenizer, check_vocab,
                                        load_manifest, open_safetensors, SHARD_DIR, sha256_file)
+from adaspec_dist.cache.format import compact_rows as fmt_compact_rows
 from adaspec_dist.sparse.target import SparseTarget, decode_values
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ class CacheReader:
         self.seed, self.shuffle, self.prefetch, self.verify = seed, shuffle, prefetch, verify
         self.scheme = self.manifest["scheme"]
         self.value_dtype = self.manifest["params"]["value_dtype"]
+        self.compact = fmt_compact_rows(self.manifest)
+        self.draws = int(self.manifest["params"].get("draws") or 1)
+        self.temperature = float(self.manifest["params"].get("temperature") or 1.0)
         self.shards = self.manifest["shards"]
         self.reference = self.manifest.get("reference")
         shard_dir = self.cache_dir / SHARD_DIR
@@ -157,6 +161,9 @@ class CacheReader:
                     raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it "
                                      "and rerun the cache job (same command) to rewrite it")
                 arrays, _, _ = open_safetensors(path)
+                if self.compact:  # row r's entries are [entry_offsets[r], entry_offsets[r+1])
+                    nnz = np.asarray(arrays["row_nnz"], dtype=np.int64)
+                    arrays["entry_offsets"] = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
                 if self.reference:
                     ref = self.reference["shards"][sh["file"]]
                     ref_path = self.cache_dir / SHARD_DIR / ref["file"]
@@ -170,7 +177,7 @@ class CacheReader:
     def load_batch(self, indices: np.ndarray) -> CacheBatch:
         """Decode the given global sequence positions into one CacheBatch (in that order)."""
         shard_of = np.searchsorted(self._starts, indices, side="right") - 1
-        toks, masks, ids, logp, weights, refs, seq_ids = [], [], [], [], [], [], []
+        toks, masks, parts, refs, seq_ids = [], [], [], [], []
         for g, s in zip(indices.tolist(), shard_of.tolist()):
             a = self._shard(s)
             local = g - int(self._starts[s])
@@ -178,10 +185,14 @@ class CacheReader:
             r0, r1 = a["row_offsets"][local:local + 2]
             toks.append(np.asarray(a["tokens"][t0:t1], dtype=np.int64))
             masks.append(np.asarray(a["loss_mask"][t0:t1], dtype=bool))
-            ids.append(np.asarray(a["ids"][r0:r1], dtype=np.int64))
-            logp.append(decode_values(a["logp"][r0:r1], self.value_dtype))
-            if "weights" in a:
-                weights.append(np.asarray(a["weights"][r0:r1], dtype=np.float32))
+            if self.compact:
+                parts.append(self._compact_rows(a, int(r0), int(r1)))
+            else:
+                parts.append(SparseTarget(
+                    ids=torch.from_numpy(np.asarray(a["ids"][r0:r1], dtype=np.int64)),
+                    logp=decode_values(a["logp"][r0:r1], self.value_dtype),
+                    weights=torch.from_numpy(np.array(a["weights"][r0:r1], dtype=np.float32))
+                    if "weights" in a else None, scheme=self.scheme))
             if "ref_loss" in a:
                 refs.append(np.asarray(a["ref_loss"][r0:r1], dtype=np.float32))
             seq_ids.append(int(a["seq_ids"][local]))
@@ -194,19 +205,51 @@ class CacheReader:
             input_ids[i, :len(x)] = torch.from_numpy(x)
             attn[i, :len(x)] = 1
             loss_mask[i, :len(x)] = torch.from_numpy(m)
-        parts = [SparseTarget(ids=torch.from_numpy(i_), logp=l_,
-                              weights=torch.from_numpy(weights[j]) if weights else None, scheme=self.scheme)
-                 for j, (i_, l_) in enumerate(zip(ids, logp))]
         target = SparseTarget.cat(parts, scheme=self.scheme)
         if not parts:  # an empty batch still has the cache's K columns
             k = self.shards[0]["k"] if self.shards else 1
-            target = SparseTarget(ids=torch.zeros(0, k, dtype=torch.long), logp=torch.zeros(0, k),
-                                  weights=None if self.scheme == "topk" else torch.zeros(0, k), scheme=self.scheme)
+            if self.compact:
+                target = self._compact_rows(self._shard(0), 0, 0) if self.shards else target
+            else:
+                target = SparseTarget(ids=torch.zeros(0, k, dtype=torch.long), logp=torch.zeros(0, k),
+                                      weights=None if self.scheme == "topk" else torch.zeros(0, k),
+                                      scheme=self.scheme)
         ref_loss = None
         if self.reference:
             ref_loss = torch.from_numpy(np.concatenate(refs)) if refs else torch.zeros(0)
         return CacheBatch(input_ids=input_ids, attention_mask=attn, loss_mask=loss_mask, target=target,
                           ref_loss=ref_loss, seq_ids=torch.tensor(seq_ids, dtype=torch.long))
+
+    def _compact_rows(self, a: dict, r0: int, r1: int) -> SparseTarget:
+        """Rows ``[r0, r1)`` of a format-2 sampled shard, padded to their widest row (id 0, weight 0):
+        weights = counts / draws (at temperature τ ≠ 1 the self-normalised count · p/q, from the
+        stored log-probs: log p − log q = (1 − 1/τ) log p + a per-row constant)."""
+        e0, e1 = int(a["entry_offsets"][r0]), int(a["entry_offsets"][r1])
+        nnz = np.asarray(a["row_nnz"][r0:r1], dtype=np.int64)
+        n, width = r1 - r0, int(nnz.max()) if r1 > r0 else 1
+        row = np.repeat(np.arange(n), nnz)
+        col = np.arange(e1 - e0) - np.repeat(np.asarray(a["entry_offsets"][r0:r1]) - e0, nnz)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        counts = torch.zeros(n, width, dtype=torch.long)
+        ids[row, col] = torch.from_numpy(np.asarray(a["ids"][e0:e1], dtype=np.int64))
+        counts[row, col] = torch.from_numpy(np.asarray(a["counts"][e0:e1], dtype=np.int64))
+        logp = None
+        if "logp" in a:
+            logp = torch.zeros(n, width)
+            flat = decode_values(a["logp"][e0:e1], self.value_dtype)
+            logp[row, col] = flat
+            if n:  # padding: a copy of the row's first value keeps everything finite
+                logp = torch.where(counts > 0, logp, logp[:, :1])
+        w = counts.float() / self.draws
+        if self.temperature != 1.0:
+            if logp is None:
+                raise CacheError(f"cache '{self.cache_dir}' was sampled at temperature {self.temperature} but stores no "
+                                 "log-probs; rebuild it with store_logp: true")
+            log_w = torch.where(counts > 0, counts.double().log() + (1.0 - 1.0 / self.temperature) * logp.double(),
+                                torch.tensor(float("-inf"), dtype=torch.float64))
+            w = torch.softmax(log_w, -1).float() if n else w
+        plogp = torch.from_numpy(np.array(a["plogp"][r0:r1], dtype=np.float32))
+        return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled", plogp=plogp, counts=counts)
 
     # ----------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[CacheBatch]:

@@ -140,6 +140,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
     manifest = fmt.load_manifest(cache_dir)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     fmt.check_vocab(manifest, vocab, str(cache_dir))
+    fmt.check_divergence(manifest, divergence, str(cache_dir))
     wanted = {"divergence": divergence, "beta": beta, "model": identity, "weights": weights}
     computed_by = {k: wanted[k] for k in ("divergence", "beta", "weights")}
     have = manifest.get("reference")

@@ -44,7 +44,8 @@ def summarise(cache_dir, *, verify: bool = False, max_rows: int = 200_000) -> di
         nxt = torch.zeros_like(batch.input_ids)
         nxt[:, :-1] = batch.input_ids[:, 1:]
         labels = nxt[batch.loss_mask]
-        top1 = t.ids.gather(1, t.logp.argmax(-1, keepdim=True)).squeeze(1)
+        score = t.logp if t.logp is not None else t.weights  # compact sampled rows: the most drawn id
+        top1 = t.ids.gather(1, score.argmax(-1, keepdim=True)).squeeze(1)
         agree.append((top1 == labels).float())
         if t.scheme == "topk":
             tail.append(t.tail_mass())
@@ -55,6 +56,7 @@ def summarise(cache_dir, *, verify: bool = False, max_rows: int = 200_000) -> di
             break
     out = {
         "cache_dir": str(reader.cache_dir), "scheme": man["scheme"], "params": man["params"],
+        "format_version": man["format_version"], "divergences": list(fmt.supported_divergences(man)),
         "vocab_size": man["vocab_size"], "sequences": man["num_sequences"], "tokens": man["num_tokens"],
         "supervised_tokens": man["num_supervised"], "shards": len(man["shards"]), "bytes": n_bytes,
         "bytes_per_supervised_token": n_bytes / max(man["num_supervised"], 1),
@@ -99,18 +101,32 @@ def check_invariants(reader: CacheReader, max_rows: int = 200_000) -> list[str]:
         counts = {"sequences": len(a["seq_offsets"]) - 1, "tokens": int(a["seq_offsets"][-1]),
                   "supervised": int(a["row_offsets"][-1])}
         wrong = [f"{k} {v} (manifest: {sh[k]})" for k, v in counts.items() if v != sh[k]]
+        rows_held = a["row_nnz"].shape[0] if reader.compact else a["ids"].shape[0]
         if len(a["tokens"]) != counts["tokens"] or int(np.asarray(a["loss_mask"], dtype=np.int64).sum()) != \
-                counts["supervised"] or a["ids"].shape[0] != counts["supervised"]:
+                counts["supervised"] or rows_held != counts["supervised"]:
             wrong.append("its arrays disagree with its own offsets")
-        if a["ids"].ndim != 2 or a["ids"].shape[1] != sh["k"]:
+        if reader.compact:
+            entries = int(a["entry_offsets"][-1])
+            if a["ids"].shape != (entries,) or a["counts"].shape != (entries,) or entries != sh.get("entries", entries):
+                wrong.append(f"{a['ids'].shape[0]} ids for {entries} row entries (manifest: {sh.get('entries')})")
+        elif a["ids"].ndim != 2 or a["ids"].shape[1] != sh["k"]:
             wrong.append(f"{a['ids'].shape[-1]} ids per row (manifest: {sh['k']})")
         if wrong:
             out.append(f"warning: {_fix_shard(reader, name + ' holds ' + ', '.join(wrong))}")
             continue
         n = min(counts["supervised"], per_shard)
-        ids = np.asarray(a["ids"][:n])
-        logp = decode_values(a["logp"][:n], reader.value_dtype).numpy()
+        m = int(a["entry_offsets"][n]) if reader.compact else n  # the first n rows' entries
+        ids = np.asarray(a["ids"][:m])
+        logp = decode_values(a["logp"][:m], reader.value_dtype).numpy() if "logp" in a else np.zeros(0, np.float32)
         bad = []
+        if reader.compact:
+            draws = np.asarray(a["counts"][:m], dtype=np.int64)
+            per_row = np.add.reduceat(draws, a["entry_offsets"][:n]) if n and m else np.zeros(0, np.int64)
+            if draws.size and draws.min() < 1 or (per_row != reader.draws).any():
+                bad.append(f"rows whose draw counts do not sum to draws={reader.draws}")
+            plogp = np.asarray(a["plogp"][:n], dtype=np.float64)
+            if not np.isfinite(plogp).all() or (plogp.size and plogp.max() > _MASS_EPS.get("fp16", 0.02)):
+                bad.append("row constants (plogp) that are not finite log-probabilities <= 0")
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
             bad.append(f"ids outside the vocabulary [0, {vocab}) (max {int(ids.max())})")
         if not np.isfinite(logp).all():

@@ -17,8 +17,10 @@ Contract
 Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per row):
 ``tokens`` (L,) ids; ``seq_offsets`` (S+1,) int64; ``loss_mask`` (L,) uint8;
 ``row_offsets`` (S+1,) int64 (target rows of sequence s are ``row_offsets[s]:row_offsets[s+1]``);
-``seq_ids`` (S,) int64 global sequence indices; ``ids`` (N, K); ``logp`` (N, K) fp16 | bf16 | uint8;
-``weights`` (N, K) float32 for the sampled scheme.
+``seq_ids`` (S,) int64 global sequence indices; top-k: ``ids`` (N, K); ``logp`` (N, K) fp16 | bf16 | uint8.
+Sampled (format 2, compact): ``ids`` (M,), ``counts`` (M,), ``row_nnz`` (N,), ``plogp`` (N,) float32 and,
+with ``store_logp``, ``logp`` (M,) (:func:`compact_arrays`); format 1 wrote sampled rows padded to
+(N, K) with ``weights`` (N, K) float32 (``draws=None`` still writes that layout).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
                                        read_json, write_safetensors, CacheError)
@@ -75,8 +78,11 @@ def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:
 
 def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[int],
                 input_ids: Sequence[np.ndarray], loss_masks: Sequence[np.ndarray], target: SparseTarget,
-                vocab_size: int, value_dtype: str) -> dict:
-    """Write shard ``index``; ``target`` rows are the supervised positions of all sequences, in order."""
+                vocab_size: int, value_dtype: str, draws: int | None = None, store_logp: bool = True) -> dict:
+    """Write shard ``index``; ``target`` rows are the supervised positions of all sequences, in order.
+
+    ``draws`` given (sampled targets): the compact rows of format 2 (:func:`compact_arrays`);
+    ``draws=None``: fixed-width rows (top-k; sampled as format 1 wrote them)."""
     paths = shard_paths(cache_dir, index)
     paths["data"].parent.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
@@ -92,11 +98,18 @@ def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[i
         "loss_mask": (np.concatenate(masks) if masks else np.zeros(0, bool)).astype(np.uint8),
         "row_offsets": np.concatenate([[0], np.cumsum(rows)]).astype(np.int64),
         "seq_ids": np.asarray(seq_ids, dtype=np.int64),
-        "ids": target.ids.cpu().numpy().astype(id_dtype(vocab_size)),
-        "logp": encode_values(target.logp, value_dtype),
     }
-    if target.weights is not None:
-        arrays["weights"] = target.weights.detach().float().cpu().numpy()
+    entries = None
+    if target.scheme == "sampled" and draws is not None:
+        compact = compact_arrays(target, vocab_size=vocab_size, value_dtype=value_dtype, draws=draws,
+                                 store_logp=store_logp)
+        arrays.update(compact)
+        entries = int(compact["ids"].shape[0])
+    else:
+        arrays["ids"] = target.ids.cpu().numpy().astype(id_dtype(vocab_size))
+        arrays["logp"] = encode_values(target.logp, value_dtype)
+        if target.weights is not None:
+            arrays["weights"] = target.weights.detach().float().cpu().numpy()
     write_safetensors(paths["data"], arrays, dtypes={"logp": _VALUE_ST[value_dtype]},
                       metadata={"format": "adaspec-dist-cache", "scheme": target.scheme,
                                 "value_dtype": value_dtype})
@@ -104,8 +117,38 @@ def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[i
             "tokens": int(lengths.sum()), "supervised": n, "k": int(target.k),
             "first_seq": int(seq_ids[0]) if len(seq_ids) else None,
             "bytes": paths["data"].stat().st_size, "sha256": sha256_file(paths["data"]), "complete": True}
+    if entries is not None:
+        meta["entries"] = entries
     atomic_write_json(paths["meta"], meta)
     return meta
+
+
+def count_dtype(draws: int) -> np.dtype:
+    """The narrowest unsigned type for draw counts and row lengths (both <= draws)."""
+    return np.dtype(np.uint8 if draws < 1 << 8 else np.uint16 if draws < 1 << 16 else np.uint32)
+
+
+def compact_arrays(target: SparseTarget, *, vocab_size: int, value_dtype: str, draws: int,
+                   store_logp: bool) -> dict[str, np.ndarray]:
+    """Format-2 sampled rows: ``ids`` (M,) the unique drawn ids of all rows concatenated (ascending
+    in a row), ``counts`` (M,) their draw counts, ``row_nnz`` (N,) unique ids per row, ``plogp``
+    (N,) float32 ``Σ_i w_i log p_i``, and ``logp`` (M,) only with ``store_logp``."""
+    if target.counts is not None:
+        counts = target.counts.detach().cpu().long()
+    else:  # weights = count / draws (temperature 1)
+        counts = torch.round(target.weights.detach().cpu().double() * draws).long()
+    live = counts > 0
+    if len(target) and not bool((counts.sum(-1) == draws).all()):
+        raise ValueError(f"sampled target rows do not hold {draws} draws each; the cache's draws setting differs")
+    cdt = count_dtype(draws)
+    plogp = target.plogp if target.plogp is not None else (target.weights * target.logp).sum(-1)
+    out = {"ids": target.ids.cpu()[live].numpy().astype(id_dtype(vocab_size)),
+           "counts": counts[live].numpy().astype(cdt),
+           "row_nnz": live.sum(-1).numpy().astype(cdt),
+           "plogp": plogp.detach().float().cpu().numpy()}
+    if store_logp:
+        out["logp"] = encode_values(target.logp.cpu()[live], value_dtype)
+    return out
 
 
 def finished_shard(cache_dir: str | os.PathLike, index: int) -> dict | None:

@@ -5,7 +5,8 @@ Usage::
     adaspec-dist inspect runs/demo/cache/train
     adaspec-dist inspect runs/demo/cache/train --verify --json
 
-Calls ``cache.summary.summarise`` and prints its dict (``--json``: as JSON); each impossible number
+Calls ``cache.summary.summarise`` and prints its dict (``divergences``: the ones the cache can train
+with — a compact sampled cache without log-probs supports fkl only) (``--json``: as JSON); each impossible number
 it found (``summarise(...)["warnings"]``: a negative L_ref, a top-k mass above 1, counts that
 disagree with the manifest, ...) is a ``warning:`` line on stderr naming the file and the fix.
 """
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    for key in ("cache_dir", "scheme", "vocab_size", "sequences", "tokens", "supervised_tokens", "shards",
+    for key in ("cache_dir", "format_version", "scheme", "divergences", "vocab_size", "sequences", "tokens", "supervised_tokens", "shards",
                 "bytes", "bytes_per_supervised_token", "mean_tail_mass", "top1_agreement", "reference",
                 "mean_ref_loss"):
         value = info[key]

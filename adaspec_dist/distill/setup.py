@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adaspec_dist.cache.format import check_manifest_vocab
+from adaspec_dist.cache.format import check_divergence, check_manifest_vocab
 from adaspec_dist.cache.reader import CacheReader
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.tasks import load_examples
@@ -56,6 +56,8 @@ def setup(cfg: TrainConfig) -> Run:
     _check_reference_column(cfg, stream)
     if isinstance(stream, CacheReader):  # the cache's width is what the draft is built with: check it
         check_manifest_vocab(stream.manifest, len(tokenizer) if tokenizer is not None else None, cfg.cache_dir)
+        if cfg.objective != "sft" and cfg.teacher_mode == "cached":  # a compact sampled cache supports fkl only
+            check_divergence(stream.manifest, cfg.divergence, cfg.cache_dir)
     vocab = (stream.manifest or {}).get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
     draft = load_causal_lm(cfg.draft, vocab_size=vocab, device=ps.device, dtype="float32")
     draft_vocab = int(draft.get_output_embeddings().weight.shape[0])
@@ -81,6 +83,8 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.eval_cache_dir:
         eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
                                   dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
+        for kind in ("tvd", cfg.divergence):  # held-out α = 1 − TVD, and the run's divergence
+            check_divergence(eval_reader.manifest, kind, cfg.eval_cache_dir)
     # Everything above only reads and checks; from here the run writes into run_dir, one job at a time.
     claim = claim_for_job(cfg.run_dir, what="run directory",
                           fix="wait for that run to finish or choose another run_dir")

@@ -72,7 +72,8 @@ def sparse_target_fn(model: Any, *, scheme: str, top_k: int = 64, draws: int = 3
             lq = vp.gather_logprobs(logits_NV / temperature, ids, vocab_start=start, group=group)
             w = w * (logp - lq).exp()
             w = w / w.sum(-1, keepdim=True)
-        return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled").to("cpu")
+        return SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled", plogp=(w * logp).sum(-1),
+                            counts=counts).to("cpu")
 
     target.model = model  # for callers that report on it (memory benchmarks, logs)
     return target

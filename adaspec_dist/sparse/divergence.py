@@ -32,6 +32,10 @@ Estimators on a ``SparseTarget`` (see ``adaspec_dist.sparse.target``)
   their mean is the KL. rkl, jsd and tvd keep their t-proportional terms: those are inherent
   to E_p[f(q/p)] for these divergences (prefer top-k caches for them).
   Padding entries (weight 0) are ignored whatever their ids / log-probs hold.
+  A compact sampled cache (format 2, ``store_logp: false``) stores no log-probs but the row
+  constant ``plogp = Σ_i w_i log p_i``; fkl is then ``plogp − Σ_i w_i log q_i``: the same number
+  as with log-probs (up to fp32 rounding), the same gradient. The other kinds refuse such a
+  target in one line (they need p at the ids).
 
 All arithmetic is fp32; the only V-sized tensors are the student's own logits and their
 gradient (top-k walks row chunks in a custom autograd function; see ``_SparseLogQ``).
@@ -170,8 +174,8 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
     check_kind(kind, beta)
     n, v = student_logits_NV.shape
     ids = target.ids.to(student_logits_NV.device).long()
-    logp = target.logp.to(student_logits_NV.device).float()
-    assert ids.shape[0] == n and ids.shape == logp.shape, (ids.shape, logp.shape, student_logits_NV.shape)
+    logp = None if target.logp is None else target.logp.to(student_logits_NV.device).float()
+    assert ids.shape[0] == n and (logp is None or ids.shape == logp.shape), (ids.shape, student_logits_NV.shape)
     if n == 0:
         return student_logits_NV.float().sum(-1)  # (0,), still attached to the graph
     if target.scheme == "topk":
@@ -194,6 +198,13 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
             raise ValueError("a sampled SparseTarget needs weights; rebuild the cache with scheme=sampled")
         w = target.weights.to(student_logits_NV.device).float()
         lq_K, _ = _SparseLogQ.apply(student_logits_NV, ids, False)
+        if target.logp is None:  # a compact cache: forward KL from the stored per-row constant
+            if kind != "fkl":
+                raise ValueError(f"divergence '{kind}' needs the teacher's log-probs, which this sampled cache "
+                                 f"does not store (supports: fkl); use divergence fkl or rebuild the cache "
+                                 f"with store_logp: true")
+            # Σ w (log p − log q) = plogp − Σ w log q: the same estimate as with logp, the same gradient.
+            return target.plogp.to(student_logits_NV.device).float() - (w * lq_K).sum(-1)
         live = w > 0
         # Padding rows may hold -inf/garbage log-probs: neutralise before exp, then weight 0.
         log_t = torch.where(live, lq_K - torch.where(live, logp, torch.zeros_like(logp)), torch.zeros_like(logp))

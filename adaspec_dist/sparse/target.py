@@ -16,6 +16,9 @@ Contract
   At another temperature the weights are self-normalised importance weights
   ``w_i ∝ count_i * p(x_i) / q(x_i)`` (rows sum to 1): consistent, and unbiased only in the
   limit of many draws. Padding entries always have weight 0 (and a finite ``logp``).
+  Sampled targets also carry ``counts`` (draws per id) and ``plogp = sum_i w_i logp_i`` per row
+  (an unbiased estimate of ``-H(p)``); a compact cache stores ids, counts and ``plogp`` and
+  hands the trainer ``logp = None`` (forward KL only needs ``plogp``: ``sparse.divergence``).
 * Sampling uses inverse-CDF lookup of uniforms drawn on the CPU from ``generator``, so the
   same seed yields the same ids on any device, and a vocab-parallel (tensor-parallel)
   implementation can reproduce it from per-shard cumulative sums without gathering ``V``.
@@ -47,13 +50,23 @@ class SparseTarget:
     """Packed sparse teacher distributions: one row per supervised position."""
 
     ids: torch.Tensor  # (N, K) int64
-    logp: torch.Tensor  # (N, K) float32, log-probs over the FULL vocabulary
+    logp: torch.Tensor | None  # (N, K) float32, log-probs over the FULL vocabulary; None: see plogp
     weights: torch.Tensor | None  # (N, K) float32 rows summing to 1 (sampled) | None (topk)
     scheme: str  # "topk" | "sampled"
+    plogp: torch.Tensor | None = None
+    """(N,) sampled only: ``sum_i w_i * logp_i``, an unbiased estimate of ``sum_x p log p = -H(p)``.
+    A compact cache (format 2, ``store_logp: false``) keeps only this number per row instead of
+    ``logp``: forward KL needs nothing else (``sparse.divergence``)."""
+    counts: torch.Tensor | None = None
+    """(N, K) int64 sampled only: draws per id (0 on padding); what a compact cache stores."""
 
     def __post_init__(self) -> None:
         assert self.scheme in SCHEMES, self.scheme
-        assert self.ids.shape == self.logp.shape and self.ids.dim() == 2, (self.ids.shape, self.logp.shape)
+        assert self.ids.dim() == 2, self.ids.shape
+        if self.logp is None:
+            assert self.scheme == "sampled" and self.plogp is not None, "a target without logp needs plogp"
+        else:
+            assert self.ids.shape == self.logp.shape, (self.ids.shape, self.logp.shape)
         assert (self.weights is None) == (self.scheme == "topk")
 
     def __len__(self) -> int:
@@ -63,16 +76,19 @@ class SparseTarget:
     def k(self) -> int:
         return self.ids.shape[1]
 
+    def _map(self, fn) -> "SparseTarget":
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
+        return SparseTarget(ids=fn(self.ids), logp=opt(self.logp), weights=opt(self.weights), scheme=self.scheme,
+                            plogp=opt(self.plogp), counts=opt(self.counts))
+
     def __getitem__(self, index: Any) -> "SparseTarget":
         """Row selection (slice, index tensor or bool mask); always returns a SparseTarget."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        w = None if self.weights is None else self.weights[index]
-        return SparseTarget(ids=self.ids[index], logp=self.logp[index], weights=w, scheme=self.scheme)
+        return self._map(lambda t: t[index])
 
     def to(self, device: Any) -> "SparseTarget":
-        w = None if self.weights is None else self.weights.to(device)
-        return SparseTarget(ids=self.ids.to(device), logp=self.logp.to(device), weights=w, scheme=self.scheme)
+        return self._map(lambda t: t.to(device))
 
     def tail_mass(self) -> torch.Tensor:
         """(N,) teacher mass outside the kept ids (top-k only; clamped at 0 against rounding)."""
@@ -81,7 +97,7 @@ class SparseTarget:
 
     @staticmethod
     def cat(parts: list["SparseTarget"], scheme: str | None = None) -> "SparseTarget":
-        """Concatenate rows; sampled rows of different widths are padded (id 0, weight 0)."""
+        """Concatenate rows; sampled rows of different widths are padded (id 0, weight 0, count 0)."""
         parts = [p for p in parts]
         if not parts:
             assert scheme is not None, "scheme needed to concatenate zero targets"
@@ -90,18 +106,21 @@ class SparseTarget:
                                 scheme=scheme)
         scheme = parts[0].scheme
         width = max(p.k for p in parts)
-        ids, logp, weights = [], [], []
-        for p in parts:
-            pad = width - p.k
-            if pad and scheme == "topk":
-                raise ValueError("cannot concatenate top-k targets of different k")
-            ids.append(torch.nn.functional.pad(p.ids, (0, pad)))
-            # Padding log-prob: a copy of the row's first value keeps everything finite.
-            logp.append(torch.cat([p.logp, p.logp[:, :1].expand(-1, pad)], 1) if pad else p.logp)
-            if p.weights is not None:
-                weights.append(torch.nn.functional.pad(p.weights, (0, pad)))
-        return SparseTarget(ids=torch.cat(ids), logp=torch.cat(logp),
-                            weights=torch.cat(weights) if scheme == "sampled" else None, scheme=scheme)
+        if scheme == "topk" and any(p.k != width for p in parts):
+            raise ValueError("cannot concatenate top-k targets of different k")
+
+        def padded(p: "SparseTarget", t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.nn.functional.pad(t, (0, width - p.k))
+
+        def joined(values: list) -> torch.Tensor | None:  # a field some parts lack is dropped
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        # Padding log-prob: a copy of the row's first value keeps everything finite.
+        logp = [None if p.logp is None else torch.cat([p.logp, p.logp[:, :1].expand(-1, width - p.k)], 1)
+                if width > p.k else p.logp for p in parts]
+        return SparseTarget(ids=torch.cat([padded(p, p.ids) for p in parts]), logp=joined(logp),
+                            weights=joined([padded(p, p.weights) for p in parts]), scheme=scheme,
+                            plogp=joined([p.plogp for p in parts]), counts=joined([padded(p, p.counts) for p in parts]))
 
 
 def _row_chunks(n: int, v: int, max_elems: int):
@@ -181,7 +200,8 @@ def sampled_targets(logits_NV: torch.Tensor, draws: int, generator: torch.Genera
         if temperature != 1.0:
             w = w * (logp - lq_nv.gather(1, ids)).exp()
             w = w / w.sum(-1, keepdim=True)
-        parts.append(SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled"))
+        parts.append(SparseTarget(ids=ids, logp=logp, weights=w, scheme="sampled", plogp=(w * logp).sum(-1),
+                                  counts=counts))
     return SparseTarget.cat(parts, scheme="sampled")
 
 

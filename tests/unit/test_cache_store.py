@@ -131,7 +131,7 @@ def test_state_dict_resumes_mid_epoch_exactly(topk_cache):
 
 
 def test_sampled_cache_and_int8_values(tmp_path, target):
-    d = build(tmp_path / "s", target, scheme="sampled", value_dtype="int8", draws=16)
+    d = build(tmp_path / "s", target, scheme="sampled", value_dtype="int8", draws=16, store_logp=True)
     reader = CacheReader(d, batch_size=4, shuffle=False)
     for b in reader:
         t = b.target
@@ -143,8 +143,70 @@ def test_sampled_cache_and_int8_values(tmp_path, target):
         real = t.weights > 0
         assert ((t.logp - lp).abs()[real] <= (24 * lp.abs()[real]).sqrt() / 255 + 1e-3).all()
     # the same seed writes the same bytes
-    again = build(tmp_path / "s2", target, scheme="sampled", value_dtype="int8", draws=16)
+    again = build(tmp_path / "s2", target, scheme="sampled", value_dtype="int8", draws=16, store_logp=True)
     assert snapshot(d / "shards") == snapshot(again / "shards")
+
+
+def _batches(d: Path) -> list:
+    return list(CacheReader(d, batch_size=5, shuffle=False, prefetch=0))
+
+
+def test_compact_sampled_rows_give_the_same_fkl_and_refuse_the_other_divergences(tmp_path, target):
+    """Format 2: a sampled cache without log-probs holds the same ids and weights as one with them,
+    and its fkl (row constant − Σ w log q) equals the log-prob estimate, value and gradient."""
+    lean = build(tmp_path / "lean", target, scheme="sampled", draws=16)
+    full = build(tmp_path / "full", target, scheme="sampled", draws=16, store_logp=True, value_dtype="bf16")
+    man = fmt.load_manifest(lean)
+    assert man["format_version"] == 2 and fmt.supported_divergences(man) == ("fkl",)
+    assert fmt.supported_divergences(fmt.load_manifest(full)) == fmt.ALL_DIVERGENCES
+    n_bytes = [sum(sh["bytes"] for sh in fmt.load_manifest(d)["shards"]) for d in (lean, full)]
+    assert n_bytes[0] < n_bytes[1]
+    for a, b in zip(_batches(lean), _batches(full)):
+        assert a.target.logp is None and b.target.logp is not None
+        assert torch.equal(a.target.ids, b.target.ids) and torch.equal(a.target.weights, b.target.weights)
+        assert torch.equal(a.target.counts.sum(-1), torch.full((len(a.target),), 16))
+        torch.testing.assert_close(a.target.weights.sum(-1), torch.ones(len(a.target)))
+        student = torch.randn(len(a.target), V, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        la = per_token_divergence(student, a.target, "fkl")
+        (ga,) = torch.autograd.grad(la.sum(), student)
+        lb = per_token_divergence(student, b.target, "fkl")
+        (gb,) = torch.autograd.grad(lb.sum(), student)
+        torch.testing.assert_close(la, lb, atol=0.02, rtol=0)  # bf16 log-probs vs the float32 row constant
+        torch.testing.assert_close(ga, gb)  # the gradient never involves p
+        with pytest.raises(ValueError, match="supports: fkl"):
+            per_token_divergence(student, a.target, "tvd")
+    with pytest.raises(fmt.CacheError, match="supports divergence fkl only, not jsd"):
+        fmt.check_divergence(man, "jsd", str(lean))
+
+
+def test_sampled_temperature_needs_log_probs_and_reweights_them(tmp_path, target):
+    with pytest.raises(ValueError, match="needs store_logp: true"):
+        build(tmp_path / "t", target, scheme="sampled", draws=16, temperature=2.0)
+    d = build(tmp_path / "t2", target, scheme="sampled", draws=16, temperature=2.0, store_logp=True,
+              value_dtype="bf16")
+    for b in _batches(d):
+        t = b.target
+        live = t.counts > 0
+        w = torch.where(live, t.counts * torch.exp(t.logp - t.logp / 2.0), 0.0)  # count * p / q (up to a row constant)
+        torch.testing.assert_close(t.weights, w / w.sum(-1, keepdim=True))
+
+
+def test_a_format_1_cache_still_reads(tmp_path):
+    """tests/data/cache_v1 was written by the format-1 writer (tests/data/make_cache_v1.py)."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "data" / "cache_v1"
+    expected = json.loads((src / "expected.json").read_text())
+    for scheme in ("sampled", "topk"):
+        d = shutil.copytree(src / scheme, tmp_path / scheme)
+        man = fmt.load_manifest(d)
+        assert man["format_version"] == 1 and fmt.supported_divergences(man) == fmt.ALL_DIVERGENCES
+        batch = next(iter(CacheReader(d, batch_size=7, shuffle=False, prefetch=0, verify="full")))
+        t = batch.target
+        assert len(t) == expected[scheme]["rows"] and t.ids[0].tolist() == expected[scheme]["ids_first_row"]
+        student = torch.randn(len(t), V, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(per_token_divergence(student, t, "fkl"), torch.tensor(expected[scheme]["fkl"]))
+        assert not summarise(d)["warnings"]
 
 
 def corrupt_copy(src: Path, dst: Path) -> Path:
