@@ -32,7 +32,8 @@ import torch
 
 from adaspec_dist.speculative.kv_cache import SlotCache
 from adaspec_dist.speculative.lm import CausalLM, as_causal_lm, is_sharded_vocab
-from adaspec_dist.speculative.sampling import SamplingConfig, probs_from_logits, real_vocab_size, sample
+from adaspec_dist.speculative.sampling import (SamplingConfig, counter_uniforms, probs_from_logits, real_vocab_size,
+                                               sample, sample_with_uniforms)
 from adaspec_dist.speculative.verify import VerifyFn, verify
 
 COMPACT_EVERY = 16
@@ -235,14 +236,25 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
 def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: int,
                             sampling: SamplingConfig | None = None, eos_token_id: int | None = None,
                             generator: torch.Generator | None = None, vocab_size: int | None = None,
-                            pad_id: int = 0) -> DecodeOutput:
-    """One token per forward with the same caches, masks and row drop-out: the SD baseline."""
+                            pad_id: int = 0, row_keys: list[int] | None = None) -> DecodeOutput:
+    """One token per forward with the same caches, masks and row drop-out: the SD baseline.
+
+    ``row_keys`` (one 32-bit key per prompt) replaces ``generator`` when sampling: prompt b's token
+    number t is drawn with ``sampling.counter_uniforms(key_b, t)``, so each row's output depends on
+    its key and its own logits only (not on the batch, the other rows or their retirement)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens} must be >= 1")
     sampling = sampling or SamplingConfig()
     sampling.validate()
     lm = as_causal_lm(model)
     sharded = is_sharded_vocab(lm)  # vocab-parallel target (models/tp_target.py): logits stay sharded
+    keys = None
+    if row_keys is not None:
+        if sharded:
+            raise ValueError("row_keys needs a full-vocabulary model (a vocab-parallel one samples with a generator)")
+        if len(row_keys) != len(prompts):
+            raise ValueError(f"row_keys has {len(row_keys)} keys for {len(prompts)} prompts; give one per prompt")
+        keys = torch.tensor(row_keys, dtype=torch.long, device=lm.device)
     V = vocab_size or lm.vocab_width
     device = lm.device
     _sync(device)
@@ -259,6 +271,9 @@ def autoregressive_generate(model, prompts: list[list[int]], *, max_new_tokens: 
         slot.append(valid)
         if sharded:
             x = lm.next_token(logits[:, -1], V, sampling, generator)
+        elif keys is not None and sampling.temperature > 0:
+            probs = probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p)
+            x = sample_with_uniforms(probs, counter_uniforms(keys[batch.rows], batch.n_out))
         else:
             x = _pick(probs_from_logits(logits[:, -1, :V], sampling.temperature, sampling.top_p),
                       sampling.temperature == 0, generator)

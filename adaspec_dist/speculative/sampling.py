@@ -13,6 +13,11 @@ Contract
   (the top id always survives) and renormalises.
 * ``sample(probs_XV, generator)`` -> ids ``X`` (one draw per row, ``torch.multinomial``; rows
   need not be normalised).
+* ``counter_uniforms(keys_B, counters_B)`` -> float64 uniforms in (0, 1), a pure function of
+  (key, counter) (a 32-bit integer hash, the same on every device); ``sample_with_uniforms(probs_BV,
+  u_B)`` -> the inverse-CDF draw. Together they make a row's sample depend on its own key and
+  logits only, never on the batch it shares or on a generator's state (``generate``'s per-sample
+  streams; ``decoder.autoregressive_generate(row_keys=...)``).
 * ``real_vocab_size`` decides how many logit columns are real tokens when a model pads its
   embedding matrix (e.g. 50277 real ids in a 50304-wide head).
 
@@ -66,6 +71,37 @@ def sample(probs_XV: torch.Tensor, generator: torch.Generator | None = None) -> 
     flat = probs_XV.reshape(-1, probs_XV.shape[-1])
     ids = torch.multinomial(flat, 1, generator=generator)
     return ids.reshape(probs_XV.shape[:-1])
+
+
+_M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # < 2**31: a product of it and a 32-bit value fits in int64 (no overflow anywhere)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) of int64 values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(keys_B: torch.Tensor, counters_B: torch.Tensor) -> torch.Tensor:
+    """One float64 uniform in (0, 1) per row, a pure function of (key, counter): 53 bits from two
+    hashes of the row's 32-bit key and the counter (e.g. the index of the token being drawn)."""
+    k = keys_B.long() & _M32
+    c = (counters_B.long() * 2) & _M32
+    hi = _mix32(k ^ _mix32(c))
+    lo = _mix32(k ^ _mix32((c + 1) & _M32))
+    return ((hi << 21) | (lo >> 11)).double() / 2.0 ** 53 + 2.0 ** -54
+
+
+def sample_with_uniforms(probs_BV: torch.Tensor, u_B: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw per row: the first id whose cumulative mass reaches ``u * total`` (weights
+    need not sum to 1; an id of zero mass is never drawn)."""
+    cdf = probs_BV.double().cumsum(-1)
+    x = (u_B.to(cdf.device) * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, x).squeeze(-1).clamp_max(probs_BV.shape[-1] - 1)
 
 
 # Heads are commonly padded to a multiple of 64 or 128 for matmul efficiency (Pythia: 50277
