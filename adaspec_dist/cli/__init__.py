@@ -34,6 +34,7 @@ from adaspec_dist.preemption import Preempted
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("adaspec_dist.cli.data", "preview a task's examples and token counts"),
     "cache": ("adaspec_dist.cli.cache", "run the target once and cache sparse next-token distributions"),
+    "generate": ("adaspec_dist.cli.generate", "sample continuations of a task's prompts from a model: on-policy training data for cache"),
     "inspect": ("adaspec_dist.cli.inspect", "summarise a logit cache; --verify re-hashes every shard"),
     "train": ("adaspec_dist.cli.train", "train a draft with DeepSpeed: sft, kd or adaspec (selective distillation)"),
     "eval": ("adaspec_dist.cli.eval", "acceptance (alpha, tau, per-position) and SD speed of drafts vs a target"),

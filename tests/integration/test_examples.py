@@ -197,7 +197,7 @@ def resolve(argv: list[str], fx: dict[str, str]) -> list[str] | None:
         return out
     if command == "pipeline":
         out += ["--dry-run"] if "--print-config" not in out else []
-    elif command in ("train", "cache", "eval", "demo") and "--print-config" not in out:
+    elif command in ("train", "cache", "eval", "demo", "generate") and "--print-config" not in out:
         out.append("--print-config")
     elif command == "data" and _data_needs_more(out):
         out.append("--parse-only")  # parse the line only
