@@ -1,5 +1,7 @@
 """Claim: on a trained model's real next-token distributions, the sparse forward KL that training
-uses is within 2 % of the full-vocabulary KL at k = 64 (top-k), and the sampled scheme is unbiased.
+uses is within 2 % of the full-vocabulary KL at k = 64 (top-k), and the sampled scheme is unbiased;
+format 2's compact sampled rows (ids + draw counts + one row constant) at 8/16/32/64 draws: their
+error (worst of 5 seeds) and their bytes at V = 50,304 from the unique ids the draws hit.
 
 The models: interpolated (Witten-Bell) bigram language models, trained by counting on real text
 (CPython's pydoc topics, tokenized with the project's sentencepiece tokenizer, V = 8000). The
@@ -22,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache_common import write_result  # noqa: E402
+from cache_common import sampled_error_rows, write_result  # noqa: E402
 
 VOCAB = 8000
 
@@ -84,24 +86,13 @@ def main() -> None:
         print(f"{label:36s} mean KL {float(est.mean()):.4f} vs full {total / len(pos):.4f}: "
               f"relative error {100 * rel:6.2f} %")
 
-    for k in (8, 32, 64):
+    for k in (8, 16, 32, 64):
         t = topk_targets(teacher, k)
         for vd in ("fp16", "int8"):
             t.logp = decode_values(encode_values(t.logp, vd), vd)  # what the reader hands the trainer
             report(f"topk k={k} {vd}", t, {"scheme": "topk", "k": k, "value_dtype": vd})
             t = topk_targets(teacher, k)
-    for draws in (16, 64):
-        per_seed = []
-        for seed in range(5):
-            t = sampled_targets(teacher, draws, torch.Generator().manual_seed(seed))
-            t.logp = decode_values(encode_values(t.logp, "fp16"), "fp16")
-            per_seed.append(float(per_token_divergence(draft, t, kind="fkl").sum()))
-        report(f"sampled draws={draws} fp16 (seed 0)", t, {"scheme": "sampled", "draws": draws,
-                                                          "value_dtype": "fp16", "unique_ids_mean": round(
-                                                              float((t.weights > 0).sum(-1).float().mean()), 1)})
-        mean5 = sum(per_seed) / 5
-        rows[-1]["relative_error_mean_of_5_seeds"] = round(abs(mean5 - total) / total, 5)
-        print(f"{'':36s} mean over 5 seeds: relative error {100 * abs(mean5 - total) / total:6.2f} %")
+    rows += sampled_error_rows(draft, teacher, total)
     # How the top-k error depends on the tail: positions binned by the target's top-64 mass.
     est64 = per_token_divergence(draft, topk_targets(teacher, 64), kind="fkl")
     mass64 = p_sorted[:, :64].sum(-1)
@@ -116,7 +107,8 @@ def main() -> None:
     best64 = min(r["relative_error"] for r in rows if r.get("k") == 64)
     print(f"goal: <= 2 % at k=64 -> {100 * best64:.2f} % ({'met' if best64 <= 0.02 else 'NOT met'})")
     path = write_result("cache_kl_error", {
-        "claim": "sparse forward KL within 2% of full-vocabulary KL at k=64; sampled unbiased",
+        "claim": "sparse forward KL within 2% of full-vocabulary KL at k=64; sampled unbiased; format-2 sampled rows "
+                 "<= 40 B/token at V=50304 within 1% KL error",
         "models": "Witten-Bell bigram LMs trained on pydoc topics (target: 90% of topics; draft: 1/10 of that)",
         "vocab_size": VOCAB, "distributions": stats, "rows": rows, "topk64_error_by_tail_mass": bins})
     print(f"wrote {path}")
