@@ -41,6 +41,7 @@ from tqdm import tqdm
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.writer import Roles, finished_shard, job_roles, loss_mask_from_labels, write_shard
 from adaspec_dist.config import save_resolved
+from adaspec_dist.data.generated import generated_sequences
 from adaspec_dist.data.tasks import DataConfig, chat_template_for, load_examples, prompt_format
 from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
@@ -90,6 +91,12 @@ class CacheConfig:
     """Tensor-parallel size of the target (needs models.tensor_parallel)."""
     tensorboard_dir: str | None = None
     """Where rank 0 writes tensorboard scalars (default: <out_dir>/tb)."""
+    generated: str | None = None
+    """A `generate` job's directory: cache its sequences (prompt + sampled continuation, the
+    continuation supervised) instead of data's answers (None = data's answers)."""
+    generated_fraction: float = 1.0
+    """With generated: the share λ of generated sequences (DistillSpec's mixture); the rest are the
+    dataset's answers to the same prompts (then data must be the generate job's prompts). 1 = generated only."""
 
     def validate(self) -> None:
         if self.scheme not in SCHEMES:
@@ -104,6 +111,11 @@ class CacheConfig:
         if self.scheme == "sampled" and self.temperature != 1.0 and not self.store_logp:
             raise ValueError(f"cache temperature={self.temperature} needs store_logp: true (the importance weights "
                              "need the target's log-probs); set it, or temperature: 1")
+        if not 0.0 <= self.generated_fraction <= 1.0:
+            raise ValueError(f"cache generated_fraction={self.generated_fraction} must be in [0, 1] (the share λ of "
+                             "generated sequences)")
+        if self.generated is None and self.generated_fraction != 1.0:
+            raise ValueError("cache generated_fraction needs generated: DIR (a generate job's output) to mix with")
         if self.tp > 1 and not self.model.name_or_path:
             raise ValueError("tp > 1 needs model.name_or_path (an HF checkpoint directory to slice), not a preset")
 
@@ -408,7 +420,12 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
     if not tok_path:
         raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
     tokenizer = load_tokenizer(tok_path)
-    sequences = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+    generated_info: dict = {}
+    if cfg.generated is not None:  # on-policy data (data/generated.py): the λ-mixture of its rows and data's answers
+        sequences, generated_info = generated_sequences(cfg.data, tokenizer, cfg.generated, cfg.generated_fraction,
+                                                        cfg.seed)
+    else:
+        sequences = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
     if cfg.tp > 1:
         target_fn, vocab_size = make_target_fn(cfg.model.name_or_path, ps, dtype=cfg.model.dtype, scheme=cfg.scheme,
                                                top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature)
@@ -425,7 +442,8 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
              "data": {"task": cfg.data.task, "split": cfg.data.split, "limit": cfg.data.limit,
                       "max_length": cfg.data.max_length, "fingerprint": data_fingerprint(sequences),
                       # descriptive (DESCRIPTIVE_DATA_KEYS): what exported drafts' chat templates are built from
-                      "prompt_format": prompt_format(cfg.data), "chat_template": chat_template_for(cfg.data)},
+                      "prompt_format": prompt_format(cfg.data), "chat_template": chat_template_for(cfg.data),
+                      **generated_info},
              "split": cfg.data.split}
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
 

@@ -16,6 +16,7 @@ from adaspec_dist.config import load_config, to_dict
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.pipeline import PipelineConfig
 from adaspec_dist.speculative.evaluate import EvalConfig
+from adaspec_dist.speculative.generate import GenerateConfig
 
 DEMO = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
 
@@ -32,7 +33,8 @@ def _dataclasses(cls: type, seen: set | None = None) -> set[type]:
     return seen
 
 
-@pytest.mark.parametrize("root", [TrainConfig, CacheConfig, ReferenceConfig, EvalConfig, PipelineConfig])
+@pytest.mark.parametrize("root", [TrainConfig, CacheConfig, ReferenceConfig, EvalConfig, PipelineConfig,
+                                  GenerateConfig])
 def test_every_key_has_a_doc_line(root):
     missing = [f"{cls.__name__}.{f.name}" for cls in _dataclasses(root) for f in dataclasses.fields(cls)
                if f.init and not field_docs(cls).get(f.name)]
