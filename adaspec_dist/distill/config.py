@@ -86,6 +86,9 @@ class TrainConfig:
     run, every ceil(steps / 10), so α has a curve; 0 = at the start and the end only)."""
     eval_batches: int | None = None
     """Limit eval to this many batches per rank (None = the whole eval cache)."""
+    eval_gamma: int = 4
+    """γ of the τ logged next to held-out α: τ = (1 − α^(γ+1)) / (1 − α), the tokens per target call
+    SD would reach if each draft token were accepted independently with probability α."""
     seed: int = 0
     """Seed of the data order and of torch's RNG; a preset draft's initialisation has its own draft.seed."""
     export: bool = True
@@ -119,6 +122,8 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} would export an untrained draft; set max_steps >= 1 "
                              "or remove it to train the budget's passes")
+        if self.eval_gamma < 1:
+            raise ValueError(f"eval_gamma={self.eval_gamma} must be >= 1 (draft tokens per target call)")
         if self.eval_every is not None and self.eval_every < 0:
             raise ValueError(f"eval_every={self.eval_every} must be >= 0 (0 = evaluate at the start and end only)")
         if self.passes <= 0 and self.max_steps is None:

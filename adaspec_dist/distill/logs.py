@@ -102,10 +102,11 @@ def log_eval(run: Run, metrics: dict[str, float]) -> None:
     """The eval line and scalars (nothing when there was no evaluation)."""
     if metrics and run.ps.is_main:
         div, step = run.cfg.divergence, run.progress.step
-        logger.info("eval at step %d: alpha %.4f, %s %.4f over %d tokens", step, metrics["alpha"],
-                    div, metrics[div], metrics["tokens"])
+        logger.info("eval at step %d: alpha %.4f (implied tau %.3f at gamma %d), %s %.4f over %d tokens", step,
+                    metrics["alpha"], metrics["tau"], run.cfg.eval_gamma, div, metrics[div], metrics["tokens"])
         if run.writer is not None:
             run.writer.add_scalar("eval/alpha", metrics["alpha"], step)
+            run.writer.add_scalar(f"eval/tau_gamma{run.cfg.eval_gamma}", metrics["tau"], step)
             run.writer.add_scalar(f"eval/{div}", metrics[div], step)
 
 

@@ -14,7 +14,8 @@ Contract
   stream's position say.
 * ``evaluate(run) -> metrics``: held-out α = E[Σ min(p, q)] and divergence on the eval cache
   (sparse estimate, exact with K = V), averaged over every supervised token of every rank
-  (collective); ``{}`` without an eval cache.
+  (collective), and ``tau`` = (1 − α^(γ+1)) / (1 − α) at ``cfg.eval_gamma`` (the τ that α implies);
+  ``{}`` without an eval cache.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from adaspec_dist.distill.batches import TokenBatch
 from adaspec_dist.distill.engine import full_grad_norm
 from adaspec_dist.distill.state import Run
 from adaspec_dist.sparse.divergence import per_token_divergence, sparse_alpha
+from adaspec_dist.speculative.metrics import theoretical_tau
 
 Batch = CacheBatch | TokenBatch
 
@@ -114,4 +116,6 @@ def evaluate(run: Run) -> dict[str, float]:
         dist.all_reduce(sums, group=run.ps.dp_group)
     module.train(was_training)
     n = max(1.0, float(sums[2]))
-    return {"alpha": float(sums[0]) / n, run.cfg.divergence: float(sums[1]) / n, "tokens": int(sums[2])}
+    alpha = float(sums[0]) / n
+    return {"alpha": alpha, "tau": theoretical_tau(alpha, run.cfg.eval_gamma), run.cfg.divergence: float(sums[1]) / n,
+            "tokens": int(sums[2])}
