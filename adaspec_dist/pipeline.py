@@ -11,8 +11,15 @@ Contract
 * :func:`plan` turns a recipe into an ordered list of :class:`Stage` s — pure, no I/O — so a
   dry run (``--dry-run``) and the recipe tests can inspect it::
 
-      tokenizer -> sft -> cache_train -> cache_eval -> reference -> add_reference -> adaspec
+      tokenizer -> sft -> [generate] -> cache_train -> cache_eval -> reference -> add_reference -> adaspec
                 -> distillspec_wide -> eval
+
+  ``generate`` exists when ``train_data`` is not ``dataset``: the training cache is then built on
+  sequences sampled from the target (``target``) or from a trained draft (``draft``, the model
+  at ``generate_model``), mixed with the dataset's answers at share λ = ``generated_fraction``
+  (docs/data.md). A round (generate with the current draft -> cache -> continue training) is a
+  run with ``train_data: draft``, ``generate_model`` and ``draft.name_or_path`` both set to the
+  previous run's ``adaspec/final``. The held-out cache (α) stays on the dataset's answers.
 
   Each stage holds its typed config (``Stage.config``), built when the plan is made: an unknown
   or bad key in any section is a one-line ``ConfigError`` naming it (``reference.engine.lrr``)
@@ -70,11 +77,12 @@ from adaspec_dist.files import atomic_write_text, claim_for_job
 from adaspec_dist.models.load import ModelConfig
 from adaspec_dist.sparse.divergence import Divergence
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
+from adaspec_dist.speculative.generate import GenerateConfig, describe_generated, generate
 from adaspec_dist.speculative.report import format_table
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("tokenizer", "sft", "cache_train", "cache_eval", "reference", "add_reference", "adaspec",
+STAGE_ORDER = ("tokenizer", "sft", "generate", "cache_train", "cache_eval", "reference", "add_reference", "adaspec",
                "distillspec_wide", "eval")
 # Where `train` exports the final HF model inside its out_dir (the distill trainer's layout).
 EXPORT_SUBDIR = "final"
@@ -129,6 +137,16 @@ class PipelineConfig:
     """EvalConfig overrides (gammas, num_prompts, batch_size, temperature, ...)."""
     divergence: Divergence = "fkl"
     """Per-token divergence of kd, the reference column and AdaSPEC (one estimator on both sides)."""
+    train_data: Literal["dataset", "target", "draft"] = "dataset"
+    """The training cache's sequences: the task's answers (dataset), samples of the target (target)
+    or of a trained draft at generate_model (draft); the held-out cache keeps the dataset's answers."""
+    generate_model: str | None = None
+    """train_data: draft: the HF directory of the draft that generates (e.g. a previous run's adaspec/final)."""
+    generated_fraction: float = 1.0
+    """λ: the share of generated sequences in the training cache (the rest: the dataset's answers)."""
+    generate: dict = field(default_factory=dict)
+    """GenerateConfig overrides of the generate stage (samples_per_prompt, max_new_tokens, temperature,
+    ...); max_new_tokens defaults to half of data.max_length."""
 
     def validate(self) -> None:
         """The shared sections, typed once (one-line errors naming ``data.*``, ``target.*``, ...);
@@ -142,11 +160,14 @@ class PipelineConfig:
         build_config(ModelConfig, self.draft, prefix="draft.")
         if self.tokenizer_train is not None:
             build_config(TokenizerTrainConfig, self.tokenizer_train, prefix="tokenizer_train.")
+        if self.train_data == "draft" and not self.generate_model:
+            raise ConfigError("pipeline train_data: draft needs generate_model: DIR (a trained draft's HF directory, "
+                              "e.g. a previous run's adaspec/final or reference/final)")
 
 
-Job = Literal["tokenizer", "cache", "add_reference", "train", "eval"]
+Job = Literal["tokenizer", "generate", "cache", "add_reference", "train", "eval"]
 # The CLI subcommand that runs each job alone (the tokenizer step only exists in the pipeline).
-_SUBCOMMAND: dict[str, str] = {"cache": "cache", "add_reference": "cache", "train": "train", "eval": "eval"}
+_SUBCOMMAND: dict[str, str] = {"generate": "generate", "cache": "cache", "add_reference": "cache", "train": "train", "eval": "eval"}
 
 
 @dataclass
@@ -206,6 +227,7 @@ def _paths(cfg: PipelineConfig) -> dict[str, str]:
     return {
         "tokenizer": str(r / "tokenizer"),
         "target_train": str(r / "target"),
+        "generated": str(r / "generated"),
         "cache_train": str(r / "cache" / "train"),
         "cache_eval": str(r / "cache" / "eval"),
         "reference": str(r / "reference"),
@@ -278,10 +300,19 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(_train_stage("sft", cfg, objective="sft", out_dir=p["target_train"], init=cfg.target,
                                    section=cfg.sft, extra={"data": data}))
     target = target_model(cfg)
+    generated: dict = {}
+    if cfg.train_data != "dataset":
+        model = target if cfg.train_data == "target" else {"name_or_path": cfg.generate_model}
+        conf = merge({"data": data, "model": model, "role": cfg.train_data, "tokenizer": tok, "out_dir": p["generated"],
+                      "seed": cfg.seed, "max_new_tokens": int(data.get("max_length", 512)) // 2}, cfg.generate)
+        stages.append(Stage("generate", "generate", _typed(GenerateConfig, conf, "generate"), conf,
+                            record=str(Path(p["configs"]) / "generate.yaml"),
+                            outputs=[str(Path(p["generated"]) / "manifest.json")], workdir=p["generated"]))
+        generated = {"generated": p["generated"], "generated_fraction": cfg.generated_fraction}
     for split, split_data in (("train", data), ("eval", eval_data)):
         name = f"cache_{split}"
-        conf = merge({"data": split_data, "model": target, "tokenizer": tok, "out_dir": p[name], "seed": cfg.seed},
-                     cfg.cache)
+        conf = merge({"data": split_data, "model": target, "tokenizer": tok, "out_dir": p[name], "seed": cfg.seed,
+                      **(generated if split == "train" else {})}, cfg.cache)
         stages.append(Stage(name, "cache", _typed(CacheConfig, conf, "cache"), conf,
                             record=str(Path(p["configs"]) / f"{name}.yaml"),
                             outputs=[str(Path(p[name]) / "manifest.json")], workdir=p[name]))
@@ -421,6 +452,8 @@ def run_stage(stage: Stage, *, train_callbacks: Sequence = ()) -> Any:
     _barrier()
     if stage.rank0_only and not main:
         return None  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
+    if stage.job == "generate":
+        return generate(stage.config)
     if stage.job == "cache":
         return produce_cache(stage.config)
     if stage.job == "add_reference":
@@ -439,6 +472,8 @@ def describe_result(stage: Stage, result: Any) -> str | None:
     (one JSON line), the eval table; None when there is nothing to say."""
     if result is None:
         return None
+    if stage.job == "generate":
+        return describe_generated(stage.config.out_dir, result)
     if stage.job == "cache":
         return describe_cache(stage.config.out_dir, result)
     if stage.job == "add_reference":

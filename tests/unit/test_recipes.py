@@ -240,3 +240,25 @@ def test_a_pipeline_run_directory_in_use_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"pipeline run directory '{tmp_path / 'run'}' is in use by another job" in err
     assert not (tmp_path / "run" / "pipeline.yaml").exists()
+
+
+def test_generated_training_data_adds_a_generate_stage():
+    """train_data target / draft: a generate stage feeds the training cache (λ = generated_fraction);
+    the held-out cache keeps the dataset's answers; draft needs the model that generates."""
+    from adaspec_dist.speculative.generate import GenerateConfig
+
+    demo = CONFIGS / "demo.yaml"
+    assert "generate" not in [s.name for s in plan(load_pipeline_config(demo))]
+    cfg = load_pipeline_config(demo, ["train_data=draft", "generate_model=runs/prev/adaspec/final",
+                                      "generated_fraction=0.5", "generate.samples_per_prompt=2"])
+    by = {s.name: s for s in plan(cfg)}
+    gen = by["generate"].config
+    assert isinstance(gen, GenerateConfig) and gen.role == "draft" and gen.samples_per_prompt == 2
+    assert gen.model.name_or_path == "runs/prev/adaspec/final" and gen.max_new_tokens == 64  # max_length 128 / 2
+    assert by["cache_train"].config.generated == gen.out_dir and by["cache_train"].config.generated_fraction == 0.5
+    assert by["cache_eval"].config.generated is None
+    assert by["generate"].command_line().startswith("adaspec-dist generate --config ")
+    target = plan(load_pipeline_config(demo, ["train_data=target"]))
+    assert [s for s in target if s.name == "generate"][0].config.model.name_or_path.endswith("target/final")
+    with pytest.raises(ConfigError, match="train_data: draft needs generate_model"):
+        load_pipeline_config(demo, ["train_data=draft"])
