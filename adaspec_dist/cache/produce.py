@@ -185,6 +185,28 @@ def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def format1_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
+    """What format 1 recorded for the same sampled job (today's and the legacy hash, settings as
+    they were): a COMPLETE format-1 cache of this job is accepted as done (it is still read), never
+    resumed (format 2 writes other bytes)."""
+    if spec.scheme != "sampled":
+        return []
+    as_then = JobSpec(**{**spec.__dict__, "store_logp": False})
+    settings = {k: v for k, v in as_then.__dict__.items() if k != "store_logp"}
+    out = []
+    for legacy in (False, True):
+        extra = dict(spec.extra)
+        target = extra.get("target")
+        if isinstance(target, dict):
+            drop = "weights" if legacy else ("identity" if "weights" in target else None)
+            extra["target"] = {k: v for k, v in target.items() if k != drop}
+        if isinstance(extra.get("data"), dict):
+            extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
+        blob = json.dumps({**settings, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
+        out.append(hashlib.sha256(blob.encode()).hexdigest())
+    return out
+
+
 def _byte_settings(spec: JobSpec) -> dict:
     """The settings as hashed: a top-k job leaves out store_logp (its bytes are format 1's, so its
     fingerprint is too); a sampled job adds its row layout (format 2's compact rows)."""
@@ -325,6 +347,9 @@ def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, ou
     fingerprint = job_fingerprint(spec, len(sequences))
     legacy = legacy_fingerprints(spec, len(sequences))
     done = completed_manifest(out_dir, [fingerprint, *legacy])
+    if done is None and spec.scheme == "sampled" :
+        old = completed_manifest(out_dir, format1_fingerprints(spec, len(sequences)))
+        done = old if old is not None and old.get("format_version") == 1 else None
     if done is not None:
         # Nothing to write: rewriting the manifest would drop a reference column added since.
         logger.info("cache %s is already complete (%d shards); nothing to do", out_dir, len(done["shards"]))

@@ -207,6 +207,16 @@ def test_a_format_1_cache_still_reads(tmp_path):
         student = torch.randn(len(t), V, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(per_token_divergence(student, t, "fkl"), torch.tensor(expected[scheme]["fkl"]))
         assert not summarise(d)["warnings"]
+        # Rerunning the command that wrote it finds it complete (format 1 is still read): nothing is written.
+        spec = JobSpec(scheme=scheme, top_k=8, draws=12, batch_size=3, shard_size=4, value_dtype="fp16", vocab_size=V,
+                       extra={"tokenizer_fingerprint": "tok-A", "split": "train"})
+        before = snapshot(d)
+
+        def no_target(*args):
+            raise AssertionError("a complete cache must not be recomputed")
+
+        assert write_cache(make_sequences(7), no_target, spec, d)["format_version"] == 1
+        assert snapshot(d) == before
 
 
 def corrupt_copy(src: Path, dst: Path) -> Path:
