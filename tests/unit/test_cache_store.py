@@ -177,6 +177,31 @@ def test_compact_sampled_rows_give_the_same_fkl_and_refuse_the_other_divergences
             per_token_divergence(student, a.target, "tvd")
     with pytest.raises(fmt.CacheError, match="supports divergence fkl only, not jsd"):
         fmt.check_divergence(man, "jsd", str(lean))
+    info = summarise(lean, verify=True)
+    assert info["divergences"] == ["fkl"] and info["format_version"] == 2 and not info["warnings"]
+
+
+def test_reference_column_on_compact_rows_gives_the_trainer_delta(tmp_path, target):
+    """L_ref on a format-2 fkl-only cache is the trainer's estimator, and ΔL = L_draft − L_ref equals
+    the log-prob form's (the row constant cancels); a divergence the cache cannot estimate is refused."""
+    lean = build(tmp_path / "lean", target, scheme="sampled", draws=16, n=9)
+    full = build(tmp_path / "full", target, scheme="sampled", draws=16, n=9, store_logp=True, value_dtype="bf16")
+    ref, draft = build_preset("tiny-neox", V, seed=1), build_preset("tiny-neox", V, seed=2)
+    with pytest.raises(fmt.CacheError, match="supports divergence fkl only, not rkl"):
+        add_reference(ReferenceConfig(cache_dir=lean, model="ref-A", divergence="rkl", batch_size=2), model=ref)
+    for d in (lean, full):
+        add_reference(ReferenceConfig(cache_dir=d, model="ref-A", divergence="fkl", batch_size=2), model=ref)
+    deltas = []
+    for d in (lean, full):
+        out = []
+        for b in CacheReader(d, batch_size=4, shuffle=False, prefetch=0):
+            with torch.no_grad():
+                z_r = ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+                z_d = draft(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+            torch.testing.assert_close(b.ref_loss, per_token_divergence(z_r, b.target, "fkl"), atol=1e-4, rtol=1e-4)
+            out.append(per_token_divergence(z_d, b.target, "fkl") - b.ref_loss)
+        deltas.append(torch.cat(out))
+    torch.testing.assert_close(deltas[0], deltas[1], atol=1e-4, rtol=1e-4)
 
 
 def test_sampled_temperature_needs_log_probs_and_reweights_them(tmp_path, target):
