@@ -8,6 +8,7 @@ Usage::
     adaspec-dist demo
     adaspec-dist demo --seed 1 --run-dir runs/demo-seed1
     adaspec-dist demo --print-config adaspec.kept_token_epochs=2
+    adaspec-dist demo --generated --run-dir runs/demo-gen
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=None, help="run directory (default: the recipe's, runs/demo)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the whole run (default: the recipe's)")
     parser.add_argument("--gamma", type=int, default=None, help="γ of the final table (default 4)")
+    parser.add_argument("--generated", action="store_true",
+                        help="then train DistillSpec and AdaSPEC again on draft-generated data (samples of the "
+                             "DistillSpec draft) and compare with the dataset-trained arms")
     add_print_config(parser)
 
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         plan(load_pipeline_config(args.recipe, overrides))
         return 0
     cfg = load_pipeline_config(args.recipe, overrides)
-    summary = run_demo(cfg, gamma=args.gamma, echo=print)
+    summary = run_demo(cfg, gamma=args.gamma, echo=print, generated=args.generated)
     if summary is None:  # not rank 0
         return 0
     table, rows = summary
