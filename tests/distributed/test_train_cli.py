@@ -87,3 +87,22 @@ def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path, 
     # --resume without a checkpoint is refused before the run directory is even created.
     assert main([*args[:-1], f"run_dir={tmp_path / 'other'}", "--resume"]) == 2
     assert "no checkpoint in" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_a_divergence_the_cache_cannot_estimate_is_one_line(capsys, tmp_path):
+    """A compact sampled cache (no log-probs) trains fkl only: rkl is refused in one line, naming the fix."""
+    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
+    from adaspec_dist.data.tokenize import TokenizedExample
+    from adaspec_dist.models.load import build_preset
+
+    seqs = [TokenizedExample(input_ids=list(range(4, 14)), labels=[-100] * 3 + list(range(7, 14)))] * 4
+    spec = JobSpec(scheme="sampled", draws=8, batch_size=2, shard_size=2, vocab_size=300)
+    write_cache(seqs, hf_target_fn(build_preset("tiny-llama", 300), scheme="sampled", draws=8), spec,
+                tmp_path / "c", tensorboard_dir=str(tmp_path / "tb"))
+    capsys.readouterr()  # the cache job's progress bar
+    code = main(["train", "draft.preset=tiny-llama", f"cache_dir={tmp_path / 'c'}", "objective=kd", "divergence=rkl",
+                 f"run_dir={tmp_path / 'run'}", "max_steps=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "supports divergence fkl only, not rkl" in err and "store_logp: true" in err
+    assert len(err.splitlines()) == 1, err
