@@ -313,6 +313,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         name = f"cache_{split}"
         conf = merge({"data": split_data, "model": target, "tokenizer": tok, "out_dir": p[name], "seed": cfg.seed,
                       **(generated if split == "train" else {})}, cfg.cache)
+        if split == "eval" and conf.get("scheme") == "sampled":
+            conf = {**conf, "store_logp": True}  # held-out α = 1 − TVD needs p at the drawn ids (a small split)
         stages.append(Stage(name, "cache", _typed(CacheConfig, conf, "cache"), conf,
                             record=str(Path(p["configs"]) / f"{name}.yaml"),
                             outputs=[str(Path(p[name]) / "manifest.json")], workdir=p[name]))

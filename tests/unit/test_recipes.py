@@ -262,3 +262,11 @@ def test_generated_training_data_adds_a_generate_stage():
     assert [s for s in target if s.name == "generate"][0].config.model.name_or_path.endswith("target/final")
     with pytest.raises(ConfigError, match="train_data: draft needs generate_model"):
         load_pipeline_config(demo, ["train_data=draft"])
+
+
+def test_a_sampled_pipeline_stores_log_probs_in_its_eval_cache_only():
+    """Held-out α (1 − TVD) needs p at the drawn ids; the training cache keeps format 2's compact rows."""
+    by = {s.name: s for s in plan(load_pipeline_config(CONFIGS / "demo.yaml", ["cache.scheme=sampled"]))}
+    assert by["cache_eval"].config.store_logp and not by["cache_train"].config.store_logp
+    demo = {s.name: s for s in plan(load_pipeline_config(CONFIGS / "demo.yaml"))}
+    assert "store_logp" not in demo["cache_eval"].recipe  # a top-k pipeline's stage markers are unchanged
