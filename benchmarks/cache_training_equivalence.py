@@ -25,7 +25,7 @@ Writes benchmarks/results/cache_training_equivalence.json and .png (α vs bytes/
 the trained target and kd reference as ``WORK/{target,reference}/final`` + ``WORK/tokenizer`` (the
 layout of ``runs/demo``) for ``cache_kl_error_transformer.py``.
 
-    python benchmarks/cache_training_equivalence.py [--steps 300]
+    python benchmarks/cache_training_equivalence.py [--steps 300] [--name NAME]
 """
 from __future__ import annotations
 
@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="kd steps per arm (the demo's reference: 300)")
     ap.add_argument("--target-steps", type=int, default=400)
     ap.add_argument("--train-limit", type=int, default=2000)
+    ap.add_argument("--name", default="cache_training_equivalence", help="results/NAME.json and NAME.png")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t_start = time.time()
@@ -221,8 +222,8 @@ def main() -> None:
            "draft_after_%d_steps" % max(1, args.steps // 6): jaccard_rows(cache_only, target, reference, early)}
     for k, v in jac.items():
         print(f"Jaccard of kept sets vs full logits ({k}): {v}")
-    png = plot(rows, RESULTS / "cache_training_equivalence.png", vocab)
-    path = write_result("cache_training_equivalence", {
+    png = plot(rows, RESULTS / f"{args.name}.png", vocab, args.steps)
+    path = write_result(args.name, {
         "claim": "kd from a compact cache reaches held-out α_logits within 0.005 of full-logit online kd on every seed",
         "steps": args.steps, "batch": BATCH, "lr": LR, "target_sft_steps": args.target_steps,
         "train_sequences": len(train), "test_sequences": len(test), "vocab_size": vocab, "rows": rows,
@@ -240,7 +241,7 @@ def build_draft(vocab, seed):
     return build_preset("demo-draft", vocab, seed=100 + seed, **DRAFT).eval()
 
 
-def plot(rows, path: Path, vocab: int) -> Path:
+def plot(rows, path: Path, vocab: int, steps: int) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +261,7 @@ def plot(rows, path: Path, vocab: int) -> Path:
     ax.set_xlabel(f"cache bytes per supervised token (V = {vocab})")
     ax.set_ylabel("held-out α_logits after kd")
     ax.legend(fontsize=7)
-    ax.set_title("kd from the cache vs full logits (3 seeds each)", fontsize=9)
+    ax.set_title(f"kd from the cache vs full logits ({steps} steps, 3 seeds each)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
