@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adaspec_dist.configs import shipped
-from adaspec_dist.dist import launch_env
+from adaspec_dist.dist import keep_process_group, launch_env
 from adaspec_dist.config import merge
 from adaspec_dist.pipeline import EXPORT_SUBDIR, PipelineConfig, run_pipeline, target_model, tokenizer_path
 from adaspec_dist.report import COLORS, LABELS, format_rows, method_rows, verdict
@@ -122,9 +122,10 @@ def run_demo(cfg: PipelineConfig, *, gamma: int | None = None, echo: Callable[[s
              train_callbacks: Sequence = (), generated: bool = False) -> tuple[str, list[dict[str, Any]]] | None:
     """Run the demo recipe's pipeline, then summarise it (rank 0); see the module docstring. With
     ``generated`` the returned table is followed by the fixed vs generated data comparison."""
-    run_pipeline(cfg, echo=echo, train_callbacks=train_callbacks)
-    if generated:
-        run_pipeline(generated_config(cfg), echo=echo, train_callbacks=train_callbacks)
+    with keep_process_group():  # one process group for both pipelines (DeepSpeed keeps the first one's groups)
+        run_pipeline(cfg, echo=echo, train_callbacks=train_callbacks)
+        if generated:
+            run_pipeline(generated_config(cfg), echo=echo, train_callbacks=train_callbacks)
     if launch_env().rank != 0:
         return None
     table, rows = summarize(cfg.run_dir, gamma)

@@ -25,25 +25,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result  # noqa: E402
 
 
+def one_seed(s: int, root: Path) -> tuple[dict, int]:
+    """The dataset and draft-generated arms of one seed (resumable); (rows + generated-data counts, seconds)."""
+    from adaspec_dist.demo import DEFAULT_RECIPE, GENERATED_SUBDIR, compare_data, run_demo
+    from adaspec_dist.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(DEFAULT_RECIPE, [f"seed={s}", f"run_dir={root / f'gen-exp-seed{s}'}"])
+    t0 = time.time()
+    run_demo(cfg, generated=True, echo=print)
+    table, rows = compare_data(cfg.run_dir)
+    print(f"seed {s}:\n{table}")
+    gen = json.loads((Path(cfg.run_dir) / GENERATED_SUBDIR / "generated" / "manifest.json").read_text())
+    counts = {k: gen[k] for k in ("num_sequences", "num_generated_tokens", "num_eos")}
+    return {"rows": rows, "generated": counts}, round(time.time() - t0)
+
+
 def main(seeds: list[int]) -> None:
     import torch
 
-    from adaspec_dist.demo import DEFAULT_RECIPE, GENERATED_SUBDIR, compare_data, run_demo
-    from adaspec_dist.pipeline import load_pipeline_config
+    from adaspec_dist.dist import keep_process_group
 
     torch.set_num_threads(1)
     root = Path(os.environ.get("RUNS", "runs"))
     per_seed, seconds = {}, {}
-    for s in seeds:
-        cfg = load_pipeline_config(DEFAULT_RECIPE, [f"seed={s}", f"run_dir={root / f'gen-exp-seed{s}'}"])
-        t0 = time.time()
-        run_demo(cfg, generated=True, echo=print)
-        seconds[s] = round(time.time() - t0)
-        table, rows = compare_data(cfg.run_dir)
-        print(f"seed {s}:\n{table}")
-        gen = json.loads((Path(cfg.run_dir) / GENERATED_SUBDIR / "generated" / "manifest.json").read_text())
-        per_seed[s] = {"rows": rows, "generated": {k: gen[k] for k in ("num_sequences", "num_generated_tokens",
-                                                                           "num_eos")}}
+    with keep_process_group():  # one process group for every seed's pipelines (DeepSpeed keeps the first's)
+        for s in seeds:
+            per_seed[s], seconds[s] = one_seed(s, root)
     summary = {}
     for method in ("distillspec", "adaspec"):
         for data in ("dataset", "draft-generated"):
