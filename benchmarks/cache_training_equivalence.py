@@ -26,6 +26,7 @@ the trained target and kd reference as ``WORK/{target,reference}/final`` + ``WOR
 layout of ``runs/demo``) for ``cache_kl_error_transformer.py``.
 
     python benchmarks/cache_training_equivalence.py [--steps 300] [--name NAME]
+    python benchmarks/cache_training_equivalence.py --replot NAME     # the PNG again from results/NAME.json
 """
 from __future__ import annotations
 
@@ -242,30 +243,56 @@ def build_draft(vocab, seed):
 
 
 def plot(rows, path: Path, vocab: int, steps: int) -> Path:
+    """Left: held-out α vs bytes/token (seeds and their mean); right: α − full-logit α per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     full = next(r for r in rows if r["arm"] == "full")
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for r in rows:
-        if r["arm"].startswith("full"):
-            continue
+    control = next((r for r in rows if r["arm"] == "full_bf16"), None)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, r in enumerate(r for r in rows if not r["arm"].startswith("full")):
         x = r["bytes_per_token"]
-        ax.scatter([x] * len(r["alpha"]), r["alpha"], s=14, alpha=0.6)
-        ax.errorbar([x], [r["alpha_mean"]], fmt="o", label=f"{r['arm']} ({x:.0f} B/token)")
-    ax.axhline(full["alpha_mean"], color="k", lw=1, label="full logits (online), mean of 3 seeds")
-    ax.axhspan(full["alpha_mean"] - 0.005, full["alpha_mean"] + 0.005, color="k", alpha=0.08, label="±0.005")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"cache bytes per supervised token (V = {vocab})")
-    ax.set_ylabel("held-out α_logits after kd")
-    ax.legend(fontsize=7)
-    ax.set_title(f"kd from the cache vs full logits ({steps} steps, 3 seeds each)", fontsize=9)
+        color = f"C{i}"
+        ax.scatter([x] * len(r["alpha"]), r["alpha"], s=14, alpha=0.5, color=color)
+        ax.scatter([x], [r["alpha_mean"]], s=50, color=color, label=f"{r['arm']} ({x:.0f} B/token)")
+        bx.scatter([x] * len(r["alpha_minus_full"]), r["alpha_minus_full"], s=20, color=color, label=r["arm"])
+    ax.axhline(full["alpha_mean"], color="k", lw=1, label="full logits (online): mean of 3 seeds")
+    for s_alpha in full["alpha"]:
+        ax.axhline(s_alpha, color="k", lw=0.5, ls=":")
+    bx.axhspan(-0.005, 0.005, color="k", alpha=0.08, label="goal ±0.005")
+    bx.axhline(0.0, color="k", lw=1)
+    if control is not None:
+        for d in control["alpha_minus_full"]:
+            bx.axhline(d, color="grey", lw=1, ls="--")
+        bx.plot([], [], color="grey", ls="--", label="control: full logits rounded to bf16")
+    for a, title in ((ax, "held-out α_logits after kd (dotted: each seed of full logits)"),
+                     (bx, "α − α(full logits), same seed")):
+        a.set_xscale("log")
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.set_xticks([10, 20, 40, 100, 250])
+        a.set_xlabel(f"cache bytes per supervised token (V = {vocab})")
+        a.set_title(title, fontsize=9)
+        a.legend(fontsize=7)
+    fig.suptitle(f"kd from a cache vs full logits: demo shapes, {steps} steps, 3 seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
 
 
+def replot(name: str) -> None:
+    """Redraw results/NAME.png from results/NAME.json."""
+    import json
+
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    plot(data["rows"], RESULTS / data["plot"], data["vocab_size"], data["steps"])
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--replot"]:
+        replot(sys.argv[2])
+    else:
+        main()
