@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,12 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
 # ----------------------------------------------------------------------------- safetensors
 
 
-def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
-                      dtypes: dict[str, str] | None = None, metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, deterministically (sorted names) and atomically.
+COMPRESSIONS = ("none", "zlib")
+
+
+def safetensors_blobs(arrays: dict[str, np.ndarray], dtypes: dict[str, str] | None = None,
+                      metadata: dict[str, str] | None = None) -> list[bytes | memoryview]:
+    """The bytes of a safetensors file holding ``arrays``, deterministically (sorted names).
 
     ``dtypes`` overrides the safetensors dtype name of an array (``"BF16"`` for uint16 bit patterns).
     """
@@ -107,27 +111,57 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    atomic_write_bytes(path, [struct.pack("<Q", len(raw)), raw, *blobs])
+    return [struct.pack("<Q", len(raw)), raw, *blobs]
 
 
-def open_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
-    """Memory-map a safetensors file -> (arrays, safetensors dtype names, metadata).
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                      dtypes: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
+                      compression: str = "none") -> None:
+    """Write numpy arrays as one safetensors file, deterministically and atomically; with
+    ``compression="zlib"`` the whole file is stored DEFLATE-compressed (level 6)."""
+    blobs = safetensors_blobs(arrays, dtypes, metadata)
+    if compression == "zlib":
+        comp = zlib.compressobj(6)
+        blobs = [b"".join(comp.compress(b) for b in blobs) + comp.flush()]
+    atomic_write_bytes(path, blobs)
+
+
+def open_safetensors(path: str | os.PathLike, compression: str = "none"
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
+    """Memory-map a safetensors file (or decompress a zlib one into memory) -> (arrays, safetensors
+    dtype names, metadata).
 
     Raises CacheError on a truncated or malformed file.
     """
     path = Path(path)
+    if compression == "zlib":
+        try:
+            buf = zlib.decompress(path.read_bytes())
+        except zlib.error:
+            raise CacheError(f"shard '{path}' is not valid zlib data: it is truncated or corrupt; delete it and "
+                             "rerun the cache job") from None
+        return _parse_safetensors(path, len(buf), buf[:8], lambda n: buf[8:8 + n],
+                                  lambda dt, off, shape: np.frombuffer(buf, dtype=dt, count=int(np.prod(shape)),
+                                                                       offset=off).reshape(shape))
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
-        if len(head) < 8:
-            raise CacheError(f"shard '{path}' is truncated ({size} bytes); delete it and rerun the cache job")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise CacheError(f"shard '{path}' is truncated (header says {n} bytes); delete it and rerun the cache job")
-        try:
-            header = json.loads(fh.read(n))
-        except json.JSONDecodeError:
-            raise CacheError(f"shard '{path}' has a corrupt header; delete it and rerun the cache job") from None
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        header = fh.read(n) if len(head) == 8 and n <= size - 8 else b""
+    return _parse_safetensors(path, size, head, lambda n: header,
+                              lambda dt, off, shape: np.memmap(path, dtype=dt, mode="r", offset=off, shape=shape))
+
+
+def _parse_safetensors(path: Path, size: int, head: bytes, read_header, array_at):
+    if len(head) < 8:
+        raise CacheError(f"shard '{path}' is truncated ({size} bytes); delete it and rerun the cache job")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        raise CacheError(f"shard '{path}' is truncated (header says {n} bytes); delete it and rerun the cache job")
+    try:
+        header = json.loads(read_header(n))
+    except json.JSONDecodeError:
+        raise CacheError(f"shard '{path}' has a corrupt header; delete it and rerun the cache job") from None
     meta = header.pop("__metadata__", {}) or {}
     base = 8 + n
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
@@ -142,8 +176,7 @@ def open_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         if count == 0:
             arrays[name] = np.zeros(info["shape"], dtype=dt)
         else:
-            arrays[name] = np.memmap(path, dtype=dt, mode="r", offset=base + start,
-                                     shape=tuple(info["shape"]))
+            arrays[name] = array_at(dt, base + start, tuple(info["shape"]))
         names[name] = info["dtype"]
     return arrays, names, meta
 

@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Literal, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +78,9 @@ class CacheConfig:
     """Proposal temperature of sampled (1 = sample from the target itself: exact weights)."""
     value_dtype: ValueDtype = "fp16"
     """Stored log-prob type: fp16, bf16 or int8 (companded; error stated in docs/cache-format.md)."""
+    compression: Literal["none", "zlib"] = "none"
+    """zlib: each shard file DEFLATE-compressed whole (1.5-2.5x smaller, benchmarks/cache_compression.json;
+    the reader then decompresses a shard into memory instead of memory-mapping it)."""
     store_logp: bool = False
     """sampled: also store the target's log-prob at each drawn id (needed by rkl, jsd, tvd and a
     temperature other than 1); without it a row is its ids, draw counts and one float, enough for fkl."""
@@ -130,6 +133,7 @@ class JobSpec:
     temperature: float = 1.0
     value_dtype: str = "fp16"
     store_logp: bool = False
+    compression: str = "none"
     batch_size: int = 8
     shard_size: int = 256
     seed: int = 0
@@ -189,10 +193,10 @@ def format1_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
     """What format 1 recorded for the same sampled job (today's and the legacy hash, settings as
     they were): a COMPLETE format-1 cache of this job is accepted as done (it is still read), never
     resumed (format 2 writes other bytes)."""
-    if spec.scheme != "sampled":
+    if spec.scheme != "sampled" or spec.compression != "none":
         return []
     as_then = JobSpec(**{**spec.__dict__, "store_logp": False})
-    settings = {k: v for k, v in as_then.__dict__.items() if k != "store_logp"}
+    settings = {k: v for k, v in as_then.__dict__.items() if k not in ("store_logp", "compression")}
     out = []
     for legacy in (False, True):
         extra = dict(spec.extra)
@@ -210,7 +214,9 @@ def format1_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
 def _byte_settings(spec: JobSpec) -> dict:
     """The settings as hashed: a top-k job leaves out store_logp (its bytes are format 1's, so its
     fingerprint is too); a sampled job adds its row layout (format 2's compact rows)."""
-    settings = {k: v for k, v in spec.__dict__.items() if k != "store_logp"}
+    settings = {k: v for k, v in spec.__dict__.items() if k not in ("store_logp", "compression")}
+    if spec.compression != "none":
+        settings["compression"] = spec.compression
     if spec.scheme == "sampled":
         settings.update(store_logp=spec.store_logp, sampled_layout="compact")
     return settings
@@ -244,6 +250,8 @@ def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
     if spec.scheme == "sampled" and spec.temperature != 1.0 and not spec.store_logp:
         raise ValueError(f"cache temperature={spec.temperature} needs store_logp: true (the importance weights "
                          "need the target's log-probs); set it, or temperature: 1")
+    if spec.compression not in fmt.COMPRESSIONS:
+        raise ValueError(f"cache compression '{spec.compression}' must be one of {list(fmt.COMPRESSIONS)}")
     top = max((max(s.input_ids) for s in sequences if len(s.input_ids)), default=-1)
     if top >= spec.vocab_size:
         raise ValueError(f"the tokenized data holds token id {top} but the target's vocabulary has {spec.vocab_size} "
@@ -390,7 +398,7 @@ def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec,
             write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
                         input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
                         value_dtype=spec.value_dtype, draws=spec.draws if spec.scheme == "sampled" else None,
-                        store_logp=spec.store_logp)
+                        store_logp=spec.store_logp, compression=spec.compression)
         n_tok = sum(len(x) for x in ids)
         done_tokens += n_tok
         if bar is not None:
@@ -420,6 +428,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
         "params": {"top_k": spec.top_k, "draws": spec.draws, "temperature": spec.temperature,
                    "value_dtype": spec.value_dtype, "id_dtype": id_dtype(spec.vocab_size).name,
                    "store_logp": spec.store_logp if spec.scheme == "sampled" else True,
+                   "compression": spec.compression,
                    "shard_size": spec.shard_size, "batch_size": spec.batch_size, "seed": spec.seed},
         "vocab_size": spec.vocab_size, "num_sequences": num_sequences,
         "num_tokens": sum(s["tokens"] for s in shards), "num_supervised": sum(s["supervised"] for s in shards),

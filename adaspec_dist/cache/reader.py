@@ -95,6 +95,7 @@ class CacheReader:
         self.scheme = self.manifest["scheme"]
         self.value_dtype = self.manifest["params"]["value_dtype"]
         self.compact = fmt_compact_rows(self.manifest)
+        self.compression = self.manifest["params"].get("compression", "none")
         self.draws = int(self.manifest["params"].get("draws") or 1)
         self.temperature = float(self.manifest["params"].get("temperature") or 1.0)
         self.shards = self.manifest["shards"]
@@ -160,7 +161,7 @@ class CacheReader:
                 if self.verify == "open" and sha256_file(path) != sh["sha256"]:
                     raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it "
                                      "and rerun the cache job (same command) to rewrite it")
-                arrays, _, _ = open_safetensors(path)
+                arrays, _, _ = open_safetensors(path, self.compression)
                 if self.compact:  # row r's entries are [entry_offsets[r], entry_offsets[r+1])
                     nnz = np.asarray(arrays["row_nnz"], dtype=np.int64)
                     arrays["entry_offsets"] = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)

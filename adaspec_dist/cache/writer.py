@@ -78,11 +78,13 @@ def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:
 
 def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[int],
                 input_ids: Sequence[np.ndarray], loss_masks: Sequence[np.ndarray], target: SparseTarget,
-                vocab_size: int, value_dtype: str, draws: int | None = None, store_logp: bool = True) -> dict:
+                vocab_size: int, value_dtype: str, draws: int | None = None, store_logp: bool = True,
+                compression: str = "none") -> dict:
     """Write shard ``index``; ``target`` rows are the supervised positions of all sequences, in order.
 
     ``draws`` given (sampled targets): the compact rows of format 2 (:func:`compact_arrays`);
-    ``draws=None``: fixed-width rows (top-k; sampled as format 1 wrote them)."""
+    ``draws=None``: fixed-width rows (top-k; sampled as format 1 wrote them). ``compression="zlib"``:
+    the whole file DEFLATE-compressed (the sidecar's bytes and sha256 are the compressed file's)."""
     paths = shard_paths(cache_dir, index)
     paths["data"].parent.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
@@ -110,7 +112,7 @@ def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[i
         arrays["logp"] = encode_values(target.logp, value_dtype)
         if target.weights is not None:
             arrays["weights"] = target.weights.detach().float().cpu().numpy()
-    write_safetensors(paths["data"], arrays, dtypes={"logp": _VALUE_ST[value_dtype]},
+    write_safetensors(paths["data"], arrays, dtypes={"logp": _VALUE_ST[value_dtype]}, compression=compression,
                       metadata={"format": "adaspec-dist-cache", "scheme": target.scheme,
                                 "value_dtype": value_dtype})
     meta = {"index": index, "file": paths["data"].name, "sequences": len(input_ids),

@@ -181,6 +181,26 @@ def test_compact_sampled_rows_give_the_same_fkl_and_refuse_the_other_divergences
     assert info["divergences"] == ["fkl"] and info["format_version"] == 2 and not info["warnings"]
 
 
+def test_zlib_shards_read_back_identical_and_smaller(tmp_path, target):
+    """compression: zlib stores each shard file DEFLATE-compressed; the reader serves the same batches."""
+    for scheme in ("sampled", "topk"):
+        plain = build(tmp_path / f"{scheme}-plain", target, scheme=scheme)
+        packed = build(tmp_path / f"{scheme}-zlib", target, scheme=scheme, compression="zlib")
+        sizes = [sum(sh["bytes"] for sh in fmt.load_manifest(d)["shards"]) for d in (plain, packed)]
+        assert sizes[1] < sizes[0]
+        for a, b in zip(_batches(plain), CacheReader(packed, batch_size=5, shuffle=False, prefetch=0, verify="full")):
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.target.ids, b.target.ids)
+            assert torch.equal(a.target.weights if scheme == "sampled" else a.target.logp,
+                               b.target.weights if scheme == "sampled" else b.target.logp)
+        assert not summarise(packed)["warnings"]
+        again = build(tmp_path / f"{scheme}-zlib2", target, scheme=scheme, compression="zlib")
+        assert snapshot(again / "shards") == snapshot(packed / "shards")  # deterministic bytes
+    shard = packed / "shards" / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-5])
+    with pytest.raises(fmt.CacheError, match="truncated|not valid zlib"):
+        CacheReader(packed, batch_size=5, verify="none").load_batch(np.arange(2))
+
+
 def test_reference_column_on_compact_rows_gives_the_trainer_delta(tmp_path, target):
     """L_ref on a format-2 fkl-only cache is the trainer's estimator, and ΔL = L_draft − L_ref equals
     the log-prob form's (the row constant cancels); a divergence the cache cannot estimate is refused."""
