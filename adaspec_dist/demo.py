@@ -82,32 +82,39 @@ def summarize(run_dir: str | Path, gamma: int | None = None) -> tuple[str, list[
 
 
 GENERATED_SUBDIR = "on_draft_data"
+SUBDIRS = {"draft": GENERATED_SUBDIR, "target": "on_target_data"}
 
 
-def generated_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The demo's arms on draft-generated data: the dataset run's target, tokenizer, draft
+def generated_config(cfg: PipelineConfig, source: str = "draft") -> PipelineConfig:
+    """The demo's arms on generated data: the dataset run's target, tokenizer, draft
     initialisation, budgets and eval; the training cache holds one sample per training prompt of
-    the dataset run's DistillSpec draft (prompts kept whole, 64 new tokens at temperature 1, unless
-    the recipe's ``generate`` section says otherwise). No compute control (two arms)."""
+    the dataset run's DistillSpec draft (``source="draft"``) or of the target (``"target"``),
+    prompts kept whole, 64 new tokens at temperature 1, unless the recipe's ``generate`` section
+    says otherwise. No compute control (two arms)."""
     base = Path(cfg.run_dir)
     defaults = {"data": {"max_length": int(cfg.data.get("max_length", 512)) + 64}, "max_new_tokens": 64,
                 "temperature": 1.0}
     return dataclasses.replace(
-        cfg, run_dir=str(base / GENERATED_SUBDIR), train_data="draft",
-        generate_model=str(base / "reference" / EXPORT_SUBDIR), generate=merge(defaults, cfg.generate),
+        cfg, run_dir=str(base / SUBDIRS[source]), train_data=source,
+        generate_model=str(base / "reference" / EXPORT_SUBDIR) if source == "draft" else None,
+        generate=merge(defaults, cfg.generate),
         tokenizer=tokenizer_path(cfg), tokenizer_train=None, target=target_model(cfg), sft=None,
         distillspec_wide=None)
 
 
 def compare_data(run_dir: str | Path, gamma: int | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """Fixed-data vs draft-generated-data arms side by side; writes ``demo_generated.md``."""
+    """Fixed-data vs generated-data arms side by side (draft- and, where run, target-generated);
+    writes ``demo_generated.md``."""
     run_dir = Path(run_dir)
     rows = []
-    for data, d in (("dataset", run_dir), ("draft-generated", run_dir / GENERATED_SUBDIR)):
+    runs = [("dataset", run_dir)] + [(f"{src}-generated", run_dir / sub) for src, sub in SUBDIRS.items()
+                                     if (run_dir / sub / "eval" / "eval.json").is_file()]
+    for data, d in runs:
         for r in method_rows(json.loads((d / "eval" / "eval.json").read_text()), gamma):
             if r["method"] in ("distillspec", "adaspec"):
                 rows.append({**r, "data": data})
-    rows.sort(key=lambda r: (r["method"] != "distillspec", r["data"] != "dataset"))
+    order = [name for name, _ in runs]
+    rows.sort(key=lambda r: (r["method"] != "distillspec", order.index(r["data"])))
     out = ["| draft | training data | α_logits | SD acceptance rate (T = 1) | τ (incl. bonus) | γ |",
            "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
