@@ -75,3 +75,16 @@ def test_demo_end_to_end_then_kill_and_resume(tmp_path):
         assert second["drafts"][draft]["alpha_logits"] == pytest.approx(first["drafts"][draft]["alpha_logits"], abs=1e-6)
         for g, row in first["drafts"][draft]["by_gamma"].items():
             assert second["drafts"][draft]["by_gamma"][g]["acceptance_rate"] == row["acceptance_rate"]
+
+    # The same arms on draft-generated data (demo --generated): the dataset run is complete and
+    # skipped; the DistillSpec draft generates, the target is cached on its samples, both arms
+    # train again and the table compares fixed vs generated data.
+    gen = run_cli(["demo", "--run-dir", str(run_dir), "--seed", "3", *SHRINK, "--generated"], timeout=600)
+    assert "adaspec: complete, skipped" in gen.stdout and "generate: adaspec-dist generate --config" in gen.stdout
+    table = (run_dir / "demo_generated.md").read_text()
+    assert table.count("| draft-generated |") == 2 and table.count("| dataset |") == 2, table
+    assert "the arms on fixed (dataset) vs draft-generated training data" in gen.stdout
+    manifest = json.loads((run_dir / "on_draft_data" / "generated" / "manifest.json").read_text())
+    assert manifest["model"]["role"] == "draft" and manifest["num_sequences"] == manifest["num_prompts"] > 0
+    cache = json.loads((run_dir / "on_draft_data" / "cache" / "train" / "manifest.json").read_text())
+    assert cache["data"]["generated"]["model"]["weights"] == manifest["model"]["weights"] and "reference" in cache
