@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from adaspec_dist.dist import free_port
@@ -32,6 +34,19 @@ def run_torchrun(args: list[str], *, nproc: int = 2, timeout: float = 300, env: 
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def sigkill_when(argv: list[str], ready, *, timeout: float = 120) -> None:
+    """Run ``argv`` (a Python script and its arguments) and SIGKILL it as soon as ``ready()`` holds
+    (polled every 2 ms), or when it exits or ``timeout`` passes first; the caller checks where the
+    kill landed."""
+    proc = subprocess.Popen([sys.executable, *argv], env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def run_cli(args: list[str], *, timeout: float = 300, env: dict | None = None,

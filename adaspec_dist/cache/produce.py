@@ -173,20 +173,27 @@ def shard_seed(seed: int, index: int) -> int:
 DESCRIPTIVE_DATA_KEYS = ("prompt_format", "chat_template")
 
 
+def _hash(settings: dict, extra: dict, num_sequences: int, *, target_by: str) -> str:
+    """sha256 of the job's settings and identities. ``target_by``: how the target enters —
+    "weights" (today: its content fingerprint, its path left out when the fingerprint is there)
+    or "path" (earlier versions: its path, no fingerprint). Descriptive data fields never enter."""
+    extra = dict(extra)
+    target = extra.get("target")
+    if isinstance(target, dict):
+        drop = "weights" if target_by == "path" else ("identity" if "weights" in target else None)
+        extra["target"] = {k: v for k, v in target.items() if k != drop}
+    if isinstance(extra.get("data"), dict):
+        extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
+    blob = json.dumps({**settings, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def job_fingerprint(spec: JobSpec, num_sequences: int) -> str:
     """The hash of what determines the cache's bytes: the settings, the data, the tokenizer and the
     target's weights — never where they are. The target's path (``extra.target.identity``) is left
     out when its content fingerprint (``extra.target.weights``) is there, and out_dir never enters,
     so a moved cache, a copied target or a relative vs absolute path still resumes."""
-    extra = dict(spec.extra)
-    target = extra.get("target")
-    if isinstance(target, dict) and "weights" in target:
-        extra["target"] = {k: v for k, v in target.items() if k != "identity"}
-    if isinstance(extra.get("data"), dict):
-        extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
-    blob = json.dumps({**_byte_settings(spec), "extra": extra, "num_sequences": num_sequences}, sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _hash(_byte_settings(spec), spec.extra, num_sequences, target_by="weights")
 
 
 def format1_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
@@ -195,26 +202,14 @@ def format1_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
     resumed (format 2 writes other bytes)."""
     if spec.scheme != "sampled" or spec.compression != "none":
         return []
-    as_then = JobSpec(**{**spec.__dict__, "store_logp": False})
-    settings = {k: v for k, v in as_then.__dict__.items() if k not in ("store_logp", "compression")}
-    out = []
-    for legacy in (False, True):
-        extra = dict(spec.extra)
-        target = extra.get("target")
-        if isinstance(target, dict):
-            drop = "weights" if legacy else ("identity" if "weights" in target else None)
-            extra["target"] = {k: v for k, v in target.items() if k != drop}
-        if isinstance(extra.get("data"), dict):
-            extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
-        blob = json.dumps({**settings, "extra": extra, "num_sequences": num_sequences}, sort_keys=True, default=str)
-        out.append(hashlib.sha256(blob.encode()).hexdigest())
-    return out
+    settings = {k: v for k, v in spec.__dict__.items() if k not in ("store_logp", "compression", "extra")}
+    return [_hash(settings, spec.extra, num_sequences, target_by=by) for by in ("weights", "path")]
 
 
 def _byte_settings(spec: JobSpec) -> dict:
     """The settings as hashed: a top-k job leaves out store_logp (its bytes are format 1's, so its
     fingerprint is too); a sampled job adds its row layout (format 2's compact rows)."""
-    settings = {k: v for k, v in spec.__dict__.items() if k not in ("store_logp", "compression")}
+    settings = {k: v for k, v in spec.__dict__.items() if k not in ("store_logp", "compression", "extra")}
     if spec.compression != "none":
         settings["compression"] = spec.compression
     if spec.scheme == "sampled":
@@ -229,15 +224,7 @@ def legacy_fingerprints(spec: JobSpec, num_sequences: int) -> list[str]:
     calling it 'different settings'."""
     if spec.scheme == "sampled":
         return []  # format 1 wrote other bytes for sampled rows: an old sampled cache is another job
-    extra = {k: v for k, v in spec.extra.items()}
-    target = extra.get("target")
-    if isinstance(target, dict):
-        extra["target"] = {k: v for k, v in target.items() if k != "weights"}
-    if isinstance(extra.get("data"), dict):
-        extra["data"] = {k: v for k, v in extra["data"].items() if k not in DESCRIPTIVE_DATA_KEYS}
-    blob = json.dumps({**_byte_settings(spec), "extra": extra, "num_sequences": num_sequences}, sort_keys=True,
-                      default=str)
-    return [hashlib.sha256(blob.encode()).hexdigest()]
+    return [_hash(_byte_settings(spec), spec.extra, num_sequences, target_by="path")]
 
 
 def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:

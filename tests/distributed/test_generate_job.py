@@ -1,16 +1,12 @@
 """The real `generate` job: 1 process vs 2 torchrun ranks, and SIGKILL + rerun, compared byte for byte."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, child_env, run_torchrun
+from tests.helpers import REPO, run_torchrun, sigkill_when
 
 pytestmark = pytest.mark.distributed
 TOOL = str(REPO / "tools" / "generate_data.py")
@@ -59,13 +55,7 @@ def test_two_ranks_and_a_killed_run_equal_one_uninterrupted_process(recipe, tmp_
     assert content(two) == reference
 
     # SIGKILL once the first shards are on disk, then rerun the same command (on 2 ranks this time).
-    proc = subprocess.Popen([sys.executable, TOOL, "--config", str(recipe), f"out_dir={killed}"],
-                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and finished(killed) < 3:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when([TOOL, "--config", str(recipe), f"out_dir={killed}"], lambda: finished(killed) >= 3)
     done = finished(killed)
     assert 3 <= done < SHARDS and not (killed / "manifest.json").exists(), f"kill landed after {done} shards"
     run_torchrun([TOOL, "--config", str(recipe), f"out_dir={killed}"], nproc=2)
