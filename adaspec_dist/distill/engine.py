@@ -16,6 +16,12 @@ Contract
 * ``save_checkpoint(engine, dir, step, client_state)`` / ``load_checkpoint(engine, dir)``:
   DeepSpeed checkpoints (module, optimiser, scheduler) with our client state (step, RNG,
   reader position); ``latest_step(dir)`` reads DeepSpeed's ``latest`` tag.
+* Loading never unpickles arbitrary objects: ``build_engine`` makes the engine's checkpoint
+  engine read every file with ``torch.load(weights_only=True)``, allowing only tensors, plain
+  containers and the few DeepSpeed / numpy types its state holds (``CHECKPOINT_TYPES``). A file
+  with anything else (a planted pickle) is refused in one ValueError naming it, before any of it
+  runs. Every resume path (CLI ``--resume`` / ``--auto-resume``, the pipeline, Slurm's requeue)
+  goes through ``load_checkpoint``.
 * ``gathered_module(engine)``: context manager that makes the full parameters visible on
   every rank (a no-op below ZeRO-3), for export and evaluation-free inspection.
 * ``Engine``: the slice of ``deepspeed.DeepSpeedEngine`` the trainer uses, as a Protocol, so
@@ -31,6 +37,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, get_args
@@ -237,6 +244,7 @@ def build_engine(model: torch.nn.Module, *, cfg: EngineConfig, total_steps: int,
                     ", ".join(p.name for p in pending), pending[0].parent)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=conf, dist_init_required=False)
+    restrict_checkpoint_loads(engine)
     logger.info("DeepSpeed engine: ZeRO-%d, %s, micro-batch %d x accum %d x dp %d, schedule %s",
                 engine.zero_optimization_stage(), resolve_precision(cfg.precision, device),
                 cfg.micro_batch_size, cfg.grad_accum, dist.get_world_size(), cfg.schedule)
@@ -289,8 +297,57 @@ def latest_step(ckpt_dir: str | Path) -> int | None:
     return int(tag.removeprefix("step")) if tag.startswith("step") else None
 
 
+def checkpoint_types() -> list:
+    """What a checkpoint may hold besides tensors and plain containers: the DeepSpeed state
+    objects its optimisers save (loss scaler, ZeRO stage enum, fragment addresses) and the numpy
+    array of our client RNG state (``np.random.get_state``). Classes, not callables that run code."""
+    import numpy as np
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, _reconstruct, np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
+def safe_torch_load(path: str | Path, map_location: Any = None) -> Any:
+    """``torch.load`` that runs no code from the file: ``weights_only=True`` with
+    :func:`checkpoint_types` allowed; anything else is a one-line ValueError naming the file."""
+    import pickle
+
+    import torch
+
+    with torch.serialization.safe_globals(checkpoint_types()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = found.group(1) if found else " ".join(str(err).split())[:200]
+            raise ValueError(f"checkpoint file '{path}' holds an object that is not training state ({what}); "
+                             "refusing to unpickle it (it could run code); "
+                             "train into a new run_dir without --resume") from None
+
+
+def restrict_checkpoint_loads(engine: Engine) -> None:
+    """Make this engine's checkpoint engine load through :func:`safe_torch_load` (an attribute of
+    this one engine object: DeepSpeed's TorchCheckpointEngine itself calls torch.load with
+    weights_only=False, and patching it globally would change other users of deepspeed)."""
+    ckpt_engine = getattr(engine, "checkpoint_engine", None)
+    assert ckpt_engine is not None, "DeepSpeed engine without a checkpoint engine"
+
+    def load(path: str, map_location: Any = None) -> Any:
+        return safe_torch_load(path, map_location=map_location)
+
+    ckpt_engine.load = load
+
+
 def load_checkpoint(engine: Engine, ckpt_dir: str | Path) -> dict:
     """Restore module, optimiser and scheduler from the newest checkpoint; returns client state."""
+    restrict_checkpoint_loads(engine)  # idempotent; also covers an engine not made by build_engine
     path, client = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if path is None:

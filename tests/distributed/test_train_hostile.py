@@ -1,0 +1,75 @@
+"""`adaspec-dist train` against hostile or damaged run directories: one line, nothing run, nothing exported.
+
+* A planted pickle in a checkpoint cannot run code through any resume path (they all load
+  through distill/engine.py's ``load_checkpoint``, which reads with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import run_cli
+
+
+class _Planted:
+    """Unpickling this (``weights_only=False``) opens a file for writing: it creates the file."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _args(tok: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "objective=sft", "draft.preset=tiny-llama", f"tokenizer={tok}", "data.task=arith",
+            "data.limit=4", "data.max_length=32", "export=false", "engine.micro_batch_size=2",
+            "engine.ds_config=ds_zero1.json", f"run_dir={run_dir}", "save_every=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tokenizer and a run directory with a step-1 checkpoint (ZeRO-1: model + optimiser files)."""
+    from tests.fixtures import tiny_tokenizer_dir
+
+    root = tmp_path_factory.mktemp("hostile")
+    tok = tiny_tokenizer_dir(root)
+    run_cli(_args(tok, root / "run", "max_steps=1"))
+    return tok, root / "run"
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--auto-resume"])
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_a_planted_checkpoint_pickle_is_refused_and_runs_nothing(finished_run, tmp_path, flag, victim):
+    import shutil
+
+    tok, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    target = copy / "checkpoints" / "step00000001" / victim
+    state = torch.load(target, weights_only=False)  # the genuine state, plus the planted object
+    marker = tmp_path / "pwned"
+    state["planted"] = _Planted(marker)
+    torch.save(state, target)
+    proc = run_cli(_args(tok, copy, "max_steps=2", flag), check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert not marker.exists()
+    assert f"checkpoint file '{target}' holds an object that is not training state (io.open)" in err[-1]
+    assert len(err) == 1 or "error:" not in err[-2]
+    assert "Traceback" not in proc.stderr
+    assert not (copy / "checkpoints" / "step00000002").exists()
+    # The advice works: a new run_dir without --resume trains.
+    assert run_cli(_args(tok, tmp_path / "new", "max_steps=1")).returncode == 0
+
+
+def test_a_genuine_checkpoint_still_resumes(finished_run, tmp_path):
+    import shutil
+
+    tok, run = finished_run
+    shutil.copytree(run, tmp_path / "run")
+    proc = run_cli(_args(tok, tmp_path / "run", "max_steps=2", "--resume"))
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 2
