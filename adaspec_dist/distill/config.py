@@ -19,8 +19,8 @@ from adaspec_dist.data.tasks import DataConfig
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.budget import Budget, BudgetRule, resolve_budget
 from adaspec_dist.distill.engine import EngineConfig
-from adaspec_dist.distill.objectives import Normalization, Objective, TeacherMode
-from adaspec_dist.distill.selection import Scope, check_selection
+from adaspec_dist.distill.objectives import Normalization, NormalizationScope, Objective, TeacherMode
+from adaspec_dist.distill.selection import Rule, Scope, check_selection
 from adaspec_dist.models.load import ModelConfig
 from adaspec_dist.sparse.divergence import Divergence, check_kind
 
@@ -38,8 +38,19 @@ class TrainConfig:
     """β of jsd."""
     filter_fraction: float = 0.4
     """AdaSPEC k: fraction of tokens trained on."""
+    selection_rule: Rule = "quantile"
+    """quantile (the published code: keep ΔL >= torch.quantile(ΔL, 1 - k), linear interpolation, so
+    floor(k(N-1)) + 1 tokens plus ties) or exact_k (exactly ceil(kN), ties to the earlier token).
+    Non-finite ΔL is never kept under either rule (counted in the logs)."""
     selection_scope: Scope = "local"
-    """local (per rank per micro-batch, as the paper's code) or global (across dp ranks)."""
+    """local (one threshold per threshold group on each rank, as the paper's code) or global
+    (one threshold over all dp ranks)."""
+    threshold_group: int | None = None
+    """Sequences per selection threshold (local scope): null = the per-rank micro-batch (the
+    published: one quantile per device per step, 5 sequences on each of 8 GPUs); n splits each
+    micro-batch into consecutive groups of n sequences, each its own threshold and, with
+    normalization_scope per_rank, its own denominator (one process with micro-batch 40 and
+    threshold_group 5 emulates the paper's 8 devices x 5 sequences)."""
     draft: ModelConfig
     """The model being trained (its initialisation)."""
     target: ModelConfig | None = None
@@ -75,8 +86,13 @@ class TrainConfig:
     engine's batch for kept_token_epochs / filter_fraction passes (1/k times the steps). With
     objective kd, paper makes the compute control (DistillSpec at AdaSPEC's batch and steps)."""
     loss_normalization: Normalization = "supervised"
-    """adaspec: divide the kept tokens' loss sum by all supervised tokens of the step (published
-    code: HF Trainer's num_items_in_batch, so the loss is ~k x the kept mean) or by the kept ones."""
+    """adaspec: divide the kept tokens' loss sum by all supervised tokens (published code: HF
+    Trainer's num_items_in_batch, so the loss is ~k x the kept mean) or by the kept ones."""
+    normalization_scope: NormalizationScope = "per_rank"
+    """Whose token count divides the loss (every objective): per_rank (published: HF Trainer 4.52.3,
+    average_tokens_across_devices False, so each device divides by its own count and DeepSpeed
+    averages the ranks; per threshold group when threshold_group is set) or global (one count
+    over all ranks: a global token mean, independent of how tokens fall into ranks)."""
     save_every: int = 0
     """Checkpoint every N optimiser steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -102,7 +118,10 @@ class TrainConfig:
         if self.teacher_mode not in obj.TEACHER_MODES:
             raise ValueError(f"teacher_mode '{self.teacher_mode}' must be one of {list(obj.TEACHER_MODES)}")
         check_kind(self.divergence, self.beta)
-        check_selection(self.filter_fraction, self.selection_scope)
+        check_selection(self.filter_fraction, self.selection_scope, self.selection_rule, self.threshold_group)
+        if self.normalization_scope not in obj.NORMALIZATION_SCOPES:
+            raise ValueError(f"normalization_scope '{self.normalization_scope}' must be one of "
+                             f"{list(obj.NORMALIZATION_SCOPES)}")
         if self.objective == "sft" and self.data is None and not self.cache_dir:
             raise ValueError("objective sft needs data (a task) or cache_dir (its token ids); set data.task")
         if self.objective != "sft":

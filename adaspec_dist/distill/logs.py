@@ -35,9 +35,15 @@ def log_plan(run: Run) -> None:
     cfg, b = run.cfg, run.budget
     unit, frac = epoch_unit(cfg)
     passes = run.total_steps * b.grad_accum / len(run.stream)
+    group = (f"groups of {cfg.threshold_group} sequences" if cfg.threshold_group
+             else f"per micro-batch of {b.micro_batch}")
+    per = "per rank" if cfg.threshold_group is None else "per threshold group"
+    norm = per if cfg.normalization_scope == "per_rank" else "over all ranks"
     kept = (f"~{b.global_batch * cfg.filter_fraction:.1f} sequences' tokens kept/step (k={cfg.filter_fraction:g}, "
-            f"selection {cfg.selection_scope}, loss / {cfg.loss_normalization} tokens)"
-            if cfg.objective == "adaspec" else "every supervised token trained")
+            f"rule {cfg.selection_rule}, selection {cfg.selection_scope}"
+            f"{' ' + group if cfg.selection_scope == 'local' else ''}, "
+            f"loss / {cfg.loss_normalization} tokens counted {norm})"
+            if cfg.objective == "adaspec" else f"every supervised token trained (loss / tokens counted {norm})")
     logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
                 "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
                 b.grad_accum, run.ps.dp_size, passes, passes * frac, unit, kept, b.rule)
@@ -76,8 +82,11 @@ def log_hparams(run: Run) -> None:
 
 
 def log_step(run: Run, stats: dict[str, Any], rate: float) -> None:
-    """Rank-0 tensorboard scalars and the ΔL histogram."""
+    """Rank-0 tensorboard scalars and the ΔL histogram; a warning when some ΔL was not finite."""
     w, s = run.writer, run.progress.step
+    if stats.get("nonfinite_global") and run.ps.is_main:
+        logger.warning("step %d: %d of %d supervised tokens had a non-finite ΔL (NaN/inf); they were not selected",
+                       s, stats["nonfinite_global"], stats["total_global"])
     if w is None:
         return
     w.add_scalar("train/loss", stats["loss"], s)
@@ -89,13 +98,15 @@ def log_step(run: Run, stats: dict[str, Any], rate: float) -> None:
     w.add_scalar("train/passes", run.passes, s)
     if run.cfg.objective == "adaspec":
         w.add_scalar("train/kept_token_epochs", run.passes * run.cfg.filter_fraction, s)
-        delta = stats["delta"]
+        w.add_scalar("train/nonfinite_delta", stats["nonfinite_global"], s)
+        delta = stats["delta"].float().cpu()
+        delta = delta[torch.isfinite(delta)]  # the non-finite ones were never kept; counted above
         if delta.numel():
-            qs = torch.quantile(delta.float().cpu(), torch.tensor([0.1, 0.5, 0.9]))
+            qs = torch.quantile(delta, torch.tensor([0.1, 0.5, 0.9]))
             for name, v in zip(("p10", "p50", "p90"), qs.tolist()):
                 w.add_scalar(f"delta_l/{name}", v, s)
             w.add_scalar("delta_l/threshold", stats["threshold"], s)
-            w.add_histogram("delta_l/hist", delta.float().cpu(), s)
+            w.add_histogram("delta_l/hist", delta, s)
 
 
 def log_eval(run: Run, metrics: dict[str, float]) -> None:

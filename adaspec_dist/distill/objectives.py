@@ -14,15 +14,24 @@ Contract
     cache's reference column, or — when the cache has none — from reference logits run online
     through the SAME estimator, so both modes agree;
   - online teacher: ``dense_divergence`` against full target logits (and reference logits).
-* ``objective(...)`` -> (scalar loss, stats). Normalisation: a sum over the tokens trained on,
-  divided by a token count summed over the dp group, times dp_size because DeepSpeed averages
-  gradients over ranks; the result is a global token mean, independent of how tokens fall into
-  ranks, and an empty rank simply contributes nothing. sft / kd divide by the supervised tokens.
-  adaspec divides the kept tokens' sum by ``normalization``: ``"supervised"`` = all supervised
-  tokens (the published code: HF Trainer's ``num_items_in_batch``, so the loss is k_eff × the kept
-  mean with k_eff = kept / supervised) or ``"kept"`` = the kept tokens (the plain kept mean).
+* ``objective(...)`` -> (scalar loss, stats). sft / kd train on every supervised token; adaspec on
+  the tokens ``select_tokens`` keeps (distill/selection.py: rule, scope, threshold groups;
+  non-finite ΔL never kept). The kept sum is divided by ``normalization``: ``"supervised"`` = all
+  supervised tokens (the published code: HF Trainer's ``num_items_in_batch``, so the loss is
+  k_eff × the kept mean) or ``"kept"`` = the kept tokens (the plain kept mean); sft / kd always
+  divide by the supervised tokens. ``normalization_scope`` says over what the count is taken:
+  - ``"per_rank"`` (default, published): each threshold group — by default the rank's
+    micro-batch — is divided by its own count and the groups of a micro-batch are averaged with
+    equal weight; DeepSpeed's gradient average over ranks then makes the step
+    mean_r(Σ_kept,r / N_r). That is HF Trainer 4.52.3 (the official pin), where
+    ``average_tokens_across_devices`` defaults to False, so ``num_items_in_batch`` counts one
+    device's tokens. With ``threshold_group`` < the micro-batch each group stands for one
+    emulated device (one process, micro-batch 40, groups of 5 = 8 devices × 5 sequences).
+  - ``"global"``: the count is summed over the dp group and the loss multiplied by dp_size
+    (undoing DeepSpeed's average): a global token mean, independent of how tokens fall into
+    ranks; an empty rank simply contributes nothing.
   With gradient accumulation each micro-step is normalised by its own count (HF Trainer counts
-  the whole accumulated step): equal for equal-sized micro-batches.
+  the whole accumulated step): equal for equal-sized micro-batches; the official runs use none.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaspec_dist.distill.selection import select_tokens
+from adaspec_dist.distill.selection import group_sizes, select_tokens
 from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
 Objective = Literal["sft", "kd", "adaspec"]
@@ -102,26 +111,56 @@ def _global_count(n: int, device, group) -> int:
 
 Normalization = Literal["supervised", "kept"]
 NORMALIZATIONS: tuple[Normalization, ...] = get_args(Normalization)
+NormalizationScope = Literal["per_rank", "global"]
+NORMALIZATION_SCOPES: tuple[NormalizationScope, ...] = get_args(NormalizationScope)
+
+
+def _per_group_mean(values_N: Tensor, sizes: list[int], denominators: list[int]) -> Tensor:
+    """mean over groups of Σ_group values / max(1, denominator); 0 (attached) without groups."""
+    if not sizes:
+        return values_N.sum()
+    sums = torch.stack([part.sum() for part in torch.split(values_N, sizes)])
+    denom = torch.tensor([max(1, d) for d in denominators], dtype=sums.dtype, device=sums.device)
+    return (sums / denom).mean()
 
 
 def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4, scope: str = "local",
-              normalization: str = "supervised", group=None, dp_size: int = 1) -> tuple[Tensor, dict]:
-    """Scalar loss to backpropagate and what to log (see module docstring)."""
+              rule: str = "quantile", normalization: str = "supervised", normalization_scope: str = "per_rank",
+              groups_N: Tensor | None = None, group=None, dp_size: int = 1) -> tuple[Tensor, dict]:
+    """Scalar loss to backpropagate and what to log (see module docstring). ``groups_N``: each
+    token's threshold group (``selection.threshold_groups``), None = the whole micro-batch."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"loss_normalization '{normalization}' must be one of {list(NORMALIZATIONS)}")
+    if normalization_scope not in NORMALIZATION_SCOPES:
+        raise ValueError(f"normalization_scope '{normalization_scope}' must be one of {list(NORMALIZATION_SCOPES)}")
     l_draft = losses.l_draft
-    stats: dict = {"tokens": int(l_draft.shape[0])}
+    n = int(l_draft.shape[0])
+    stats: dict = {"tokens": n}
+    sizes = group_sizes(groups_N, n)
     if objective_name == "adaspec":
         delta = l_draft.detach() - losses.l_ref
-        sel = select_tokens(delta, fraction, scope, group=group)
-        kept_sum = l_draft[sel.keep_N].sum()
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"loss_normalization '{normalization}' must be one of {list(NORMALIZATIONS)}")
-        denominator = sel.total_global if normalization == "supervised" else sel.kept_global
-        loss = kept_sum / max(1, denominator) * dp_size
-        stats.update(kept=int(sel.keep_N.sum()), kept_global=sel.kept_global, total_global=sel.total_global,
-                     threshold=sel.threshold, delta=delta, l_ref_mean=float(losses.l_ref.mean()) if delta.numel() else 0.0)
+        sel = select_tokens(delta, fraction, scope, group=group, rule=rule,
+                            groups_N=groups_N if scope == "local" else None)
+        keep = sel.keep_N
+        # where, not multiply: a non-finite L_draft on a dropped token must not reach the sum.
+        trained = torch.where(keep, l_draft, torch.zeros_like(l_draft))
+        if normalization_scope == "global":
+            denominator = sel.total_global if normalization == "supervised" else sel.kept_global
+            loss = trained.sum() / max(1, denominator) * dp_size
+        else:
+            kept_per_group = [int(k.sum()) for k in torch.split(keep, sizes)]
+            loss = _per_group_mean(trained, sizes, sizes if normalization == "supervised" else kept_per_group)
+        finite = torch.isfinite(delta)
+        stats.update(kept=int(keep.sum()), kept_global=sel.kept_global, total_global=sel.total_global,
+                     threshold=sel.threshold, delta=delta, nonfinite=int((~finite).sum()),
+                     nonfinite_global=sel.nonfinite_global,
+                     l_ref_mean=float(losses.l_ref[finite].mean()) if bool(finite.any()) else 0.0)
     else:
-        total = _global_count(int(l_draft.shape[0]), l_draft.device, group)
-        loss = l_draft.sum() / max(1, total) * dp_size
-        stats.update(kept=int(l_draft.shape[0]), kept_global=total, total_global=total)
+        total = _global_count(n, l_draft.device, group)
+        if normalization_scope == "global":
+            loss = l_draft.sum() / max(1, total) * dp_size
+        else:
+            loss = _per_group_mean(l_draft, sizes, sizes)
+        stats.update(kept=n, kept_global=total, total_global=total)
     stats["l_draft_sum"] = float(l_draft.detach().sum())
     return loss, stats

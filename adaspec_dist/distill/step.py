@@ -29,6 +29,7 @@ from adaspec_dist.cache.reader import CacheBatch
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.batches import TokenBatch
 from adaspec_dist.distill.engine import full_grad_norm
+from adaspec_dist.distill.selection import threshold_groups
 from adaspec_dist.distill.state import Run
 from adaspec_dist.sparse.divergence import per_token_divergence, sparse_alpha
 from adaspec_dist.speculative.metrics import theoretical_tau
@@ -55,7 +56,10 @@ def compute_loss(run: Run, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
     losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
                               target_NV=target_NV, ref_NV=ref_NV)
     return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=cfg.selection_scope,
-                         normalization=cfg.loss_normalization, group=run.ps.dp_group, dp_size=run.ps.dp_size)
+                         rule=cfg.selection_rule, normalization=cfg.loss_normalization,
+                         normalization_scope=cfg.normalization_scope,
+                         groups_N=threshold_groups(batch.loss_mask, cfg.threshold_group),
+                         group=run.ps.dp_group, dp_size=run.ps.dp_size)
 
 
 def train_step(run: Run, batch: Batch) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from adaspec_dist.cli import main
     # Choice fields are Literal: the config loader names the key, the value and the choices.
     ("objective=distill", "config key 'objective' = 'distill' is not one of ['sft', 'kd', 'adaspec']"),
     ("selection_scope=batch", "config key 'selection_scope' = 'batch' is not one of ['local', 'global']"),
+    ("selection_rule=topk", "config key 'selection_rule' = 'topk' is not one of ['quantile', 'exact_k']"),
+    ("normalization_scope=rank", "config key 'normalization_scope' = 'rank' is not one of ['per_rank', 'global']"),
+    ("threshold_group=0", "threshold_group must be a positive number of sequences"),
+    ("selection_scope=global threshold_group=5", "threshold_group splits a rank's micro-batch"),
     ("filter_fraction=1.5", "filter_fraction must be in (0, 1]"),
     ("filter_fraction=0", "filter_fraction must be in (0, 1]"),
     ("divergence=kll", "config key 'divergence' = 'kll' is not one of ['fkl', 'rkl', 'jsd', 'tvd']"),
@@ -19,7 +23,7 @@ from adaspec_dist.cli import main
     ("engine.lrr=1", "unknown config key 'engine.lrr'"),
 ])
 def test_bad_settings_are_one_line_errors(override, needle, capsys):
-    code = main(["train", "draft.preset=tiny-llama", "cache_dir=/nonexistent", override])
+    code = main(["train", "draft.preset=tiny-llama", "cache_dir=/nonexistent", *override.split()])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert needle in err and len(err.splitlines()) == 1, err
@@ -28,6 +32,8 @@ def test_bad_settings_are_one_line_errors(override, needle, capsys):
 @pytest.mark.parametrize("field,value,needle", [
     ("objective", "distill", "unknown objective 'distill'"),
     ("selection_scope", "batch", "selection_scope 'batch'"),
+    ("selection_rule", "topk", "selection_rule 'topk'"),
+    ("normalization_scope", "rank", "normalization_scope 'rank'"),
     ("divergence", "kll", "unknown divergence 'kll'"),
     ("teacher_mode", "offline", "teacher_mode 'offline'"),
 ])
