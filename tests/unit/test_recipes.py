@@ -124,6 +124,10 @@ def test_paper_hyperparameters(name):
     assert ada["kept_token_epochs"] == kept_epochs and "passes" not in ada
     assert ada["budget"] == "paper" and ada["loss_normalization"] == "supervised"
     assert ada["filter_fraction"] == 0.4 and ada["selection_scope"] == "local"
+    # The published selection and normalisation, stated (they are also the defaults).
+    assert ada["selection_rule"] == "quantile" and ada["threshold_group"] is None
+    assert ada["normalization_scope"] == r["reference"]["normalization_scope"] == "per_rank"
+    assert TrainConfig.selection_rule == "quantile" and TrainConfig.normalization_scope == "per_rank"
     sft = r["sft"]
     assert sft["passes"] == target_epochs and sft["engine"]["global_batch_size"] == 16
     assert sft["engine"]["lr"] == pytest.approx(1e-5)
@@ -270,3 +274,33 @@ def test_a_sampled_pipeline_stores_log_probs_in_its_eval_cache_only():
     assert by["cache_eval"].config.store_logp and not by["cache_train"].config.store_logp
     demo = {s.name: s for s in plan(load_pipeline_config(CONFIGS / "demo.yaml"))}
     assert "store_logp" not in demo["cache_eval"].recipe  # a top-k pipeline's stage markers are unchanged
+
+
+# The official GSM8K branches' run_train.sh on 8 GPUs (written out again: an independent copy of
+# the generator's numbers): optimiser steps of the reference (the checkpoint the AdaSPEC script
+# loads: checkpoint-1404 / -7020 / -14040) and of AdaSPEC (HF Trainer: ceil(epochs x
+# ceil(7473 / 40)) = ceil(7.5 x 187) or 75 x 187). On the Pythia optimal branches AdaSPEC gets ~2x
+# the reference's steps (30 kept-token epochs vs 15 epochs).
+OFFICIAL_GSM8K_STEPS = {
+    "gsm8k-pythia31m-1.4b": (1404, 1403), "gsm8k-pythia31m-1.4b-optimal": (7020, 14025),
+    "gsm8k-codegen350m-phi2": (1404, 1403), "gsm8k-codegen350m-phi2-optimal": (14040, 14025),
+}
+
+
+@pytest.mark.parametrize("name", OFFICIAL_GSM8K_STEPS)
+def test_gsm8k_recipes_take_the_official_branches_steps(name):
+    from adaspec_dist.distill.config import budget_for
+
+    by = {s.name: s for s in plan(load_pipeline_config(CONFIGS / f"{name}.yaml"))}
+    ref_steps, ada_steps = OFFICIAL_GSM8K_STEPS[name]
+    ref, ada, wide = (by[n].config for n in ("reference", "adaspec", "distillspec_wide"))
+    ref_b, ada_b = budget_for(ref, 8), budget_for(ada, 8)
+    assert ref_b.steps(7473, 8) == ref_steps and ada_b.steps(7473, 8) == ada_steps
+    assert budget_for(wide, 8).steps(7473, 8) == ada_steps  # the compute control: AdaSPEC's steps
+    # Per device as the scripts: 2 sequences for the reference, 5 for AdaSPEC, no accumulation;
+    # so one selection threshold per 5 sequences.
+    assert (ref_b.micro_batch, ref_b.grad_accum, ada_b.micro_batch, ada_b.grad_accum) == (2, 1, 5, 1)
+    # One process emulates it: 8 micro-steps of 5 sequences, each its own threshold and denominator.
+    one = budget_for(ada, 1)
+    # (steps within 0.1 %: a pass ends on a partial batch of 5 instead of 40)
+    assert (one.micro_batch, one.grad_accum) == (5, 8) and abs(one.steps(7473, 1) - ada_steps) <= ada_steps / 1000
