@@ -158,18 +158,21 @@ def _parse_safetensors(path: Path, size: int, head: bytes, read_header, array_at
     (n,) = struct.unpack("<Q", head)
     if n > size - 8:
         raise CacheError(f"shard '{path}' is truncated (header says {n} bytes); delete it and rerun the cache job")
-    try:
+    try:  # a flipped byte can make the header invalid UTF-8 as well as invalid JSON
         header = json.loads(read_header(n))
-    except json.JSONDecodeError:
+        meta = header.pop("__metadata__", {}) or {}
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError):
         raise CacheError(f"shard '{path}' has a corrupt header; delete it and rerun the cache job") from None
-    meta = header.pop("__metadata__", {}) or {}
     base = 8 + n
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if base + end != size:
         raise CacheError(f"shard '{path}' has {size} bytes but its header describes {base + end}; "
                          "it is truncated or corrupt: delete it and rerun the cache job")
     arrays, names = {}, {}
     for name, info in header.items():
+        if info.get("dtype") not in _ST_TO_NP:
+            raise CacheError(f"shard '{path}' stores '{name}' as dtype {info.get('dtype')!r}, which no cache writes; "
+                             "the shard is corrupt or not a cache shard: delete it and rerun the cache job")
         dt = np.dtype(_ST_TO_NP[info["dtype"]])
         start, stop = info["data_offsets"]
         count = (stop - start) // dt.itemsize
@@ -197,12 +200,38 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise CacheError(f"'{path}' is missing: the cache job did not finish; rerun the same command to resume it")
     man = read_json(path, "manifest")
+    if not isinstance(man, dict):
+        raise CacheError(f"manifest '{path}' is not a JSON object; it is damaged or not an adaspec-dist cache "
+                         "manifest: rebuild the cache into a new directory (adaspec-dist cache out_dir=NEW)")
     if man.get("format_version") not in READABLE_VERSIONS:
         raise CacheError(f"manifest '{path}' has format version {man.get('format_version')}, this reader "
                          f"reads {list(READABLE_VERSIONS)}; rebuild the cache with this version of adaspec-dist")
     if not man.get("complete"):
         raise CacheError(f"manifest '{path}' marks the cache incomplete; rerun the cache job to finish it")
+    check_manifest_shape(man, path)
     return man
+
+
+# What every reader of a complete manifest indexes without a default.
+_MANIFEST_KEYS = {"scheme": str, "params": dict, "shards": list, "vocab_size": int}
+_SHARD_KEYS = {"file": str, "sequences": int, "bytes": int, "sha256": str}
+
+
+def check_manifest_shape(man: Any, path: Path) -> None:
+    """One-line CacheError, naming the key, when a manifest lacks what readers index (a hand-edited
+    or foreign JSON file, or a directory that is not a cache) instead of a KeyError deep inside."""
+    fix = "it is damaged or not an adaspec-dist cache manifest: rebuild the cache into a new directory (adaspec-dist cache out_dir=NEW)"
+    if not isinstance(man, dict):
+        raise CacheError(f"manifest '{path}' is not a JSON object; {fix}")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(man.get(key), kind):
+            raise CacheError(f"manifest '{path}' has no valid '{key}' ({kind.__name__}); {fix}")
+    if "value_dtype" not in man["params"]:
+        raise CacheError(f"manifest '{path}' has no 'params.value_dtype'; {fix}")
+    for i, sh in enumerate(man["shards"]):
+        bad = [k for k, kind in _SHARD_KEYS.items() if not isinstance(sh, dict) or not isinstance(sh.get(k), kind)]
+        if bad:
+            raise CacheError(f"manifest '{path}' shard entry {i} has no valid {', '.join(bad)}; {fix}")
 
 
 def compact_rows(man: dict) -> bool:
@@ -262,14 +291,59 @@ def check_tokenizer(man: dict, fingerprint: str | None, where: str) -> None:
                          f"{fingerprint[:12]}); use the target's tokenizer or rebuild the cache")
 
 
-def check_shard_file(path: Path, expected: dict, *, full: bool) -> None:
-    """Size check always; sha256 too when ``full``."""
+def check_shard_file(path: Path, expected: dict, *, full: bool, fix: str | None = None) -> None:
+    """Size check always; sha256 too when ``full``. ``fix``: the advice (default: rerun the cache job)."""
     if not path.exists():
-        raise CacheError(f"shard '{path}' is missing; rerun the cache job (same command) to rewrite it")
+        raise CacheError(f"shard '{path}' is missing; {fix or 'rerun the cache job (same command) to rewrite it'}")
     size = path.stat().st_size
     if size != expected["bytes"]:
         raise CacheError(f"shard '{path}' has {size} bytes, the manifest says {expected['bytes']}: it is "
-                         "truncated or was replaced; delete it and rerun the cache job")
+                         f"truncated or was replaced; {fix or 'delete it and rerun the cache job'}")
     if full and sha256_file(path) != expected["sha256"]:
-        raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it and rerun "
-                         "the cache job (same command) to rewrite it")
+        raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; "
+                         f"{fix or 'delete it and rerun the cache job (same command) to rewrite it'}")
+
+
+def reference_fix(cache_dir: str | os.PathLike, reference: dict) -> str:
+    """The command that recomputes a cache's missing or damaged reference-column shards (the
+    add-reference job resumes: it redoes exactly the shards whose column is not intact)."""
+    extra = "" if reference.get("divergence", "fkl") == "fkl" else f" --divergence {reference['divergence']}"
+    if reference.get("divergence") == "jsd" and reference.get("beta") is not None:
+        extra += f" --beta {reference['beta']}"
+    return (f"rerun `adaspec-dist cache --add-reference {reference.get('model', 'REF_MODEL')} {cache_dir}{extra}` "
+            "to recompute it")
+
+
+# ----------------------------------------------------------------------------- finiteness
+
+
+def nonfinite_counts(arrays: dict[str, np.ndarray], value_dtype: str) -> dict[str, int]:
+    """Per array, how many values no writer can have produced: log-probs NaN or +inf (−inf is a
+    legitimate zero probability), weights / Σ w log p / reference losses NaN or ±inf. Integer
+    arrays (ids, counts, offsets, int8-coded log-probs) cannot hold them. One pass per array."""
+    out = {}
+    for name in ("logp", "weights", "plogp", "ref_loss"):
+        if name not in arrays:
+            continue
+        arr = np.asarray(arrays[name])
+        if name == "logp":
+            if value_dtype == "bf16":  # raw bit patterns: exponent all ones and sign 0 (+inf) or a mantissa (NaN)
+                bits = arr.view(np.uint16)
+                bad = int(np.count_nonzero(((bits & 0x7FFF) > 0x7F80) | (bits == 0x7F80)))
+            elif arr.dtype.kind == "f":
+                bad = int(np.count_nonzero(np.isnan(arr) | np.isposinf(arr)))
+            else:
+                bad = 0
+        else:
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            out[name] = bad
+    return out
+
+
+def check_finite(arrays: dict[str, np.ndarray], value_dtype: str, path: str | os.PathLike, fix: str) -> None:
+    """One-line CacheError naming ``path`` when :func:`nonfinite_counts` finds any."""
+    bad = nonfinite_counts(arrays, value_dtype)
+    if bad:
+        what = ", ".join(f"{n} in '{name}'" for name, n in bad.items())
+        raise CacheError(f"'{path}' holds non-finite values (NaN or inf: {what}); {fix}")

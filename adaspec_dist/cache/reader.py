@@ -21,6 +21,9 @@ Contract
   where the saved reader stopped. An iteration that finished the epoch starts it over.
 * ``verify``: ``"full"`` hashes every shard when the reader is built; ``"open"`` checks sizes
   then and each shard's sha256 when it is first opened; ``"none"`` only checks sizes.
+  Each shard's values are checked finite when it is first opened (NaN or +inf log-probs, non-finite
+  weights or reference losses: a one-line CacheError naming the file, whatever ``verify`` says).
+  ``with_reference=False`` ignores the reference column (the job that (re)computes it).
 * Batches are decoded in a background thread, ``prefetch`` batches ahead (0 = inline); ending an
   iteration early (``break``, an exception, closing it) stops and joins that thread, so no thread
   is left decoding (in torch's C++ code) when the process exits.
@@ -41,8 +44,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from adaspec_dist.cache.format import (CacheError, check_shard_file, check_tokenizer, check_vocab,
-                                       load_manifest, open_safetensors, SHARD_DIR, sha256_file)
+from adaspec_dist.cache.format import (CacheError, check_finite, check_shard_file, check_tokenizer, check_vocab,
+                                       load_manifest, open_safetensors, reference_fix, SHARD_DIR, sha256_file)
 from adaspec_dist.cache.format import compact_rows as fmt_compact_rows
 from adaspec_dist.sparse.target import SparseTarget, decode_values
 
@@ -75,7 +78,7 @@ class CacheReader:
 
     def __init__(self, cache_dir, *, batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
                  shuffle: bool = True, prefetch: int = 2, verify: str = "open", vocab_size: int | None = None,
-                 tokenizer_fingerprint: str | None = None, split: str | None = None):
+                 tokenizer_fingerprint: str | None = None, split: str | None = None, with_reference: bool = True):
         if batch_size < 1:
             raise ValueError(f"reader batch_size={batch_size} must be >= 1")
         if not 0 <= dp_rank < dp_size:
@@ -99,13 +102,14 @@ class CacheReader:
         self.draws = int(self.manifest["params"].get("draws") or 1)
         self.temperature = float(self.manifest["params"].get("temperature") or 1.0)
         self.shards = self.manifest["shards"]
-        self.reference = self.manifest.get("reference")
+        self.reference = self.manifest.get("reference") if with_reference else None
         shard_dir = self.cache_dir / SHARD_DIR
         for sh in self.shards:
             check_shard_file(shard_dir / sh["file"], sh, full=verify == "full")
             if self.reference:
                 check_shard_file(shard_dir / self.reference["shards"][sh["file"]]["file"],
-                                 self.reference["shards"][sh["file"]], full=verify == "full")
+                                 self.reference["shards"][sh["file"]], full=verify == "full",
+                                 fix=reference_fix(self.cache_dir, self.reference))
         counts = np.array([sh["sequences"] for sh in self.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])  # global index -> shard
         self.num_sequences = int(self._starts[-1])
@@ -162,16 +166,22 @@ class CacheReader:
                     raise CacheError(f"shard '{path}' fails its sha256 checksum: it is corrupt; delete it "
                                      "and rerun the cache job (same command) to rewrite it")
                 arrays, _, _ = open_safetensors(path, self.compression)
+                # Once per shard, before any of it is served: a NaN/inf that got past the writer (a
+                # bad disk, an older writer, a re-sealed file) would train to NaN weights silently.
+                check_finite(arrays, self.value_dtype, path, "the shard is corrupt or was written by a faulty "
+                             "target; delete it and its .json sidecar and rerun the cache job (same command)")
                 if self.compact:  # row r's entries are [entry_offsets[r], entry_offsets[r+1])
                     nnz = np.asarray(arrays["row_nnz"], dtype=np.int64)
                     arrays["entry_offsets"] = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
                 if self.reference:
                     ref = self.reference["shards"][sh["file"]]
                     ref_path = self.cache_dir / SHARD_DIR / ref["file"]
+                    fix = reference_fix(self.cache_dir, self.reference)
                     if self.verify == "open" and sha256_file(ref_path) != ref["sha256"]:
-                        raise CacheError(f"reference column '{ref_path}' fails its sha256 checksum; delete it "
-                                         "and rerun `adaspec-dist cache --add-reference`")
-                    arrays["ref_loss"] = np.load(ref_path, mmap_mode="r")
+                        raise CacheError(f"reference column '{ref_path}' fails its sha256 checksum; {fix}")
+                    column = np.load(ref_path, mmap_mode="r")
+                    check_finite({"ref_loss": column}, self.value_dtype, ref_path, fix)
+                    arrays["ref_loss"] = column
                 self._open[s] = arrays
             return self._open[s]
 

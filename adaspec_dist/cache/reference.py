@@ -154,8 +154,10 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
         raise ValueError(f"cache '{cache_dir}' already has a reference column ({have['model']}, {have['divergence']}); "
                          "rerun with --replace to recompute it with this model (or copy the cache first)")
     # The reader decodes the cached targets exactly as training will (and verifies the shards).
-    reader = CacheReader(cache_dir, batch_size=batch_size, shuffle=False, prefetch=0, verify="open")
-    reader.drop_reference()
+    # The existing column is not read (with_reference=False): its missing or damaged shards are
+    # exactly what this job recomputes (a resume), so they must not stop it from starting.
+    reader = CacheReader(cache_dir, batch_size=batch_size, shuffle=False, prefetch=0, verify="open",
+                         with_reference=False)
     model.eval()
     n_shards = len(manifest["shards"])
     mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
@@ -165,6 +167,10 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
         col = reference_column(reader, model, j, divergence=divergence, beta=beta,
                                batch_size=batch_size, device=device)
         assert col.shape[0] == manifest["shards"][j]["supervised"]
+        if not np.isfinite(col).all():  # a NaN L_ref would be a NaN ΔL in every AdaSPEC step
+            raise fmt.CacheError(f"the reference model {identity} gives non-finite losses on shard "
+                                 f"'{manifest['shards'][j]['file']}' of '{cache_dir}'; check its weights (a kd "
+                                 "run that diverged exports NaN) and pass a healthy reference")
         if me.writes:
             index = manifest["shards"][j]["index"]
             paths = fmt.shard_paths(cache_dir, index)
@@ -184,7 +190,7 @@ def add_reference(cfg: ReferenceConfig, *, model: torch.nn.Module | None = None,
             meta = _finished(cache_dir, sh["index"], computed_by)
             if meta is None:
                 raise fmt.CacheError(f"reference column of '{sh['file']}' is missing or corrupt after the run; "
-                                     "rerun `adaspec-dist cache --add-reference`")
+                                     f"{fmt.reference_fix(cache_dir, wanted)}")
             shards[sh["file"]] = meta
         manifest["reference"] = {**wanted, "shards": shards}
         fmt.atomic_write_json(fmt.manifest_path(cache_dir), manifest)

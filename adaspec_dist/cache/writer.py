@@ -6,6 +6,8 @@ Contract
   vocab_size=..., value_dtype=...)`` writes ``shards/shard-{index}.safetensors`` and then its
   sidecar ``.json``; returns the sidecar dict. Same inputs -> same bytes (no timestamps,
   sorted names), which is what makes a resumed job byte-identical to an uninterrupted one.
+* ``write_shard`` refuses a target holding NaN / +inf log-probs or non-finite weights (one-line
+  CacheError naming the shard), before writing anything.
 * ``finished_shard(cache_dir, index)`` -> the sidecar dict when the shard is complete and its
   bytes still hash to the recorded sha256, else ``None`` (a killed job redoes that shard).
 * ``loss_mask_from_labels(labels)``: position t is supervised iff ``labels[t+1] != -100``.
@@ -92,6 +94,7 @@ def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[i
     rows = np.array([int(m.sum()) for m in masks], dtype=np.int64)
     n = int(rows.sum())
     assert len(target) == n, f"target has {len(target)} rows for {n} supervised positions"
+    check_target_finite(target, paths["data"])
     tok_dt = id_dtype(vocab_size)
     arrays = {
         "tokens": np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]).astype(tok_dt)
@@ -123,6 +126,25 @@ def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[i
         meta["entries"] = entries
     atomic_write_json(paths["meta"], meta)
     return meta
+
+
+def check_target_finite(target: SparseTarget, path: os.PathLike) -> None:
+    """Refuse, before anything is written, the values no healthy target produces: NaN or +inf
+    log-probs (−inf is a zero probability, legitimate), non-finite weights or Σ w log p. Written,
+    they would train to NaN weights; refused, the job stops naming the shard and the cause."""
+    bad = {}
+    if target.logp is not None:
+        lp = target.logp.detach()
+        bad["log-probs"] = int((lp.isnan() | lp.isposinf()).sum())
+    for name, t in (("weights", target.weights), ("plogp", target.plogp)):
+        if t is not None:
+            bad[name] = int((~torch.isfinite(t.detach())).sum())
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        what = ", ".join(f"{v} {k}" for k, v in bad.items())
+        raise CacheError(f"the target's distribution for '{path}' holds non-finite values ({what} NaN or inf); "
+                         "nothing was written: the target's logits overflow or its weights are damaged "
+                         "(check the model; a float16 target often overflows: set model.dtype=float32)")
 
 
 def count_dtype(draws: int) -> np.dtype:
