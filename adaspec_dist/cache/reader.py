@@ -28,6 +28,7 @@ Contract
   iteration early (``break``, an exception, closing it) stops and joins that thread, so no thread
   is left decoding (in torch's C++ code) when the process exits.
 * ``shard_span(j) -> (lo, hi)``: the global sequence positions ``[lo, hi)`` of shard ``j``;
+  ``shard_files(seq_ids)``: the shard files holding those sequences (for messages about a batch);
   ``drop_reference()``: serve batches without the reference column (``ref_loss`` None), for the
   job that (re)computes it.
 """
@@ -121,6 +122,19 @@ class CacheReader:
     def shard_span(self, shard: int) -> tuple[int, int]:
         """Global sequence positions ``[lo, hi)`` of shard ``shard`` (in the manifest's shard order)."""
         return int(self._starts[shard]), int(self._starts[shard + 1])
+
+    def shard_files(self, seq_ids) -> list[str]:
+        """The shard files holding the given global sequence ids (a batch's ``seq_ids``), in manifest
+        order: what an error about a batch names. Shard j holds ids ``first_seq + [0, sequences)``;
+        a manifest without ``first_seq`` numbers them by position."""
+        wanted = {int(i) for i in seq_ids}
+        out = []
+        for j, sh in enumerate(self.shards):
+            lo = sh.get("first_seq")
+            lo = int(self._starts[j]) if lo is None else int(lo)
+            if any(lo <= i < lo + int(sh["sequences"]) for i in wanted):
+                out.append(sh["file"])
+        return out
 
     def drop_reference(self) -> None:
         """Serve batches without the reference column (``ref_loss`` None): for the job computing it."""

@@ -255,13 +255,19 @@ def current_lr(engine: Engine) -> float:
     return float(engine.get_lr()[0])
 
 
-def grad_norm(engine: Engine, fallback: float | None = None) -> float:
+def raw_grad_norm(engine: Engine, fallback: float | None = None) -> float | None:
     """Global gradient norm of the last optimiser step: DeepSpeed's (ZeRO 1-3 compute it), else
-    ``fallback`` (see :func:`full_grad_norm`), else nan."""
+    ``fallback`` (see :func:`full_grad_norm`), else None (not known)."""
     value = engine.get_global_grad_norm()
     if value is None:
         value = fallback
-    return float("nan") if value is None else float(value)
+    return None if value is None else float(value)
+
+
+def grad_norm(engine: Engine, fallback: float | None = None) -> float:
+    """:func:`raw_grad_norm`, nan when not known (for logging)."""
+    value = raw_grad_norm(engine, fallback)
+    return float("nan") if value is None else value
 
 
 def full_grad_norm(engine: Engine) -> float | None:

@@ -8,7 +8,8 @@ Contract
   reference) on one micro-batch; the maths is distill/objectives.py.
 * ``train_step(run, batch) -> stats``: one micro-step (forward, per-token losses, selection,
   backward, DeepSpeed step — the optimiser steps at gradient-accumulation boundaries, which
-  ``stats["stepped"]`` tells); advances ``run.progress``.
+  ``stats["stepped"]`` tells); advances ``run.progress``. A NaN/inf loss or gradient norm stops
+  the run there (distill/finite.py: one line naming the step and the batch's shards).
 * ``optimizer_steps(run)``: micro-steps over the stream, epoch after epoch, yielding the stats
   of each optimiser step until ``run.total_steps``; resumes where ``run.progress`` and the
   stream's position say.
@@ -28,7 +29,8 @@ import torch.distributed as dist
 from adaspec_dist.cache.reader import CacheBatch
 from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.batches import TokenBatch
-from adaspec_dist.distill.engine import full_grad_norm
+from adaspec_dist.distill.engine import full_grad_norm, raw_grad_norm
+from adaspec_dist.distill.finite import check_grad_norm, check_loss
 from adaspec_dist.distill.selection import threshold_groups
 from adaspec_dist.distill.state import Run
 from adaspec_dist.sparse.divergence import per_token_divergence, sparse_alpha
@@ -66,10 +68,14 @@ def train_step(run: Run, batch: Batch) -> dict[str, Any]:
     """One micro-step; returns stats (``stepped`` tells whether the optimiser stepped)."""
     batch = batch.to(run.ps.device)
     loss, stats = compute_loss(run, batch)
+    check_loss(run, batch, loss)  # collective; before backward, so NaN never reaches the weights
     run.engine.backward(loss)
-    if run.writer is not None and run.engine.is_gradient_accumulation_boundary():
-        stats["grad_norm"] = full_grad_norm(run.engine)  # only logged (rank 0); before step() clips and zeroes them
+    boundary = run.engine.is_gradient_accumulation_boundary()
+    if boundary:  # ZeRO-0's norm (None under ZeRO 1-3): before step() clips and zeroes the gradients
+        stats["grad_norm"] = full_grad_norm(run.engine)
     run.engine.step()
+    if boundary:
+        check_grad_norm(run, batch, raw_grad_norm(run.engine, stats["grad_norm"]))
     p = run.progress
     p.micro_step += 1
     stepped = p.micro_step % run.budget.grad_accum == 0

@@ -73,3 +73,36 @@ def test_a_genuine_checkpoint_still_resumes(finished_run, tmp_path):
     shutil.copytree(run, tmp_path / "run")
     proc = run_cli(_args(tok, tmp_path / "run", "max_steps=2", "--resume"))
     assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 2
+
+
+def test_a_diverging_run_stops_at_the_nan_step_and_exports_nothing(finished_run, tmp_path):
+    """lr 1e30: the first step's update blows the weights up, the second step's loss is NaN."""
+    tok, _ = finished_run
+    run = tmp_path / "run"
+    proc = run_cli(_args(tok, run, "max_steps=3", "engine.lr=1e30", "engine.grad_clip=0", "export=true"), check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert err[-1].startswith("adaspec-dist train: error: step 2: the loss is nan (micro-batch from data example")
+    assert "lower engine.lr" in err[-1] and "Traceback" not in proc.stderr
+    assert not (run / "final").exists()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step*")) == ["step00000001"]
+
+
+def test_a_cache_with_nan_log_probs_stops_training_naming_the_shard(tmp_path):
+    from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
+    from adaspec_dist.models.load import build_preset
+    from tests.unit.test_cache_hostile import poison
+    from tests.unit.test_cache_store import make_sequences
+
+    spec = JobSpec(scheme="topk", top_k=8, batch_size=2, shard_size=4, vocab_size=300)
+    cache = tmp_path / "c"
+    write_cache(make_sequences(8), hf_target_fn(build_preset("tiny-llama", 300), scheme="topk", top_k=8), spec,
+                cache, tensorboard_dir=str(tmp_path / "tb"))
+    shard = poison(cache, 1, float("nan"))
+    run = tmp_path / "run"
+    proc = run_cli(["train", "draft.preset=tiny-llama", f"cache_dir={cache}", "objective=kd", f"run_dir={run}",
+                    "max_steps=4", "engine.micro_batch_size=2", "engine.ds_config=ds_zero1.json"], check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"'{shard}' holds non-finite values (NaN or inf: 1 in 'logp')" in err[-1], err[-1]
+    assert not (run / "final").exists()
