@@ -11,7 +11,8 @@ Usage::
 ``R.yaml`` is a TrainConfig recipe (a pipeline run writes one per train stage in
 ``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train``; global rank 0 prints the
 summary as one JSON line.
-``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly.
+``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly. A ``run_dir``
+holding a run of another config is refused; ``--force`` replaces that run.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-resume", action="store_true",
                         help="continue from the newest checkpoint when there is one, else start fresh "
                              "(for requeued jobs that may have died before their first checkpoint)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a run of another config in run_dir (its checkpoints and final/ are deleted)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=2 max_steps=100")
     add_print_config(parser)
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                      "train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     if cfg is None:
         return 0
-    summary = train(cfg, resume="auto" if args.auto_resume else args.resume)
+    summary = train(cfg, resume="auto" if args.auto_resume else args.resume, force=args.force)
     if launch_env().rank == 0:
         print(json.dumps(summary, default=str))
     return 0

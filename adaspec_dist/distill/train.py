@@ -5,6 +5,7 @@ Contract
 * ``cfg``: a ``TrainConfig`` (distill/config.py). ``resume``: False (fresh), True (continue from
   the newest checkpoint in ``run_dir/checkpoints``, an error when there is none) or ``"auto"``
   (continue when there is one). ``callbacks``: ``TrainCallback`` hooks (distill/state.py).
+  A ``run_dir`` holding a run of another config is refused (``force=True`` replaces it).
 * The job, as a list of steps: build the run (distill/setup.py); resume (distill/checkpoint.py);
   log the plan; evaluate (not when resuming); train to ``total_steps`` (distill/step.py),
   evaluating every ``eval_every`` (default: ten times per run) and checkpointing every ``save_every`` optimiser steps, and on
@@ -26,6 +27,7 @@ from adaspec_dist.distill import checkpoint
 from adaspec_dist.distill.checkpoint import ResumeMode, checkpoint_dir, resolve_resume
 from adaspec_dist.distill.config import TrainConfig, budget_for, eval_interval, total_steps_for
 from adaspec_dist.distill.logs import Throughput, epoch_unit, log_done, log_eval, log_hparams, log_plan, log_step
+from adaspec_dist.distill.rundir import check_run_dir, clear_previous
 from adaspec_dist.distill.setup import setup
 from adaspec_dist.distill.state import Every, Run, TrainCallback
 from adaspec_dist.distill.step import evaluate, optimizer_steps, train_step
@@ -38,21 +40,28 @@ __all__ = ["train", "TrainConfig", "TrainCallback", "Run", "setup", "train_step"
            "total_steps_for"]
 
 
-def train(cfg: TrainConfig, *, resume: ResumeMode = False, callbacks: Sequence[TrainCallback] = ()) -> dict[str, Any]:
-    """The whole job (see the module contract); every rank calls it."""
+def train(cfg: TrainConfig, *, resume: ResumeMode = False, callbacks: Sequence[TrainCallback] = (),
+          force: bool = False) -> dict[str, Any]:
+    """The whole job (see the module contract); every rank calls it. ``force``: replace a run of
+    another config in ``run_dir`` (distill/rundir.py) instead of refusing it."""
     # Installed before setup, so a SIGTERM that lands while the job starts up still ends in a
     # checkpoint (after the first step) rather than a death with nothing to resume from.
     stop = StopSignal.install()
     try:
-        return _train(cfg, resume, callbacks, stop)
+        return _train(cfg, resume, callbacks, stop, force)
     finally:
         stop.restore()  # a no-op when the loop already restored them; else (an error) no stale flag
 
 
-def _train(cfg: TrainConfig, resume: ResumeMode, callbacks: Sequence[TrainCallback], stop: StopSignal) -> dict:
-    resumed = resolve_resume(resume, checkpoint_dir(cfg))  # before setup: a refusal writes nothing
+def _train(cfg: TrainConfig, resume: ResumeMode, callbacks: Sequence[TrainCallback], stop: StopSignal,
+           force: bool) -> dict:
+    # Before setup: a refusal writes nothing.
+    check_run_dir(cfg, force=force, resume=resume)
+    resumed = resolve_resume(resume, checkpoint_dir(cfg))
     run = setup(cfg)
     try:
+        if force:
+            clear_previous(run)  # under the run's claim: no other job is using these files
         return _run(run, resumed, resume, callbacks, stop)
     finally:
         _close(run)

@@ -106,3 +106,28 @@ def test_a_cache_with_nan_log_probs_stops_training_naming_the_shard(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"'{shard}' holds non-finite values (NaN or inf: 1 in 'logp')" in err[-1], err[-1]
     assert not (run / "final").exists()
+
+
+def test_train_into_a_run_of_another_config_is_refused_naming_the_keys(finished_run, tmp_path):
+    """A finished sft run (export on); a run with another lr into it is refused before anything is
+    written, naming the key; --force replaces it (old checkpoints gone); a longer run of the same
+    config (max_steps) resumes there as before."""
+    import shutil
+
+    tok, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    proc = run_cli(_args(tok, copy, "max_steps=1", "engine.lr=0.001", "seed=4"), check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"run directory '{copy}' holds a run of another config (differs in engine.lr (0.0003 -> 0.001), " \
+           "seed (0 -> 4))" in err[-1] and "--force" in err[-1] and "new run_dir" in err[-1], err[-1]
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert run_cli(_args(tok, copy, "max_steps=2", "--resume")).returncode == 0  # same config, longer
+    forced = run_cli(_args(tok, copy, "max_steps=1", "engine.lr=0.001", "--force"))
+    assert json.loads(forced.stdout.strip().splitlines()[-1])["steps"] == 1
+    assert sorted(p.name for p in (copy / "checkpoints").glob("step*")) == ["step00000001"]
+    assert "lr: 0.001" in (copy / "config.yaml").read_text()
+    both = run_cli(_args(tok, copy, "max_steps=1", "--force", "--resume"), check=False)
+    assert both.returncode == 2 and "drop --resume" in both.stderr.strip().splitlines()[-1]
