@@ -7,7 +7,7 @@ shards of top-64 and sampled 16; vocab 50304,
 * reader: tokens/s of 5 epochs of ``CacheReader`` (batch 8, shuffled, background prefetch,
   sha256 verified on open) decoded into training tensors (int64 ids, masks, fp32 log-probs);
 * baseline: tokens/s of the draft's training step on those batches — the ``demo-draft`` preset
-  (a real LlamaForCausalLM) forward + sparse forward KL (``per_token_divergence``) + backward +
+  (a real LlamaForCausalLM) forward + sparse forward KL (the package's ``token_losses`` + ``objective``) + backward +
   AdamW step, one thread, on batches already in memory.
 Prints reader / training; writes benchmarks/results/cache_reader_throughput.json.
 
@@ -30,7 +30,7 @@ def main() -> None:
     import torch
     from adaspec_dist.cache.produce import JobSpec, hf_target_fn, write_cache
     from adaspec_dist.cache.reader import CacheReader
-    from adaspec_dist.sparse.divergence import per_token_divergence
+    from adaspec_dist.distill import objectives as obj
     from adaspec_dist.models.load import build_preset
 
     torch.set_num_threads(1)
@@ -65,8 +65,8 @@ def main() -> None:
     opt = torch.optim.AdamW(draft.parameters(), lr=1e-3)
 
     def step(b):
-        logits = draft(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-        loss = per_token_divergence(logits[b.loss_mask], b.target, kind="fkl").mean()
+        logits = obj.supervised_logits(draft, b)
+        loss, _ = obj.objective("kd", obj.token_losses("kd", logits, b))  # the trainer's sparse forward KL
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -15,11 +15,13 @@ Every cache is written by the cache job (``write_cache``) and read back by ``Cac
 as training reads it. Held-out α_logits = mean over the test split's supervised positions of
 Σ_x min(p, q) on full logits (``dense_alpha``), the demo's α_logits. Seeds 0, 1, 2 (draft init and
 batch order). The trainer here is a plain AdamW loop in one process (the pipeline's DeepSpeed
-engine adds nothing to what is compared: the loss and its gradient); steps: STEPS below.
+engine adds nothing to what is compared: the loss and its gradient), but the batches (``collate`` /
+``CacheReader``), the per-token losses and the objective are the package's; steps: --steps.
 
 Selection: with the kd reference (arm (a), seed 0) as the reference model and a draft (fresh, and
-trained for a few steps), each batch's kept set (``top_fraction_mask``, k = 0.4, local scope) from
-each cache's ΔL against the one from full-logit ΔL: Jaccard |A∩B| / |A∪B|, averaged over batches.
+trained for a few steps), each batch's kept set (``select_tokens``, k = 0.4, local scope, the
+package's default rule) from each cache's ΔL against the one from full-logit ΔL: Jaccard
+|A∩B| / |A∪B|, averaged over batches. (The recorded Jaccards used the earlier ``exact_k`` rule.)
 
 Writes benchmarks/results/cache_training_equivalence.json and .png (α vs bytes/token), and saves
 the trained target and kd reference as ``WORK/{target,reference}/final`` + ``WORK/tokenizer`` (the
@@ -27,6 +29,7 @@ layout of ``runs/demo``) for ``cache_kl_error_transformer.py``.
 
     python benchmarks/cache_training_equivalence.py [--steps 300] [--name NAME] [--seeds 0,1,2] [--arms full,...]
     python benchmarks/cache_training_equivalence.py --replot NAME     # the PNG again from results/NAME.json
+    python benchmarks/cache_training_equivalence.py --smoke           # ~1 min plumbing check, writes no results
 """
 from __future__ import annotations
 
@@ -49,33 +52,26 @@ ARMS = [("full", None), ("full_bf16", None), ("top64", dict(scheme="topk", top_k
 BATCH, LR = 16, 3e-3
 
 
-def padded(seqs):
-    import torch
+def batch_of(seqs):
+    """The package's batch (``collate``) of tokenized examples."""
+    from adaspec_dist.distill.batches import collate
 
-    t = max(len(s.input_ids) for s in seqs)
-    ids = torch.zeros(len(seqs), t, dtype=torch.long)
-    att = torch.zeros(len(seqs), t, dtype=torch.long)
-    mask = torch.zeros(len(seqs), t, dtype=torch.bool)
-    labels = torch.full((len(seqs), t), -100)
-    for i, s in enumerate(seqs):
-        n = len(s.input_ids)
-        ids[i, :n], att[i, :n], labels[i, :n] = torch.tensor(s.input_ids), 1, torch.tensor(s.labels)
-        mask[i, :n - 1] = labels[i, 1:n] != -100
-    return ids, att, mask, labels
+    return collate(seqs)
 
 
 def train_target(seqs, vocab, steps):
+    """SFT of the demo target through the package's sft objective (random batches of 16)."""
     import numpy as np
     import torch
+    from adaspec_dist.distill import objectives as obj
     from adaspec_dist.models.load import build_preset
 
     model = build_preset("demo-target", vocab, seed=1, **TARGET).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     rng = np.random.default_rng(0)
     for step in range(steps):
-        ids, att, mask, labels = padded([seqs[i] for i in rng.choice(len(seqs), BATCH, replace=False)])
-        logits = model(input_ids=ids, attention_mask=att).logits
-        loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask[:, :-1]])
+        batch = batch_of([seqs[i] for i in rng.choice(len(seqs), BATCH, replace=False)])
+        loss, _ = obj.objective("sft", obj.token_losses("sft", obj.supervised_logits(model, batch), batch))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,24 +80,26 @@ def train_target(seqs, vocab, steps):
 
 def held_out_alpha(draft, target, test) -> float:
     import torch
+    from adaspec_dist.distill.objectives import supervised_logits
     from adaspec_dist.sparse.divergence import dense_alpha
 
     total, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(test), 50):
-            ids, att, mask, _ = padded(test[i:i + 50])
-            a = dense_alpha(draft(input_ids=ids, attention_mask=att).logits[mask],
-                            target(input_ids=ids, attention_mask=att).logits[mask])
+            batch = batch_of(test[i:i + 50])
+            a = dense_alpha(supervised_logits(draft, batch), supervised_logits(target, batch))
             total, n = total + float(a.double().sum()), n + a.numel()
     return total / n
 
 
 def train_kd(arm, cache, target, vocab, seed, steps):
-    """Forward-KL kd of a fresh demo draft for ``steps`` batches of the cache (seeded order)."""
+    """Forward-KL kd of a fresh demo draft for ``steps`` batches of the cache (seeded order): the
+    package's ``token_losses("kd")`` + ``objective`` on the cache's sparse rows, or, for the full
+    arms, on the target's full logits run online (the online teacher mode)."""
     import torch
     from adaspec_dist.cache.reader import CacheReader
+    from adaspec_dist.distill import objectives as obj
     from adaspec_dist.models.load import build_preset
-    from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
     draft = build_preset("demo-draft", vocab, seed=100 + seed, **DRAFT).train()
     opt = torch.optim.AdamW(draft.parameters(), lr=LR)
@@ -112,15 +110,14 @@ def train_kd(arm, cache, target, vocab, seed, steps):
         for b in reader:
             if len(b) == 0 or step >= steps:
                 break
-            logits = draft(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+            logits = obj.supervised_logits(draft, b)
+            t_logits = None
             if arm.startswith("full"):
                 with torch.no_grad():
-                    t_logits = target(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[b.loss_mask]
+                    t_logits = obj.supervised_logits(target, b)
                 if arm == "full_bf16":  # the control: the same full logits, rounded as a bf16 target would give them
                     t_logits = t_logits.bfloat16().float()
-                loss = dense_divergence(logits, t_logits, "fkl").mean()
-            else:
-                loss = per_token_divergence(logits, b.target, "fkl").mean()
+            loss, _ = obj.objective("kd", obj.token_losses("kd", logits, b, target_NV=t_logits))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -130,11 +127,13 @@ def train_kd(arm, cache, target, vocab, seed, steps):
 
 
 def jaccard_rows(caches, target, reference, draft, batches=12) -> dict:
-    """Mean Jaccard of AdaSPEC's kept sets (k = 0.4) from each cache vs from full logits, same batches."""
+    """Mean Jaccard of AdaSPEC's kept sets (k = 0.4, the package's default rule, one threshold per
+    batch) from each cache vs from full logits, same batches; ΔL from the package's
+    ``token_losses("adaspec")`` (cache: the reference run through the same sparse estimator)."""
     import torch
     from adaspec_dist.cache.reader import CacheReader
-    from adaspec_dist.distill.selection import top_fraction_mask
-    from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
+    from adaspec_dist.distill import objectives as obj
+    from adaspec_dist.distill.selection import select_tokens
 
     readers = {name: CacheReader(d, batch_size=BATCH, shuffle=False, prefetch=0, verify="none")
                for name, d in caches.items()}
@@ -144,12 +143,13 @@ def jaccard_rows(caches, target, reference, draft, batches=12) -> dict:
             if bi >= batches:
                 break
             b0 = batch_set[0]
-            kw = dict(input_ids=b0.input_ids, attention_mask=b0.attention_mask)
-            z_d, z_r = draft(**kw).logits[b0.loss_mask], reference(**kw).logits[b0.loss_mask]
-            z_t = target(**kw).logits[b0.loss_mask]
-            full = top_fraction_mask(dense_divergence(z_d, z_t) - dense_divergence(z_r, z_t), 0.4)
+            z_d, z_r = obj.supervised_logits(draft, b0), obj.supervised_logits(reference, b0)
+            z_t = obj.supervised_logits(target, b0)
+            full_l = obj.token_losses("adaspec", z_d, b0, target_NV=z_t, ref_NV=z_r)
+            full = select_tokens(full_l.l_draft - full_l.l_ref, 0.4).keep_N
             for name, b in zip(readers, batch_set):
-                keep = top_fraction_mask(per_token_divergence(z_d, b.target) - per_token_divergence(z_r, b.target), 0.4)
+                cached = obj.token_losses("adaspec", z_d, b, ref_NV=z_r)
+                keep = select_tokens(cached.l_draft - cached.l_ref, 0.4).keep_N
                 out[name].append(float((keep & full).sum()) / max(1, int((keep | full).sum())))
     return {name: round(sum(v) / len(v), 4) for name, v in out.items()}
 
@@ -169,31 +169,37 @@ def main() -> None:
     ap.add_argument("--name", default="cache_training_equivalence", help="results/NAME.json and NAME.png")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--arms", default=",".join(name for name, _ in ARMS), help="comma-separated arms (full first)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="plumbing check in ~1 min: tiny sizes, one seed, its own work dir, writes no results")
     args = ap.parse_args()
+    work = WORK
+    if args.smoke:
+        args.steps, args.target_steps, args.train_limit, args.seeds = 6, 6, 64, "0"
+        work = WORK / "smoke"  # never overwrite the real run's target / reference
     torch.set_num_threads(1)
     t_start = time.time()
     seeds = [int(x) for x in args.seeds.split(",")]
     arms = [a for a in ARMS if a[0] in args.arms.split(",")]
     assert arms and arms[0][0] == "full", "the arms must include full (the baseline)"
-    WORK.mkdir(parents=True, exist_ok=True)
-    tok = embedded_tokenizer(WORK / "tokenizer", vocab_size=1024)
+    work.mkdir(parents=True, exist_ok=True)
+    tok = embedded_tokenizer(work / "tokenizer", vocab_size=1024)
     vocab = len(tok)
     train = tokenize_examples(load_examples(DataConfig(task="arith", split="train", limit=args.train_limit)), tok,
                               max_length=128)
     test = tokenize_examples(load_examples(DataConfig(task="arith", split="test", limit=200)), tok, max_length=128)
     torch.manual_seed(0)
     target = train_target(train, vocab, args.target_steps)
-    target.save_pretrained(WORK / "target" / "final")
-    tok.save_pretrained(WORK / "target" / "final")
+    target.save_pretrained(work / "target" / "final")
+    tok.save_pretrained(work / "target" / "final")
     print(f"target trained ({args.target_steps} steps, {time.time() - t_start:.0f} s)")
 
     caches, bytes_per_token = {}, {}
     for name, kw in ARMS[2:]:
-        d = WORK / f"cache-{name}-{args.train_limit}-{args.target_steps}"
+        d = work / f"cache-{name}-{args.train_limit}-{args.target_steps}"
         spec = JobSpec(**kw, batch_size=32, shard_size=500, vocab_size=vocab, seed=0)
         t0 = time.perf_counter()
         man = write_cache(train, hf_target_fn(target, scheme=spec.scheme, top_k=spec.top_k, draws=spec.draws),
-                          spec, d, tensorboard_dir=str(WORK / "tb"))
+                          spec, d, tensorboard_dir=str(work / "tb"))
         caches[name] = d
         bytes_per_token[name] = sum(sh["bytes"] for sh in man["shards"]) / man["num_supervised"]
         print(f"cache {name}: {bytes_per_token[name]:.1f} B/supervised token (V = {vocab}), "
@@ -208,7 +214,7 @@ def main() -> None:
             draft = train_kd(name, caches[name], target, vocab, seed, args.steps)
             alphas[name].append(round(held_out_alpha(draft, target, test), 5))
             if name == "full" and reference is None:
-                draft.save_pretrained(WORK / "reference" / "final")
+                draft.save_pretrained(work / "reference" / "final")
                 reference = draft
             print(f"seed {seed} {name:10s}: held-out α {alphas[name][-1]:.4f} ({time.perf_counter() - t0:.0f} s)")
     rows = []
@@ -229,6 +235,9 @@ def main() -> None:
            "draft_after_%d_steps" % max(1, args.steps // 6): jaccard_rows(cache_only, target, reference, early)}
     for k, v in jac.items():
         print(f"Jaccard of kept sets vs full logits ({k}): {v}")
+    if args.smoke:  # plumbing only: nothing written to benchmarks/results
+        print(f"smoke run done ({time.time() - t_start:.0f} s)")
+        return
     png = plot(rows, RESULTS / f"{args.name}.png", vocab, args.steps)
     path = write_result(args.name, {
         "claim": "kd from a compact cache reaches held-out α_logits within 0.005 of full-logit online kd on every seed",

@@ -12,11 +12,14 @@ the target, and three arms start from the same weights and get the SAME number o
                         reference.
 * ``adaspec``           batch B/k; per-token ΔL = L_draft - L_ref against the converged
                         distillspec draft of the same size and seed (L_ref precomputed once on
-                        every train position); only the top-k fraction by ΔL is kept
-                        (``select_tokens``); loss = sum of kept L_draft / number of supervised
-                        tokens of the step (the published scale). Scope ``local``: one threshold
-                        per 1/8 of the step's sequences (the published 8-GPU runs: 40 / 8 = 5
-                        sequences per device); ``global``: one threshold over the whole step.
+                        every train position, like the cache's reference column); the package's
+                        ``objective`` keeps the tokens its ``selection_rule`` picks (``--rule``,
+                        default the published quantile rule) and normalises as
+                        ``--normalization-scope`` says (default per_rank: each of the 8 emulated
+                        devices divides its kept sum by its own supervised tokens). Scope
+                        ``local``: one threshold per 1/8 of the step's sequences
+                        (``threshold_group``: the published 8-GPU runs, 40 / 8 = 5 sequences per
+                        device); ``global``: one threshold over the whole step.
 * ``distillspec_wide``  compute control: forward KL on all tokens at batch B/k.
 
 Acceptance α = mean over held-out answer tokens of Σ_x min(p, q) (teacher-forced, ``dense_alpha``).
@@ -36,8 +39,14 @@ Setting
   from in the paper): per (size, seed), 4000 cross-entropy steps on the train answers (batch 16,
   lr 0.1). From random weights the drafts did not plateau within an affordable number of KD
   steps (see docs/selection-effect.md, calibration).
-* Arms: AdamW (no weight decay), peak lr 0.03, 5 % linear warm-up then cosine to 10 % of the
-  peak, grad-norm clip 1.0, fp32, one thread; 1000 steps (h32 also 2000).
+* Arms: AdamW (no weight decay), peak lr 0.03, the package's schedule (``lr_lambda``: 5 % linear
+  warm-up then cosine to 10 % of the peak), grad-norm clip 1.0, fp32, one thread; 1000 steps
+  (h32 also 2000). Batches: the package's ``TokenStream`` / ``collate``; every loss (target and
+  initialisation CE included) is the package's ``token_losses`` + ``objective``, so this measures
+  the shipped code (tests/unit/test_benchmarks_use_the_package.py keeps it so).
+* The recorded results (benchmarks/results/selection_effect.json, docs/selection-effect.md) predate
+  that: they came from an in-script copy with the ``exact_k`` rule, one denominator per step and
+  its own batch order; a rerun now gives different (not comparable run-for-run) numbers.
 * Plateau: held-out KL is evaluated at 9 evenly spaced points; a run has plateaued when the
   relative improvement of held-out KL over its last quarter of steps, (KL@0.75S - KL@S) / KL@0.75S,
   is < 1 %. The JSON records the value and the verdict for every run.
@@ -52,6 +61,7 @@ Setting
 
 Run
 ---
+    nice -n 10 python benchmarks/selection_effect.py --smoke    # ~20 s: every code path, writes no results
     nice -n 10 python benchmarks/selection_effect.py --quick    # ~3 min: plumbing and sizing, not the result
     nice -n 10 python benchmarks/selection_effect.py            # ~50 min of one idle core (91 min wall on 2 shared cores)
     python benchmarks/selection_effect.py --report              # table + plot again from the JSON
@@ -70,7 +80,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,10 +88,14 @@ import torch  # noqa: E402
 
 from results_io import RESULTS, write_result  # noqa: E402
 from adaspec_dist.data.embedded import generate  # noqa: E402
-from adaspec_dist.data.tokenize import tokenize_examples  # noqa: E402
+from adaspec_dist.data.tasks import Example  # noqa: E402
+from adaspec_dist.data.tokenize import supervised_count, tokenize_examples  # noqa: E402
 from adaspec_dist.data.tokenizer import train_sentencepiece  # noqa: E402
-from adaspec_dist.sparse.divergence import dense_alpha, dense_divergence  # noqa: E402
-from adaspec_dist.distill.selection import select_tokens  # noqa: E402
+from adaspec_dist.sparse.divergence import dense_alpha  # noqa: E402
+from adaspec_dist.distill import objectives as obj  # noqa: E402
+from adaspec_dist.distill.batches import TokenStream, collate  # noqa: E402
+from adaspec_dist.distill.engine import EngineConfig, lr_lambda  # noqa: E402
+from adaspec_dist.distill.selection import threshold_groups  # noqa: E402
 from adaspec_dist.models.load import build_preset  # noqa: E402
 
 VOCAB, MAX_LEN, CORPUS = 1024, 128, "stdlib_code"
@@ -103,9 +116,13 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- data
 
-def build_data(work: Path) -> dict:
-    """Tokenizer + padded train/test tensors (ids, mask of supervised positions, next-token targets)."""
+def build_data(work: Path, limit: tuple[int, int] | None = None) -> dict:
+    """Tokenizer + tokenized train/test examples (prompt masked) and, per split, the offsets of each
+    sequence's supervised positions in the concatenation of all of them (``rows_of``). ``limit``:
+    (train, test) sequences to keep (the smoke run)."""
     tr, te = generate(CORPUS, split="train", seed=0), generate(CORPUS, split="test", seed=0)
+    if limit is not None:
+        tr, te = tr[:limit[0]], te[:limit[1]]
     tok_dir = work / "tokenizer"
     if (tok_dir / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
@@ -114,18 +131,12 @@ def build_data(work: Path) -> dict:
         tok = train_sentencepiece([p + a for p, a in tr], VOCAB, tok_dir, seed=0)
     out = {"vocab": len(tok)}
     for split, pairs in (("train", tr), ("test", te)):
-        seqs = tokenize_examples([SimpleNamespace(prompt=p, answer=a) for p, a in pairs], tok, max_length=MAX_LEN)
-        n = len(seqs)
-        ids = torch.zeros(n, MAX_LEN, dtype=torch.long)          # right padding with pad id 0
-        mask = torch.zeros(n, MAX_LEN, dtype=torch.bool)         # position t predicts token t+1
-        for b, s in enumerate(seqs):
-            ids[b, :len(s.input_ids)] = torch.tensor(s.input_ids)
-            mask[b, :len(s.labels) - 1] = torch.tensor(s.labels[1:]) != -100
-        tgt = torch.roll(ids, -1, dims=1)
-        count = mask.sum(1)
-        off = torch.zeros(n + 1, dtype=torch.long)
+        seqs = tokenize_examples([Example(prompt=p, answer=a) for p, a in pairs], tok, max_length=MAX_LEN)
+        # Supervised positions per sequence, as ``collate`` marks them.
+        count = torch.tensor([supervised_count(s) for s in seqs])
+        off = torch.zeros(len(seqs) + 1, dtype=torch.long)
         off[1:] = count.cumsum(0)
-        out[split] = {"ids": ids, "mask": mask, "tgt": tgt, "off": off, "n": n}
+        out[split] = {"examples": seqs, "off": off, "n": len(seqs)}
     return out
 
 
@@ -135,38 +146,58 @@ def rows_of(split: dict, idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.arange(int(off[i]), int(off[i + 1])) for i in idx.tolist()])
 
 
-def logits_at(model, split: dict, idx: torch.Tensor) -> torch.Tensor:
-    """Logits at the supervised positions of sequences ``idx``: (N, V), row-major order.
-
-    No attention mask: padding is on the right and attention is causal, so it never reaches a
-    real position (and the sdpa causal path is faster)."""
-    ids = split["ids"][idx]
-    width = int(split["mask"][idx].any(0).nonzero().max()) + 1   # trim common right padding
-    hidden = model.model(input_ids=ids[:, :width]).last_hidden_state
-    return model.lm_head(hidden[split["mask"][idx][:, :width]])
+def batch_of(split: dict, idx: torch.Tensor):
+    """The package's batch (``collate``) of sequences ``idx``; supervised rows come row-major,
+    i.e. in the order of ``rows_of(split, idx)``."""
+    return collate([split["examples"][i] for i in idx.tolist()])
 
 
-# ----------------------------------------------------------------------------- schedule / batches
-
-def lr_at(step: int, steps: int, peak: float) -> float:
-    warm = max(1, int(0.05 * steps))
-    if step < warm:
-        return peak * (step + 1) / warm
-    t = (step - warm) / max(1, steps - warm)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+def chunks(split: dict, size: int):
+    """(idx, batch) over the whole split in order, ``size`` sequences at a time."""
+    for a in range(0, split["n"], size):
+        idx = torch.arange(a, min(a + size, split["n"]))
+        yield idx, batch_of(split, idx)
 
 
-class Stream:
-    """Seeded epochs of shuffled sequence indices; ``take(n)`` returns the next n."""
+def batches(split: dict, batch_size: int, seed: int):
+    """Endless training batches: the package's ``TokenStream`` (one process), epoch after epoch."""
+    stream = TokenStream(split["examples"], batch_size=batch_size, seed=seed)
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        yield from stream
+        epoch += 1
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.gen, self.buf = n, torch.Generator().manual_seed(seed), torch.empty(0, dtype=torch.long)
 
-    def take(self, k: int) -> torch.Tensor:
-        while len(self.buf) < k:
-            self.buf = torch.cat([self.buf, torch.randperm(self.n, generator=self.gen)])
-        out, self.buf = self.buf[:k], self.buf[k:]
-        return out
+def optimiser(model, lr: float, steps: int, weight_decay: float = 0.0):
+    """AdamW + the package's lr schedule (``lr_lambda``: 5 % linear warm-up, cosine to 10 %)."""
+    cfg = EngineConfig(lr=lr, schedule="cosine", warmup_steps=max(1, int(0.05 * steps)), min_lr_ratio=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps))
+
+
+def step_optimiser(model, opt, sched) -> None:
+    """Clip, step and advance the schedule after the caller's backward()."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def sft_steps(model, split: dict, steps: int, lr: float, seed: int, every: int = 0, on_eval=None) -> None:
+    """``steps`` cross-entropy steps at batch 16 through the package's sft objective."""
+    opt, sched = optimiser(model, lr, steps)
+    stream = batches(split, 16, seed)
+    model.train()
+    for step in range(steps):
+        batch = next(stream)
+        logits = obj.supervised_logits(model, batch)
+        loss, _ = obj.objective("sft", obj.token_losses("sft", logits, batch))
+        loss.backward()
+        step_optimiser(model, opt, sched)
+        if on_eval is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            on_eval(step + 1, float(loss.detach()))
+            model.train()
 
 
 # ----------------------------------------------------------------------------- target
@@ -178,25 +209,14 @@ def train_target(work: Path, data: dict, steps: int, lr: float) -> dict:
     if path.exists() and meta_path.exists():
         model.load_state_dict(torch.load(path))
         return {"model": model.eval(), **json.loads(meta_path.read_text())}
-    tr, te = data["train"], data["test"]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    stream, curve, t0 = Stream(tr["n"], 12345), [], time.time()
-    model.train()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        idx = stream.take(16)
-        logits = logits_at(model, tr, idx)
-        loss = torch.nn.functional.cross_entropy(logits, tr["tgt"][idx][tr["mask"][idx]])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
-            ce = heldout_ce(model, te)
-            curve.append([step + 1, round(ce, 4)])
-            log(f"target step {step + 1}/{steps}: train CE {loss.item():.3f}, held-out CE {ce:.4f}")
-            model.train()
+    curve, t0 = [], time.time()
+
+    def on_eval(step: int, train_ce: float) -> None:
+        ce = heldout_ce(model, data["test"])
+        curve.append([step, round(ce, 4)])
+        log(f"target step {step}/{steps}: train CE {train_ce:.3f}, held-out CE {ce:.4f}")
+
+    sft_steps(model, data["train"], steps, lr, seed=12345, every=max(1, steps // 5), on_eval=on_eval)
     meta = {"steps": steps, "lr": lr, "curve_heldout_ce": curve, "heldout_ce": curve[-1][1],
             "train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters())}
     torch.save(model.state_dict(), path)
@@ -208,22 +228,16 @@ def train_target(work: Path, data: dict, steps: int, lr: float) -> dict:
 def heldout_ce(model, split: dict) -> float:
     model.eval()
     total, n = 0.0, 0
-    for a in range(0, split["n"], 32):
-        idx = torch.arange(a, min(a + 32, split["n"]))
-        lg = logits_at(model, split, idx)
-        total += float(torch.nn.functional.cross_entropy(lg, split["tgt"][idx][split["mask"][idx]], reduction="sum"))
-        n += lg.shape[0]
+    for _, batch in chunks(split, 32):
+        ce = obj.token_losses("sft", obj.supervised_logits(model, batch), batch).l_draft
+        total, n = total + float(ce.sum()), n + ce.shape[0]
     return total / n
 
 
 @torch.no_grad()
 def teacher_logprobs(model, split: dict) -> torch.Tensor:
     """(N_supervised, V) fp16 log-probs of the target at every supervised position, in order."""
-    out = []
-    for a in range(0, split["n"], 32):
-        idx = torch.arange(a, min(a + 32, split["n"]))
-        out.append(logits_at(model, split, idx).float().log_softmax(-1).half())
-    return torch.cat(out)
+    return torch.cat([obj.supervised_logits(model, b).float().log_softmax(-1).half() for _, b in chunks(split, 32)])
 
 
 # ----------------------------------------------------------------------------- drafts
@@ -234,27 +248,25 @@ def evaluate(model, split: dict, teacher: torch.Tensor) -> dict:
     model.eval()
     kl = al = ce = 0.0
     n = 0
-    for a in range(0, split["n"], 64):
-        idx = torch.arange(a, min(a + 64, split["n"]))
-        lg = logits_at(model, split, idx)
+    for idx, batch in chunks(split, 64):
+        lg = obj.supervised_logits(model, batch)
         tl = teacher[rows_of(split, idx)].float()
-        kl += float(dense_divergence(lg, tl, "fkl").sum())
+        kl += float(obj.token_losses("kd", lg, batch, target_NV=tl).l_draft.sum())
         al += float(dense_alpha(lg, tl).sum())
-        ce += float(torch.nn.functional.cross_entropy(lg, split["tgt"][idx][split["mask"][idx]], reduction="sum"))
+        ce += float(obj.token_losses("sft", lg, batch).l_draft.sum())
         n += lg.shape[0]
     model.train()
     return {"kl": kl / n, "alpha": al / n, "ce": ce / n}
 
 
 @torch.no_grad()
-def per_token_kl(model, split: dict, teacher: torch.Tensor) -> torch.Tensor:
-    """L_ref: the reference's forward KL at every supervised train position, (N,) fp32."""
+def reference_losses(model, split: dict, teacher: torch.Tensor) -> torch.Tensor:
+    """L_ref: the reference's forward KL at every supervised train position, (N,) fp32 (the
+    stand-in for the cache's reference column)."""
     model.eval()
-    out = []
-    for a in range(0, split["n"], 64):
-        idx = torch.arange(a, min(a + 64, split["n"]))
-        out.append(dense_divergence(logits_at(model, split, idx), teacher[rows_of(split, idx)].float(), "fkl"))
-    return torch.cat(out)
+    return torch.cat([obj.token_losses("kd", obj.supervised_logits(model, b), b,
+                                       target_NV=teacher[rows_of(split, idx)].float()).l_draft
+                      for idx, b in chunks(split, 64)])
 
 
 def pretrain_draft(work: Path, data: dict, h: int, seed: int, steps: int, lr: float) -> tuple[dict, dict]:
@@ -269,20 +281,9 @@ def pretrain_draft(work: Path, data: dict, h: int, seed: int, steps: int, lr: fl
     if path.exists() and path.with_suffix(".json").exists():
         return torch.load(path), json.loads(path.with_suffix(".json").read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tr, te = data["train"], data["test"]
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    stream, t0 = Stream(tr["n"], 5000 + seed), time.time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        idx = stream.take(16)
-        loss = torch.nn.functional.cross_entropy(logits_at(model, tr, idx), tr["tgt"][idx][tr["mask"][idx]])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    info = {"steps": steps, "lr": lr, "heldout_ce": round(heldout_ce(model, te), 4),
+    t0 = time.time()
+    sft_steps(model, data["train"], steps, lr, seed=5000 + seed)
+    info = {"steps": steps, "lr": lr, "heldout_ce": round(heldout_ce(model, data["test"]), 4),
             "seconds": round(time.time() - t0, 1)}
     torch.save(model.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps(info))
@@ -292,15 +293,22 @@ def pretrain_draft(work: Path, data: dict, h: int, seed: int, steps: int, lr: fl
 
 def train_draft(spec: dict, data: dict, teach: dict, ref_kl: torch.Tensor | None, ckpt: Path | None,
                 init: dict | None = None) -> tuple[dict, object]:
-    """One run. spec: arm, h, seed, steps, batch, lr, k, scope; ``init``: the shared start weights."""
+    """One run. spec: arm, h, seed, steps, batch, lr, k, scope, rule, norm; ``init``: the shared
+    start weights. Every arm's loss is the package's ``objective``: per-token forward KL
+    (``token_losses``), AdaSPEC's selection (``select_tokens`` inside it) and its normalisation.
+    Local scope: one threshold per 1/8 of the step's sequences (``threshold_group``), as the
+    published 8-GPU runs; ``norm`` per_rank divides each of those 8 groups by its own tokens
+    (every arm, so DistillSpec at B = 16 is 8 devices x 2 sequences)."""
     tr, te = data["train"], data["test"]
     model = build_preset("demo-draft", data["vocab"], seed=spec["seed"], **draft_arch(spec["h"])).train()
     if init is not None:
         model.load_state_dict(init)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.0)
-    stream = Stream(tr["n"], 1000 + spec["seed"])
+    opt, sched = optimiser(model, spec["lr"], spec["steps"])
+    stream = batches(tr, spec["batch"], 1000 + spec["seed"])
     rng = torch.Generator().manual_seed(777 + spec["seed"])
     steps, evals = spec["steps"], sorted({round(spec["steps"] * i / 8) for i in range(9)})
+    per_device = math.ceil(spec["batch"] / RANKS)
+    scope = spec.get("scope") or "local"
     curve, t0 = [], time.time()
     kept_frac = []
     for step in range(steps + 1):
@@ -309,30 +317,26 @@ def train_draft(spec: dict, data: dict, teach: dict, ref_kl: torch.Tensor | None
             curve.append({"step": step, **{k: round(v, 5) for k, v in m.items()}})
         if step == steps:
             break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, spec["lr"])
-        idx = stream.take(spec["batch"])
-        rows = rows_of(tr, idx)
-        lg = logits_at(model, tr, idx)
-        l_draft = dense_divergence(lg, teach["train"][rows].float(), "fkl")
+        batch = next(stream)
+        rows = rows_of(tr, batch.seq_ids)
+        lg = obj.supervised_logits(model, batch)
+        losses = obj.token_losses("kd", lg, batch, target_NV=teach["train"][rows].float())
+        groups = threshold_groups(batch.loss_mask, per_device) if scope == "local" else None
+        common = dict(normalization_scope=spec["norm"], groups_N=groups)
         if spec["arm"] in ("adaspec", "random_k"):
-            if spec["arm"] == "random_k":  # control: the same count and loss scale, tokens drawn at random
-                delta = torch.rand(l_draft.shape[0], generator=rng)
+            if spec["arm"] == "random_k":
+                # control: ΔL := U(0, 1) per token, so the same rule keeps the same count at the
+                # same loss scale, but the tokens are random.
+                l_ref = losses.l_draft.detach() - torch.rand(losses.l_draft.shape[0], generator=rng)
             else:
-                delta = l_draft.detach() - ref_kl[rows]
-            if spec["scope"] == "global":
-                keep = select_tokens(delta, spec["k"], "global").keep_N
-            else:  # one threshold per micro-batch: the step's sequences split over RANKS "devices"
-                cnt = [int(c.sum()) for c in torch.tensor_split(tr["mask"][idx].sum(1), RANKS)]
-                keep = torch.cat([select_tokens(d, spec["k"], "local").keep_N for d in torch.split(delta, cnt)])
-            loss = l_draft[keep].sum() / l_draft.shape[0]
-            kept_frac.append(float(keep.float().mean()))
+                l_ref = ref_kl[rows]
+            loss, stats = obj.objective("adaspec", obj.TokenLosses(losses.l_draft, l_ref), fraction=spec["k"],
+                                        scope=scope, rule=spec["rule"], **common)
+            kept_frac.append(stats["kept"] / max(1, stats["tokens"]))
         else:
-            loss = l_draft.mean()
+            loss, _ = obj.objective("kd", losses, **common)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_optimiser(model, opt, sched)
     q = next(c for c in curve if c["step"] == round(0.75 * steps))
     rel = (q["kl"] - curve[-1]["kl"]) / q["kl"]
     if ckpt is not None:
@@ -347,10 +351,12 @@ def train_draft(spec: dict, data: dict, teach: dict, ref_kl: torch.Tensor | None
 
 # ----------------------------------------------------------------------------- experiment plan
 
-def plan(quick: bool) -> list[dict]:
+def plan(quick: bool, smoke: bool = False) -> list[dict]:
     """Groups of (size, seed, settings), main experiment first. Each group trains (or reuses) its
     distillspec reference first; every (k, scope) setting adds an adaspec run and, for local scope,
     the distillspec_wide control at the same batch B/k."""
+    if smoke:  # every code path once: local and global selection, the random control
+        return [{"h": 8, "seed": 0, "settings": [(0.4, "local"), (0.4, "global")], "random": [0.4], "part": "smoke"}]
     if quick:
         return [{"h": 8, "seed": 0, "settings": [(0.4, "local")], "part": "quick"}]
     # random_k: AdaSPEC's batch, kept count and loss scale with the kept tokens drawn at random
@@ -373,11 +379,10 @@ def per_position(model, split: dict, teacher: torch.Tensor) -> tuple[torch.Tenso
     """(α, forward KL) at every supervised position of ``split``, each (N,)."""
     model.eval()
     al, kl = [], []
-    for a in range(0, split["n"], 64):
-        idx = torch.arange(a, min(a + 64, split["n"]))
-        lg, tl = logits_at(model, split, idx), teacher[rows_of(split, idx)].float()
+    for idx, batch in chunks(split, 64):
+        lg, tl = obj.supervised_logits(model, batch), teacher[rows_of(split, idx)].float()
         al.append(dense_alpha(lg, tl))
-        kl.append(dense_divergence(lg, tl, "fkl"))
+        kl.append(obj.token_losses("kd", lg, batch, target_NV=tl).l_draft)
     return torch.cat(al), torch.cat(kl)
 
 
@@ -394,7 +399,7 @@ def hardness_breakdown(work: Path, data, teach, common: dict, init, B: int) -> d
     _, models["distillspec"] = cached_run(work, specs["distillspec"], data, teach, init, keep_model=True)
     ref_kl = None
     if not (work / "runs" / f"{run_name(specs['adaspec'])}.pt").exists():
-        ref_kl = per_token_kl(models["distillspec"], data["train"], teach["train"])
+        ref_kl = reference_losses(models["distillspec"], data["train"], teach["train"])
     for arm in ("distillspec_wide", "adaspec"):
         _, models[arm] = cached_run(work, specs[arm], data, teach, init, ref_kl, keep_model=True)
     per = {arm: per_position(m, te, teach["test"]) for arm, m in models.items()}
@@ -413,7 +418,8 @@ def hardness_breakdown(work: Path, data, teach, common: dict, init, B: int) -> d
 def run_name(spec: dict) -> str:
     base = (f"{spec['arm']}_h{spec['h']}_s{spec['seed']}_p{spec['pretrain_steps']}_n{spec['steps']}"
             f"_b{spec['batch']}_lr{spec['lr']:g}")
-    return base + (f"_k{spec['k']:g}_{spec['scope']}" if spec["arm"] in ("adaspec", "random_k") else "")
+    base += f"_{spec['norm']}"
+    return base + (f"_k{spec['k']:g}_{spec['scope']}_{spec['rule']}" if spec["arm"] in ("adaspec", "random_k") else "")
 
 
 def cached_run(work: Path, spec: dict, data, teach, init, ref_kl=None, keep_model=False):
@@ -439,6 +445,13 @@ def cached_run(work: Path, spec: dict, data, teach, init, ref_kl=None, keep_mode
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short calibration run (smallest draft, one seed)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="plumbing check in about a minute: 300/40 sequences, a few steps, nothing written to results/")
+    ap.add_argument("--rule", choices=["quantile", "exact_k"], default="quantile",
+                    help="selection_rule of the package (default: the published quantile rule)")
+    ap.add_argument("--normalization-scope", choices=["per_rank", "global"], default="per_rank",
+                    help="the package's normalization_scope; per_rank: each of the 8 emulated devices divides "
+                         "by its own tokens (published)")
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps of every arm (default 1000; quick 300)")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="cross-entropy steps of the shared initialisation (default 4000; quick 1000)")
@@ -457,6 +470,11 @@ def main() -> None:
         print(markdown_table(summarise(res["runs"])))
         plot(res["runs"], RESULTS / f"{name}.png")
         return
+    if args.smoke:
+        args.quick = True
+        args.steps, args.target_steps = args.steps or 16, 10
+        args.pretrain_steps = args.pretrain_steps if args.pretrain_steps is not None else 8
+        args.work = args.work if args.work != "runs/selection_effect" else "runs/selection_effect_smoke"
     steps = args.steps or (300 if args.quick else 1000)
     pre_steps = args.pretrain_steps if args.pretrain_steps is not None else (1000 if args.quick else 4000)
     torch.set_num_threads(1)
@@ -465,7 +483,7 @@ def main() -> None:
     (work / "runs").mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    data = build_data(work)
+    data = build_data(work, limit=(300, 40) if args.smoke else None)
     log(f"data: {data['train']['n']} train / {data['test']['n']} test sequences, "
         f"{int(data['train']['off'][-1])} / {int(data['test']['off'][-1])} supervised tokens, vocab {data['vocab']}")
     target = train_target(work, data, args.target_steps, args.target_lr)
@@ -478,17 +496,17 @@ def main() -> None:
 
     B = args.batch
     results, pretrained = [], {}
-    for g in plan(args.quick):
+    for g in plan(args.quick, args.smoke):
         init, info = pretrain_draft(work, data, g["h"], g["seed"], pre_steps, args.pretrain_lr)
         pretrained[f"h{g['h']}_s{g['seed']}"] = info
         common = {"h": g["h"], "seed": g["seed"], "steps": steps * g.get("steps_factor", 1), "lr": args.lr,
-                  "pretrain_steps": pre_steps,
+                  "pretrain_steps": pre_steps, "rule": args.rule, "norm": args.normalization_scope,
                   "part": g["part"]}
         ref, ref_model = cached_run(work, {**common, "arm": "distillspec", "batch": B}, data, teach, init,
                                     keep_model=True)
         if all(r.get("name") != ref["name"] for r in results):
             results.append(ref)
-        ref_kl = per_token_kl(ref_model, data["train"], teach["train"])
+        ref_kl = reference_losses(ref_model, data["train"], teach["train"])
         for k, scope in g["settings"]:
             wide = round(B / k)
             results.append(cached_run(work, {**common, "arm": "adaspec", "batch": wide, "k": k, "scope": scope},
@@ -503,12 +521,17 @@ def main() -> None:
     breakdown = None
     if not args.quick:
         breakdown = hardness_breakdown(work, data, teach, {"h": 8, "seed": 0, "steps": steps, "lr": args.lr,
-                                                           "pretrain_steps": pre_steps, "part": "main"},
+                                                           "pretrain_steps": pre_steps, "rule": args.rule,
+                                                           "norm": args.normalization_scope, "part": "main"},
                                        pretrain_draft(work, data, 8, 0, pre_steps, args.pretrain_lr)[0], B)
     wall = time.time() - t_start
     compute = (target["train_seconds"] + sum(v.get("seconds", 0) for v in pretrained.values())
                + sum(r["seconds"] for r in results))
     summary = summarise(results)
+    if args.smoke:  # plumbing only: nothing written to benchmarks/results
+        print(markdown_table(summary))
+        log(f"smoke run done ({wall:.0f} s)")
+        return
     name = "selection_effect_quick" if args.quick else "selection_effect"
     out = write_result(name, {
         "question": "does AdaSPEC's token selection raise acceptance over plain KD at equal optimiser steps "
@@ -527,6 +550,9 @@ def main() -> None:
         "optimiser": {"name": "AdamW", "weight_decay": 0.0, "peak_lr": args.lr, "steps_every_arm": steps,
                       "schedule": "5% linear warm-up, cosine to 10% of peak", "grad_clip": 1.0,
                       "batch_distillspec": B, "local_selection_groups_per_step": RANKS},
+        "selection": {"rule": args.rule, "normalization_scope": args.normalization_scope,
+                      "implementation": "the package's token_losses / objective / select_tokens, collate + "
+                                        "TokenStream batches, lr_lambda schedule"},
         "plateau_criterion": f"(KL@0.75S - KL@S)/KL@0.75S < {PLATEAU_REL} on held-out forward KL",
         "alpha": "mean over held-out supervised positions of sum_x min(p,q), teacher-forced, full vocabulary",
         "summary": summary, "hardness_breakdown_h8_seed0": breakdown, "runs": results,

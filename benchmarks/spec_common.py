@@ -62,6 +62,7 @@ def target_text(target, n_seqs: int, prompt_len: int, new_tokens: int, seed: int
 def distill_draft(target, n_seqs: int, seq_len: int, steps: int, seed: int = 0) -> torch.nn.Module:
     """Forward-KL distillation of a demo-draft on the target's teacher-forced distributions over
     random token sequences (uniform coverage of the small vocabulary)."""
+    from adaspec_dist.distill import objectives as obj
     from adaspec_dist.models.load import build_preset
 
     dev = next(target.parameters()).device
@@ -73,8 +74,10 @@ def distill_draft(target, n_seqs: int, seq_len: int, steps: int, seed: int = 0) 
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         rows = torch.randint(0, len(ids), (16,), generator=gen).to(dev)
-        logq = torch.log_softmax(draft(ids[rows]).logits, -1)
-        loss = torch.nn.functional.kl_div(logq, teacher[rows], log_target=True, reduction="none").sum(-1).mean()
+        # The package's kd objective (online teacher: full log-probs as its logits) on every position.
+        losses = obj.token_losses("kd", draft(ids[rows]).logits.flatten(0, 1), None,
+                                  target_NV=teacher[rows].flatten(0, 1))
+        loss, _ = obj.objective("kd", losses)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -7,7 +7,7 @@ full-vocab loss needs them; or a top-k SparseTarget built in row chunks, as the 
 over) and loss + backward are computed. The logits' gradient (N x V) is counted in both. Peak memory = the rise of the process's max RSS
 (getrusage ru_maxrss) over the level after the student logits existed — big tensors are mmap'd
 by the allocator, so RSS follows them. N = 512 positions, V = 50304 (Pythia vocabulary), K = 64,
-forward KL. Usage: python benchmarks/train_loss_memory.py
+forward KL, reduced by the package's ``objective``. Usage: python benchmarks/train_loss_memory.py
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
 from adaspec_dist.sparse.target import SparseTarget
-from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
+from adaspec_dist.distill import objectives as obj
+from adaspec_dist.sparse.divergence import per_token_divergence
 mode, n, v, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 g = torch.Generator().manual_seed(0)
 student = torch.randn(n, v, generator=g).mul_(2).requires_grad_(True)  # no temporary
@@ -40,10 +41,10 @@ if mode == "sparse":
         vals.append(top.values)
     target = SparseTarget(ids=torch.cat(ids), logp=torch.cat(vals), weights=None, scheme="topk")
     base = rss()
-    loss = per_token_divergence(student, target, "fkl").mean()
+    loss, _ = obj.objective("kd", obj.TokenLosses(per_token_divergence(student, target, "fkl"), None))
 else:
     teacher = torch.randn(n, v, generator=g).mul_(2)  # the online teacher's full logits
-    loss = dense_divergence(student, teacher, "fkl").mean()
+    loss, _ = obj.objective("kd", obj.token_losses("kd", student, None, target_NV=teacher))
 loss.backward()
 print(json.dumps({"peak_bytes": rss() - base}))
 """
