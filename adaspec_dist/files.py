@@ -38,6 +38,12 @@ class ClaimError(ValueError):
     """Another job holds the directory (one line: which directory, who holds it, what to do)."""
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/adaspec_dist`` (default ``~/.cache/adaspec_dist``): what is derived once per
+    user and reused by every run (the stdlib corpus, GGUF conversions)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adaspec_dist"
+
+
 def tmp_path(path: str | os.PathLike) -> Path:
     """A temp sibling of ``path`` unique to this process and call (``NAME.<pid>.<hex>.tmp``)."""
     path = Path(path)

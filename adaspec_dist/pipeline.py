@@ -157,7 +157,7 @@ class PipelineConfig:
         build_config(DataConfig, train_data(self), prefix="data.")
         build_config(DataConfig, merge(train_data(self), self.eval_data), prefix="eval_data.")
         build_config(ModelConfig, self.target, prefix="target.")
-        build_config(ModelConfig, self.draft, prefix="draft.")
+        build_config(ModelConfig, draft_init(self), prefix="draft.")
         if self.tokenizer_train is not None:
             build_config(TokenizerTrainConfig, self.tokenizer_train, prefix="tokenizer_train.")
         if self.train_data == "draft" and not self.generate_model:
@@ -244,7 +244,7 @@ def tokenizer_path(cfg: PipelineConfig) -> str:
         return cfg.tokenizer
     if cfg.tokenizer_train is not None:
         return _paths(cfg)["tokenizer"]
-    return cfg.target["name_or_path"]
+    return build_config(ModelConfig, cfg.target, prefix="target.").files
 
 
 def target_model(cfg: PipelineConfig) -> dict:
@@ -252,6 +252,16 @@ def target_model(cfg: PipelineConfig) -> dict:
     if cfg.sft is not None:
         return {"name_or_path": str(Path(_paths(cfg)["target_train"]) / EXPORT_SUBDIR)}
     return dict(cfg.target)
+
+
+def draft_init(cfg: PipelineConfig) -> dict:
+    """The draft section every draft-training stage starts from; a ``from_target`` draft without its
+    own ``target`` is made from the pipeline's target (the sft export when sft runs)."""
+    draft = dict(cfg.draft)
+    from_target = draft.get("from_target")
+    if isinstance(from_target, dict) and not from_target.get("target"):
+        draft["from_target"] = {**from_target, "target": target_model(cfg)}
+    return draft
 
 
 def train_data(cfg: PipelineConfig) -> dict:
@@ -319,18 +329,18 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                             record=str(Path(p["configs"]) / f"{name}.yaml"),
                             outputs=[str(Path(p[name]) / "manifest.json")], workdir=p[name]))
     common = {"cache_dir": p["cache_train"], "eval_cache_dir": p["cache_eval"], "divergence": cfg.divergence}
-    stages.append(_train_stage("reference", cfg, objective="kd", out_dir=p["reference"], init=cfg.draft,
+    stages.append(_train_stage("reference", cfg, objective="kd", out_dir=p["reference"], init=draft_init(cfg),
                                section=cfg.reference, extra=common))
     ref_export = str(Path(p["reference"]) / EXPORT_SUBDIR)
     stages.append(Stage("add_reference", "add_reference",
                         ReferenceConfig(cache_dir=p["cache_train"], model=ref_export, divergence=cfg.divergence),
                         outputs=[str(Path(p["cache_train"]) / "manifest.json")]))
-    stages.append(_train_stage("adaspec", cfg, objective="adaspec", out_dir=p["adaspec"], init=cfg.draft,
+    stages.append(_train_stage("adaspec", cfg, objective="adaspec", out_dir=p["adaspec"], init=draft_init(cfg),
                                section=cfg.adaspec, extra=common))
     drafts = {"distillspec": ref_export, "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}
     if cfg.distillspec_wide is not None:
         stages.append(_train_stage("distillspec_wide", cfg, objective="kd", out_dir=p["distillspec_wide"],
-                                   init=cfg.draft, section=merge(wide_section(cfg.adaspec), cfg.distillspec_wide),
+                                   init=draft_init(cfg), section=merge(wide_section(cfg.adaspec), cfg.distillspec_wide),
                                    extra=common))
         drafts["distillspec_wide"] = str(Path(p["distillspec_wide"]) / EXPORT_SUBDIR)
     eval_conf = merge({"target": target, "tokenizer": tok, "data": eval_data, "seed": cfg.seed,

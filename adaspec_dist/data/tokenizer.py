@@ -14,7 +14,8 @@ Contract
   and "\\n"/"\\t" as atomic symbols. The HF side uses the same vocabulary and merges.
 * Deterministic: the same texts (in the same order), vocab size and seed give the same
   vocabulary (sentencepiece's seed fixed, one thread, input not shuffled or sampled).
-* ``load_tokenizer(name_or_path)``: ``AutoTokenizer``; a missing pad token becomes EOS (logged).
+* ``load_tokenizer(name_or_path)``: ``AutoTokenizer``; a missing pad token becomes EOS (logged). A
+  ``.gguf`` file or ``package:`` spec loads the tokenizer of its converted directory (models/source.py).
 * ``vocab_fingerprint(tokenizer)``: sha256 of the sorted (token, id) vocabulary, including
   added tokens: two tokenizers with equal fingerprints map every token to the same id.
 * ``embedded_tokenizer_corpus(seed)``: the texts the demo tokenizer is trained on (train
@@ -35,6 +36,7 @@ from typing import Iterable
 from adaspec_dist.data import embedded
 from adaspec_dist.files import atomic_write_text
 from adaspec_dist.hub import hub_access, looks_like_hub_id
+from adaspec_dist.models.source import local_model
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """``AutoTokenizer.from_pretrained``; sets pad = eos when the tokenizer has no pad token."""
     from transformers import AutoTokenizer
 
-    name = str(name_or_path)
+    name = local_model(str(name_or_path))  # a GGUF's converted directory, a package's file
     if not Path(name).exists() and not looks_like_hub_id(name):
         raise ValueError(f"cannot load tokenizer '{name}' (no such directory); pass a directory written by "
                          "save_pretrained or a hub id")

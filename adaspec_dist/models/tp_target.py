@@ -44,6 +44,7 @@ import torch
 
 from adaspec_dist.models import vocab_parallel as vp
 from adaspec_dist.models.load import resolve_dtype
+from adaspec_dist.models.source import local_model
 from adaspec_dist.models.tensor_parallel import load_tp_model
 from adaspec_dist.sparse.target import SparseTarget, draw_uniforms, merge_draws
 
@@ -97,7 +98,7 @@ def load_tp_target(name_or_path: str | os.PathLike | None, *, tp_group: Any, dev
         raise ValueError("a tensor-parallel target needs name_or_path (an HF checkpoint directory to slice), "
                          "not a preset")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
-    model = load_tp_model(name_or_path, tp_group=tp_group, dtype=torch_dtype, device=device)
+    model = load_tp_model(local_model(str(name_or_path)), tp_group=tp_group, dtype=torch_dtype, device=device)
     return TPTargetLM(model, seed=seed)
 
 

@@ -216,11 +216,11 @@ def _width(model) -> int:
 
 def task_inputs(cfg: EvalConfig):
     """(prompts, held-out sequences, eos id, tokenizer length) from the task split ``cfg.data``."""
-    tok_path = cfg.tokenizer or cfg.target.name_or_path
+    tok_path = cfg.tokenizer or cfg.target.files
     if not tok_path:
         raise ValueError("eval with data needs a tokenizer: set tokenizer=PATH (or a target directory holding one)")
     tokenizer = load_tokenizer(tok_path)
-    examples = load_examples(cfg.data)[: cfg.num_prompts]
+    examples = load_examples(cfg.data, tokenizer=tokenizer)[: cfg.num_prompts]
     prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
     held_out = tokenize_examples(examples, tokenizer, max_length=cfg.data.max_length)
     _check_draft_tokenizers(cfg, tokenizer)
@@ -294,7 +294,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if ps.dp_size != 1:
         raise ValueError(f"eval runs one tensor-parallel group: launch exactly tp={cfg.tp} processes, "
                          f"not {ps.world_size}")
-    target = load_tp_target(cfg.target.name_or_path, tp_group=ps.tp_group, device=ps.device,
+    target = load_tp_target(cfg.target.files, tp_group=ps.tp_group, device=ps.device,
                             dtype=cfg.target.dtype, seed=cfg.seed)
     return _evaluate(cfg, ps.device, target, is_main=ps.is_main)
 

@@ -187,11 +187,11 @@ def _claim(out_dir: Path, fingerprint: str, me) -> DirectoryClaim | None:
 def generate(cfg: GenerateConfig) -> dict | None:
     """The job (module contract); the manifest on global rank 0, None elsewhere."""
     cfg.validate()
-    tok_path = cfg.tokenizer or cfg.model.name_or_path
+    tok_path = cfg.tokenizer or cfg.model.files
     if not tok_path:
         raise ValueError("generate needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
     tokenizer = load_tokenizer(tok_path)
-    examples = load_examples(cfg.data)
+    examples = load_examples(cfg.data, tokenizer=tokenizer)
     if not examples:
         raise ValueError("generate: the data split has no prompts; check data.task/split/limit")
     prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
