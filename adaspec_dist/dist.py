@@ -23,6 +23,10 @@ job around it (the online TP teacher of a purely data-parallel trainer). Collect
 use; cached per ``tp_size`` (and per default process group), so every rank creates each group
 once and in the same order as long as all ranks ask for the same sizes in the same order.
 
+Rendezvous: when the launcher variables say ``WORLD_SIZE > 1`` (and torchrun's agent does not host
+the store), the ranks meet within ``ADASPEC_RENDEZVOUS_TIMEOUT`` seconds (default 60) or every
+rank fails with one line naming the variables and their likely cause (:func:`rendezvous`).
+
 This module is the only creator of process groups. Library code receives groups from here as
 arguments; it never reads globals nor calls ``new_group``.
 """
@@ -200,6 +204,58 @@ def grid_groups(tp_size: int, *, what: str = "tensor-parallel size") -> Grid:
     return _grids[tp_size]
 
 
+RENDEZVOUS_ENV = "ADASPEC_RENDEZVOUS_TIMEOUT"
+"""Seconds every rank waits for the others to meet (default 60); collectives keep their own timeout."""
+
+
+def rendezvous_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    env = os.environ if environ is None else environ
+    raw = env.get(RENDEZVOUS_ENV, "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{RENDEZVOUS_ENV}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _launcher_vars(env: LaunchEnv) -> str:
+    if env.source == "slurm":
+        return f"SLURM_PROCID={env.rank} SLURM_NTASKS={env.world_size}"
+    return f"RANK={env.rank} WORLD_SIZE={env.world_size} MASTER_ADDR={env.master_addr} MASTER_PORT={env.master_port}"
+
+
+def rendezvous(env: LaunchEnv, timeout_s: float, collective_timeout_s: float = 1800) -> Any:
+    """The TCP store every rank meets at, or None (torch's own rendezvous: a single process, or
+    torchrun, whose agent hosts the store after its own rendezvous).
+
+    Rank 0 hosts it and waits at most ``timeout_s`` for all ``world_size`` ranks to connect; the
+    others wait as long for rank 0. Then the store gets the long (collective) timeout back. Without
+    this, variables left in a shell by an earlier torchrun / Slurm job (RANK=0 WORLD_SIZE=2) made a
+    job wait silently for a peer that never comes, for the full 30-minute collective timeout."""
+    if env.world_size == 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    import datetime
+
+    import torch.distributed as dist
+
+    try:
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=env.rank == 0,
+                              timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=True,
+                              multi_tenant=True)
+    except (RuntimeError, OSError) as err:  # DistStoreError / DistNetworkError, a refused or timed-out wait
+        who = "the other ranks" if env.rank == 0 else f"rank 0 at {env.master_addr}:{env.master_port}"
+        raise ValueError(f"rank {env.rank} of {env.world_size} waited {timeout_s:.0f} s for {who} and none came "
+                         f"({_launcher_vars(env)} in the environment; {type(err).__name__}); variables left by an "
+                         "earlier torchrun/Slurm job? unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT to run "
+                         f"one process, or start every rank (torchrun --nproc_per_node {env.world_size} ...); "
+                         f"{RENDEZVOUS_ENV}=SECONDS waits longer") from None
+    # Met: later waits on the store (new groups, a rank still loading a model) get the long timeout.
+    store.set_timeout(datetime.timedelta(seconds=collective_timeout_s))
+    return store
+
+
 def init_distributed(tp_size: int = 1, *, backend: str | None = None, timeout_s: float = 1800) -> ParallelState:
     """Initialise torch.distributed from the launcher's environment and build the TP x DP grid."""
     import datetime
@@ -229,7 +285,8 @@ def init_distributed(tp_size: int = 1, *, backend: str | None = None, timeout_s:
         os.environ.setdefault("RANK", str(env.rank))
         os.environ.setdefault("WORLD_SIZE", str(env.world_size))
         os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+        store = rendezvous(env, rendezvous_timeout_s(), timeout_s)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, store=store,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         logger.info("initialised %s rank %d/%d (from %s launcher env)", backend, env.rank,
                     env.world_size, env.source)
