@@ -204,6 +204,18 @@ def grid_groups(tp_size: int, *, what: str = "tensor-parallel size") -> Grid:
     return _grids[tp_size]
 
 
+def check_device(name: str, key: str = "device") -> None:
+    """One-line ValueError naming ``key`` when ``name`` is not a device torch knows ("auto" is)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"config key '{key}' = {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+
+
 RENDEZVOUS_ENV = "ADASPEC_RENDEZVOUS_TIMEOUT"
 """Seconds every rank waits for the others to meet (default 60); collectives keep their own timeout."""
 

@@ -59,6 +59,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -213,7 +214,9 @@ class Stage:
         return ["--config", self.record] if self.record else []
 
     def command_line(self) -> str:
-        return " ".join(["adaspec-dist", self.command or "pipeline RECIPE --stage " + self.name, *self.cli_args()])
+        # Quoted: a run_dir with a space or `$(...)` must paste into a shell as one argument, inert.
+        return " ".join(["adaspec-dist", self.command or "pipeline RECIPE --stage " + self.name,
+                         *map(shlex.quote, self.cli_args())])
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:

@@ -9,7 +9,8 @@ Contract
   Only this package parses arguments or prints; library code logs.
 * Modules are imported only for the subcommand being run, so ``adaspec-dist --help`` and
   ``import adaspec_dist.cli`` need neither torch, deepspeed nor megatron-core.
-* A user error (``ConfigError`` / ``ValueError`` / ``FileNotFoundError``) is one line on stderr,
+* A user error (``ConfigError`` / ``ValueError`` / ``OSError``, and the foreign errors a user's
+  damaged files cause: ``foreign_user_error``) is one line on stderr, on a line of its own,
   ``adaspec-dist COMMAND: error: ...``, and exit code 2.
 * Only subcommands that work are listed; the README's command table is checked against this one
   by a test.
@@ -53,7 +54,8 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str |
         prog="adaspec-dist",
         description="Selective knowledge distillation (AdaSPEC) of draft models for speculative decoding.",
     )
-    parser.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=log_level,
+                        help="python logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     parser.add_argument("--version", action="version", version=f"adaspec-dist {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.subcommand_parsers = {}
@@ -68,6 +70,13 @@ def build_parser(table: dict[str, tuple[str, str]] | None = None, *, load: str |
                 p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
                 p.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def log_level(name: str) -> str:
+    """A logging level name (any case) or number; anything else is refused (it used to mean INFO)."""
+    if name.isdigit() or name.upper() in logging.getLevelNamesMapping():
+        return name.upper()
+    raise argparse.ArgumentTypeError(f"unknown level {name!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
 def usage_examples(doc: str | None) -> list[str]:
@@ -122,6 +131,67 @@ def one_line(err: BaseException) -> str:
     return text
 
 
+def _error_line(command: str, message: str) -> None:
+    """The error on a line of its own: a progress bar the error interrupted (tqdm, on stderr) is
+    closed first, which ends its line."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    print(f"adaspec-dist {command}: error: {message}", file=sys.stderr)
+
+
+# Files a user hands us, by suffix: what a foreign library's error is about (it rarely names it).
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def files_in_traceback(err: BaseException, suffixes: tuple[str, ...]) -> list[str]:
+    """Existing files with one of ``suffixes`` held in the local variables of the frames ``err``
+    (and its causes) passed through: the file a library was reading when it failed."""
+    import os
+    import traceback
+
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for frame, _ in traceback.walk_tb(err.__traceback__):
+            for value in frame.f_locals.values():
+                for item in (value if isinstance(value, (list, tuple)) else [value]):
+                    if isinstance(item, (str, os.PathLike)) and str(item).endswith(suffixes) and os.path.isfile(item):
+                        found[os.path.abspath(item)] = None
+        err = err.__cause__ or err.__context__
+    return list(found)
+
+
+def _root_message(err: BaseException) -> str:
+    """The innermost cause's message, on one line (the outer ones of datasets say nothing)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return one_line(err)
+
+
+def foreign_user_error(err: BaseException) -> str | None:
+    """One line for an error that a library raises on a user's damaged file, else None (a bug:
+    the traceback stays). datasets: a data file that is not what its suffix says; safetensors: a
+    truncated or corrupt model file."""
+    name = f"{type(err).__module__}.{type(err).__name__}"
+    if name.startswith("datasets.") and type(err).__name__ in ("DatasetGenerationError", "DatasetGenerationCastError"):
+        files = files_in_traceback(err, _DATA_SUFFIXES)
+        where = f"data file '{files[0]}'" if len(files) == 1 else \
+            ("data files " + ", ".join(f"'{f}'" for f in files)) if files else "the data files"
+        return (f"cannot read {where}: {_root_message(err)}; a .jsonl file needs one JSON object per line "
+                "(a .json file: a list of objects) with the task's columns: fix or remove the bad rows")
+    if type(err).__name__ == "SafetensorError":
+        files = files_in_traceback(err, _MODEL_SUFFIXES)
+        where = f"model file '{files[0]}'" if files else "a model's safetensors file"
+        return (f"{where} cannot be read ({one_line(err)}): it is truncated or corrupt; download or save the "
+                "model again")
+    return None
+
+
 def version() -> str:
     """The installed distribution's version (the source tree's when not installed)."""
     from importlib.metadata import PackageNotFoundError, version as dist_version
@@ -167,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"adaspec-dist {command} takes no config overrides: {' '.join(overrides)}")
         args.overrides = list(args.overrides or []) + overrides
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    logging.basicConfig(level=int(args.log_level) if args.log_level.isdigit() else args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.command:
         parser.print_help()
@@ -178,7 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as err:
         # User errors get one clear line, not a traceback. OSError covers what a user's paths cause
         # (missing, not a directory, read-only, no permission); its message names the path.
-        print(f"adaspec-dist {args.command}: error: {one_line(err)}", file=sys.stderr)
+        _error_line(args.command, one_line(err))
+        return 2
+    except Exception as err:  # noqa: BLE001  (only the foreign errors a user's files cause; others re-raise)
+        message = foreign_user_error(err)
+        if message is None:
+            raise
+        _error_line(args.command, message)
         return 2
     except Preempted as stopped:
         if as_program:

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from adaspec_dist.cli.config_help import add_print_config, job_config
-from adaspec_dist.dist import launch_env
+from adaspec_dist.dist import check_device, launch_env
 from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
 from adaspec_dist.speculative.report import format_table
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                      "target.name_or_path=DIR drafts.kd=DIR")
     if cfg is None:
         return 0
+    check_device(cfg.device)  # before any model loads: torch's own error is a traceback
     result = evaluate(cfg)
     if launch_env().rank == 0:
         print(format_table(result))

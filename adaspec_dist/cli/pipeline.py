@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from adaspec_dist.cli.config_help import add_print_config, describe_config
-from adaspec_dist.config import recipe_mapping
+from adaspec_dist.config import ConfigError, recipe_mapping
 from adaspec_dist.dist import launch_env
 from adaspec_dist.pipeline import PipelineConfig, budget_line, load_pipeline_config, plan, run_pipeline
 
@@ -43,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_pipeline_config(args.recipe, args.overrides)
     if args.dry_run:
         world = launch_env().world_size
-        for i, s in enumerate(plan(cfg), 1):
+        stages = plan(cfg)
+        names = [s.name for s in stages]
+        for n in (args.only or []) + (args.force or []):  # as the real run refuses them
+            if n not in names:
+                raise ConfigError(f"unknown stage '{n}'; this recipe's stages are: {', '.join(names)}")
+        for i, s in enumerate(stages, 1):
             print(f"{i}. {s.name:16s} {s.command_line()}")
             line = budget_line(cfg, s, world)
             if line:

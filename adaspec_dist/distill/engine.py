@@ -124,8 +124,15 @@ class EngineConfig:
             raise ValueError(f"engine.schedule '{self.schedule}' must be one of {list(SCHEDULES)}")
         if self.micro_batch_size < 1 or self.grad_accum < 1:
             raise ValueError("engine.micro_batch_size and engine.grad_accum must be >= 1")
-        if self.lr <= 0:
+        if not self.lr > 0:  # "not >": NaN fails it too
             raise ValueError(f"engine.lr must be positive, got {self.lr}")
+        # Silently clamped before (warmup -5 meant 0): a sign error should be told, not absorbed.
+        if self.warmup_steps < 0:
+            raise ValueError(f"engine.warmup_steps must be >= 0 (0 = no warmup), got {self.warmup_steps}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"engine.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"engine.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 def _resolve_json(name: str) -> Path:

@@ -38,8 +38,9 @@ class SamplingConfig:
     """Nucleus sampling mass in (0, 1]; 1 disables it. Applied to target and draft alike."""
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature {self.temperature} must be >= 0 (0 = greedy)")
+        # Written as "not >= 0" so that NaN (which fails every comparison) is refused too.
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature {self.temperature} must be a finite number >= 0 (0 = greedy)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p {self.top_p} must be in (0, 1]; use 1.0 to disable nucleus sampling")
 
