@@ -11,7 +11,8 @@ and reference when this objective needs them, the eval reader, then the job's ex
 and, on the main rank, the resolved config and a tensorboard writer in ``run_dir``. Nothing is
 written before every check has passed. It refuses (ValueError, one line) a
 cache whose reference column was computed with another divergence, an adaspec run with no L_ref
-at all, and a draft whose vocabulary differs from the cache's / tokenizer's.
+at all, and a draft whose vocabulary differs from the cache's / tokenizer's, or from the online
+target's / reference's (models/vocab.py: head rows, and the tokenizers saved with the models).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from adaspec_dist.distill.state import DataStream, Run
 from adaspec_dist.files import claim_for_job
 from adaspec_dist.models.load import ModelConfig, load_causal_lm
 from adaspec_dist.models.tp_target import OnlineTPTeacher
+from adaspec_dist.models.vocab import check_same_vocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -79,6 +81,7 @@ def setup(cfg: TrainConfig) -> Run:
         need_target = False
     target = _frozen(cfg.target, vocab, ps.device) if need_target else None
     reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
+    _check_vocabularies(cfg, draft, target, reference, tokenizer)
     eval_reader = None
     if cfg.eval_cache_dir:
         eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
@@ -97,6 +100,18 @@ def setup(cfg: TrainConfig) -> Run:
     return Run(cfg=cfg, ps=ps, engine=engine, stream=stream, eval_reader=eval_reader, target=target,
                reference=reference, tokenizer=tokenizer, writer=writer, total_steps=total, budget=budget,
                tp_teacher=tp_teacher, claim=claim)
+
+
+def _check_vocabularies(cfg: TrainConfig, draft: torch.nn.Module, target: torch.nn.Module | None,
+                        reference: torch.nn.Module | None, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """The online teacher and reference share the draft's vocabulary (head rows), and every
+    tokenizer saved with a model (and the run's) is the same: asked of the models themselves."""
+    others = {name: m for name, m in (("the target", target), ("the reference", reference)) if m is not None}
+    dirs = {"the draft": cfg.draft.files, "the run's tokenizer": cfg.tokenizer,
+            "the target": cfg.target.files if cfg.target is not None and target is not None else None,
+            "the reference": cfg.reference.files if cfg.reference is not None and reference is not None else None}
+    check_same_vocab(draft, others, reference_name="the draft",
+                     tokenizer_len=len(tokenizer) if tokenizer is not None else None, dirs=dirs)
 
 
 def stream_lacks_reference(stream: DataStream) -> bool:

@@ -131,3 +131,17 @@ def test_train_into_a_run_of_another_config_is_refused_naming_the_keys(finished_
     assert "lr: 0.001" in (copy / "config.yaml").read_text()
     both = run_cli(_args(tok, copy, "max_steps=1", "--force", "--resume"), check=False)
     assert both.returncode == 2 and "drop --resume" in both.stderr.strip().splitlines()[-1]
+
+
+def test_an_online_target_of_another_vocabulary_is_refused(finished_run, tmp_path):
+    from adaspec_dist.models.load import build_preset, save_hf
+
+    tok, _ = finished_run
+    save_hf(build_preset("tiny-llama", 2048), tmp_path / "target")
+    proc = run_cli(["train", "objective=kd", "teacher_mode=online", f"target.name_or_path={tmp_path / 'target'}",
+                    "draft.preset=tiny-llama", f"tokenizer={tok}", "data.task=arith", "data.limit=4",
+                    "data.max_length=32", "max_steps=1", f"run_dir={tmp_path / 'run'}"], check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the target has 2048 vocabulary rows but the draft has 640: they do not share a tokenizer" in err[-1]
+    assert not (tmp_path / "run").exists()
