@@ -61,9 +61,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# errno -> what a user can do about it, when a write fails for lack of room.
+_ROOM = {errno.ENOSPC: "free space on that filesystem (or write elsewhere) and rerun the same command",
+         errno.EDQUOT: "free space within your quota (or write elsewhere) and rerun the same command",
+         errno.EFBIG: "the file-size limit (ulimit -f) is below the file's size: raise it and rerun the same command"}
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its filename: a failed write() (disk full, file-size limit) carries
+    none, and the one-line error then named no file. The fix is said for the cases of room."""
+    if err.filename is not None:
+        return err
+    reason = err.strerror or str(err)
+    if err.errno in _ROOM:
+        reason = f"{reason}; {_ROOM[err.errno]}"
+    return type(err)(err.errno, reason, str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
