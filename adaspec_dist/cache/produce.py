@@ -445,7 +445,7 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
     tok_path = cfg.tokenizer or cfg.model.files
     if not tok_path:
         raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = load_tokenizer(tok_path, model_key=None if cfg.tokenizer else "model.name_or_path")
     generated_info: dict = {}
     if cfg.generated is not None:  # on-policy data (data/generated.py): the λ-mixture of its rows and data's answers
         sequences, generated_info = generated_sequences(cfg.data, tokenizer, cfg.generated, cfg.generated_fraction,

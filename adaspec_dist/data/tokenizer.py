@@ -92,12 +92,17 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_dir: str | os
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | os.PathLike):
-    """``AutoTokenizer.from_pretrained``; sets pad = eos when the tokenizer has no pad token."""
+def load_tokenizer(name_or_path: str | os.PathLike, *, model_key: str | None = None):
+    """``AutoTokenizer.from_pretrained``; sets pad = eos when the tokenizer has no pad token.
+    ``model_key``: the config key of the model whose directory this is (its own tokenizer is read,
+    no ``tokenizer`` key set), so that a missing directory is reported as the model's."""
     from transformers import AutoTokenizer
 
     name = local_model(str(name_or_path))  # a GGUF's converted directory, a package's file
     if not Path(name).exists() and not looks_like_hub_id(name):
+        if model_key:
+            raise ValueError(f"model directory '{name}' ({model_key}) does not exist; train or download it first, "
+                             "or fix the path")
         raise ValueError(f"cannot load tokenizer '{name}' (no such directory); pass a directory written by "
                          "save_pretrained or a hub id")
     access = {} if Path(name).exists() else hub_access(name, "tokenizer")

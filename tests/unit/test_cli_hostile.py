@@ -92,3 +92,11 @@ def test_a_truncated_safetensors_model_is_one_line_naming_the_file(capsys, tmp_p
     assert code == 2
     line = _one_line(capsys)
     assert f"model file '{weights}' cannot be read (" in line and "truncated or corrupt" in line, line
+
+
+def test_a_missing_model_directory_is_reported_as_the_model(capsys, tmp_path):
+    """cache reads the tokenizer from the model's directory when none is set: a missing directory is the
+    model's, not a "cannot load tokenizer"."""
+    assert main(["cache", f"model.name_or_path={tmp_path / 'nope'}", "data.task=arith", f"out_dir={tmp_path / 'c'}"]) == 2
+    line = _one_line(capsys)
+    assert f"model directory '{tmp_path / 'nope'}' (model.name_or_path) does not exist" in line, line
