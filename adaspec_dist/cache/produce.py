@@ -48,6 +48,7 @@ from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.files import DirectoryClaim, remove_stale_tmp
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count, weights_fingerprint
+from adaspec_dist.models.logits import masked_logits
 from adaspec_dist.models.tp_target import make_target_fn
 from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
                                         sampled_targets, topk_targets)
@@ -154,8 +155,7 @@ def hf_target_fn(model, *, scheme: str, top_k: int = 64, draws: int = 32, temper
 
     @torch.no_grad()
     def target(input_ids_BT, attention_mask_BT, loss_mask_BT, generator):
-        logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
-        logits_NV = logits_BTV[loss_mask_BT.to(logits_BTV.device)]
+        logits_NV = masked_logits(model, input_ids_BT, attention_mask_BT, loss_mask_BT)
         if scheme == "topk":
             return topk_targets(logits_NV, top_k).to("cpu")
         return sampled_targets(logits_NV, draws, generator, temperature).to("cpu")

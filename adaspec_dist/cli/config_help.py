@@ -98,7 +98,8 @@ def _scalar(value: Any) -> str:
     return text[:-3].strip() if text.endswith("...") else text
 
 
-def _lines(cls: type, given: Mapping[str, Any], indent: int, comment_out: bool) -> list[str]:
+def _lines(cls: type, given: Mapping[str, Any], indent: int, comment_out: bool,
+           enclosing: tuple[type, ...] = ()) -> list[str]:
     docs, hints, out = field_docs(cls), typing.get_type_hints(cls), []
     pad = "  " * indent
     for f in dataclasses.fields(cls):
@@ -113,8 +114,14 @@ def _lines(cls: type, given: Mapping[str, Any], indent: int, comment_out: bool) 
             unset = f.name not in given and default is None or (f.name in given and sub is None)
             note = "default: unset, setting a key below sets it" if default is None else (
                 "required" if default is REQUIRED else "default: its fields' defaults")
+            if inner in enclosing + (cls,) and not isinstance(sub, Mapping):
+                # A recursive config (draft.from_target.target is a model config): name it, don't unfold it.
+                out.append(f"{lead}{f.name}:  # {type_name(hints[f.name])}; {note}; the keys of "
+                           f"{inner.__name__} above. {doc}".rstrip())
+                continue
             out.append(f"{lead}{f.name}:  # {type_name(hints[f.name])}; {note}. {doc}".rstrip())
-            out += _lines(inner, sub if isinstance(sub, Mapping) else {}, indent + 1, comment_out or unset)
+            out += _lines(inner, sub if isinstance(sub, Mapping) else {}, indent + 1, comment_out or unset,
+                          enclosing + (cls,))
             continue
         value = given.get(f.name, default)
         shown_default = "required" if default is REQUIRED else f"default {_scalar(default)}"

@@ -375,6 +375,11 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None,
         raise ValueError(f"{origin} lacks column '{missing[0]}'; expected columns: {', '.join(needed)} "
                          f"(found: {', '.join(ds.column_names)}); rename with data.columns "
                          f"{{{missing[0]}: YOUR_COLUMN}} or fix the file")
+    for column in needed:  # a null would become the text "None" and be trained on
+        nulls = [i for i, v in enumerate(ds[column]) if v is None]
+        if nulls:
+            raise ValueError(f"{origin} row {nulls[0]} has a null '{column}' ({len(nulls)} such rows); fill or "
+                             "drop those rows")
     return ds, origin
 
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaspec_dist.distill.selection import group_sizes, select_tokens
+from adaspec_dist.models.logits import masked_logits
 from adaspec_dist.sparse.divergence import dense_divergence, per_token_divergence
 
 Objective = Literal["sft", "kd", "adaspec"]
@@ -57,8 +58,7 @@ def supervised_logits(model, batch) -> Tensor:
         dummy = torch.zeros(1, 1, dtype=torch.long, device=batch.input_ids.device)
         logits = model(input_ids=dummy, attention_mask=torch.ones_like(dummy), use_cache=False).logits
         return logits[0, :0]  # (0, V), attached to the graph
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return out.logits[batch.loss_mask]
+    return masked_logits(model, batch.input_ids, batch.attention_mask, batch.loss_mask, use_cache=False)
 
 
 def next_tokens(batch) -> Tensor:

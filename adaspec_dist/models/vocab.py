@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.models.source import local_model
 
 MAX_VOCAB_PADDING = 128
 """Heads of one tokenizer may differ by this many rows (padding to a multiple of 64/128)."""
@@ -29,6 +30,7 @@ def head_rows(model: Any) -> int:
 
 
 def _tokenizer_fingerprint(directory: str | None) -> str | None:
+    directory = local_model(directory) if directory else directory  # a GGUF's converted directory
     if not directory or not (Path(directory) / "tokenizer_config.json").is_file():
         return None
     return vocab_fingerprint(load_tokenizer(directory))

@@ -24,7 +24,12 @@ the target's own greedy output), runs :func:`evaluate_drafts`, and on global ran
   baseline; each draft alone is decoded once to measure c = draft/target time per forward;
 * for every γ in ``cfg.gammas`` the prompts are decoded speculatively in batches of
   ``cfg.batch_size`` and summarised (metrics.summarize) with tokens/s, speedup over the
-  target and the bound τ/(γc+1);
+  target and the bound τ/(γc+1). The speedup's baseline is measured *interleaved*: each batch is
+  decoded by the target alone right before SD decodes it (``timing_repeats`` times), and the speedup
+  is the median of the per-batch ratios, with their min and max (``speedup_spread``) — a baseline
+  timed once, at the start, is no baseline on a shared machine. A speedup above τ (impossible: a
+  target call yields at most τ tokens on average) is reported as a timing error (``speedup`` None,
+  ``timing_error`` says why), never as a number;
 * at temperature 0 the share of prompts whose SD output equals the target-only output is
   reported (``matches_target``; 1.0 unless float noise flips a near-tie).
 
@@ -47,6 +52,7 @@ from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.models.load import ModelConfig, load_causal_lm
 from adaspec_dist.models.tp_target import check_tp_top_p, load_tp_target
+from adaspec_dist.models.vocab import check_same_vocab
 from adaspec_dist.speculative.decoder import DecodeStats, autoregressive_generate, speculative_generate
 from adaspec_dist.speculative.lm import as_causal_lm
 from adaspec_dist.speculative.metrics import (CONVENTIONS, alpha_logits, speedup_bound, summarize,
@@ -88,6 +94,9 @@ class EvalConfig:
     """auto = cuda when available, else cpu."""
     out_dir: str = "runs/eval"
     """Receives eval.json, the PNG plots, tensorboard scalars and config.yaml."""
+    timing_repeats: int = 1
+    """Times each batch is decoded by the target alone and by SD, alternately, for the speedup (the
+    median per-batch ratio is reported with its spread); more repeats = a steadier number, longer eval."""
     tp: int = 1
     """Tensor-parallel size of the target (megatron-core, sharded over the launched ranks: run under
     ``torchrun --nproc_per_node TP``); 1 = the HF model on one device."""
@@ -95,8 +104,8 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.gammas or any(g < 1 for g in self.gammas):
             raise ValueError(f"gammas {self.gammas} must be a non-empty list of integers >= 1")
-        if self.batch_size < 1 or self.num_prompts < 1 or self.max_new_tokens < 1:
-            raise ValueError("batch_size, num_prompts and max_new_tokens must all be >= 1")
+        if self.batch_size < 1 or self.num_prompts < 1 or self.max_new_tokens < 1 or self.timing_repeats < 1:
+            raise ValueError("batch_size, num_prompts, max_new_tokens and timing_repeats must all be >= 1")
         SamplingConfig(temperature=self.temperature, top_p=self.top_p).validate()
         if self.tp < 1:
             raise ValueError(f"tp {self.tp} must be >= 1 (1 = no tensor parallelism)")
@@ -131,6 +140,54 @@ def _batched(run: Callable[[list[list[int]], torch.Generator], Any], prompts: Se
 
 def _tokens_per_s(stats: DecodeStats) -> float:
     return stats.generated / stats.seconds if stats.seconds > 0 else float("nan")
+
+
+def _interleaved(run_sd: Callable, run_target: Callable, prompts: Sequence[list[int]], cfg: EvalConfig,
+                 device) -> tuple[list[list[int]], DecodeStats, list[float]]:
+    """SD over the prompts in batches (outputs and stats exactly as one pass of ``_batched`` with the
+    eval seed), each batch preceded by the target alone on the same batch; ``timing_repeats`` rounds
+    per batch. -> (SD sequences, SD stats of the first round, per-batch per-round speed ratios)."""
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    seqs: list[list[int]] = []
+    total: DecodeStats | None = None
+    ratios: list[float] = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        chunk = list(prompts[start:start + cfg.batch_size])
+        for r in range(cfg.timing_repeats):
+            # The baseline's own generator: its draws never shift SD's (outputs stay comparable).
+            alone = run_target(chunk, torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (r + 1)))
+            out = run_sd(chunk, gen if r == 0 else torch.Generator(device=device).manual_seed(cfg.seed + r))
+            ratios.append(_tokens_per_s(out.stats) / _tokens_per_s(alone.stats))
+            if r:
+                continue
+            seqs.extend(out.sequences)
+            if total is None:
+                total = out.stats
+            else:
+                total.accept_hist = [a + b for a, b in zip(total.accept_hist, out.stats.accept_hist)]
+                total.generated += out.stats.generated
+                total.seconds += out.stats.seconds
+    assert total is not None
+    return seqs, total, ratios
+
+
+# A measured speedup may exceed τ by timer noise on tiny runs; beyond this it is a measurement error.
+_SPEEDUP_SLACK = 1.05
+
+
+def _speedup(ratios: list[float], tau: float, what: str) -> dict[str, Any]:
+    """The median per-batch speedup and its spread; above τ it is refused as a timing error."""
+    ratios = sorted(ratios)
+    mid = len(ratios) // 2
+    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    out: dict[str, Any] = {"speedup": median, "speedup_spread": [ratios[0], ratios[-1]], "timing_error": None}
+    if median > tau * _SPEEDUP_SLACK:
+        out["speedup"] = None
+        out["timing_error"] = (f"measured speedup {median:.2f}x exceeds tau {tau:.2f}, which no real speedup can: "
+                               "the timing was disturbed (another process on the machine?); rerun on an idle "
+                               "machine or raise timing_repeats")
+        logger.warning("%s: %s", what, out["timing_error"])
+    return out
 
 
 def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]],
@@ -179,13 +236,13 @@ def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]]
                              vocab_size=V)
             entry["alpha_logits"], entry["alpha_positions"] = a["alpha"], a["positions"]
         for gamma in cfg.gammas:
-            seqs, stats = _batched(
+            seqs, stats, ratios = _interleaved(
                 lambda ch, g: speculative_generate(target, draft, ch, gamma=gamma, generator=g, vocab_size=V, **kw),
-                prompts, cfg.batch_size, cfg.seed, device)
+                lambda ch, g: autoregressive_generate(target, ch, generator=g, vocab_size=V, **kw),
+                prompts, cfg, device)
             row = summarize(stats)
-            tps = _tokens_per_s(stats)
-            row.update(tokens_per_s=tps, speedup=tps / result["target"]["tokens_per_s"],
-                       speedup_bound=speedup_bound(row["tau"], gamma, cost_ratio), seconds=stats.seconds)
+            row.update(tokens_per_s=_tokens_per_s(stats), speedup_bound=speedup_bound(row["tau"], gamma, cost_ratio),
+                       seconds=stats.seconds, **_speedup(ratios, row["tau"], f"{name} gamma={gamma}"))
             if entry["alpha_logits"] is not None:
                 row["tau_theory"] = theoretical_tau(entry["alpha_logits"], gamma)
             if cfg.temperature == 0:
@@ -314,6 +371,8 @@ def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = 
         vocab = min([_width(target)] + [_width(d) for d in drafts.values()])
         prompts, held_out, eos, tok_len = synthetic_inputs(cfg, target, vocab)
     check_positions({"the target": target, **{f"draft '{n}'": d for n, d in drafts.items()}}, prompts, held_out, cfg)
+    check_same_vocab(target, {f"draft '{n}'": d for n, d in drafts.items()}, tokenizer_len=tok_len,
+                     dirs={"the target": cfg.target.files, **{f"draft '{n}'": str(p) for n, p in cfg.drafts.items()}})
     bar = tqdm(total=len(drafts) * len(cfg.gammas), desc="eval (draft x gamma)", disable=not is_main)
     result = evaluate_drafts(target, drafts, prompts, held_out, cfg, eos_token_id=eos, vocab_size=tok_len,
                              progress=lambda name, g: bar.update(1))

@@ -42,6 +42,12 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{_fmt(r.get('tau_theory'), '.2f'):>6} {_fmt(r['tokens_per_s'], '.1f'):>8} "
                          f"{_fmt(r['speedup'], '.2f'):>7}x {_fmt(r['speedup_bound'], '.2f'):>6} "
                          f"{s['batch_size']:>5} {s['temperature']:>5}  {pos}")
+            spread = r.get("speedup_spread")
+            if r.get("timing_error"):
+                lines.append(f"      speedup not shown: {r['timing_error']}")
+            elif spread and spread[0] != spread[1]:
+                lines.append(f"      speedup per batch {spread[0]:.2f}x .. {spread[1]:.2f}x (median shown; "
+                             "the target alone timed on the same batches, interleaved)")
     lines.append("")
     lines.append(result["conventions"])
     return "\n".join(lines)

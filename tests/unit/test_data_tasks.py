@@ -248,3 +248,10 @@ def test_the_gsm8k_prompt_format_is_the_formatter(spm_tokenizer):
 
     row = ROWS["gsm8k"][0]
     assert format_gsm8k(row).prompt == PROMPT_FORMATS["gsm8k"].format(input=row["question"])
+
+
+def test_a_null_answer_is_refused_not_trained_as_none(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": null}\n')
+    with pytest.raises(ValueError, match=r"row 1 has a null 'answer' \(1 such rows\)"):
+        load_examples(DataConfig(task="gsm8k", source=str(src)))
