@@ -17,6 +17,7 @@ import torch
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.distill.engine import current_lr, grad_norm
 from adaspec_dist.distill.state import Run
+from adaspec_dist.models.load import model_identity
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,22 @@ def log_plan(run: Run) -> None:
     logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
                 "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
                 b.grad_accum, run.ps.dp_size, passes, passes * frac, unit, kept, b.rule)
+    module = run.engine.module
+    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in module.parameters())
+    trained = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in module.parameters() if p.requires_grad)
+    logger.info("%s: draft %s, %.1fM parameters (%.1fM trained), vocabulary %d", cfg.objective,
+                model_identity(cfg.draft), params / 1e6, trained / 1e6, int(getattr(module.config, "vocab_size", 0)))
+
+
+PACE_AFTER_STEPS = 3
+
+
+def log_pace(run: Run, step: int, seconds: float) -> None:
+    """After the first few steps: the measured step time and what the whole run will take."""
+    per_step = seconds / max(step, 1)
+    left = per_step * max(run.total_steps - step, 0)
+    logger.info("%s: %.2f s per optimiser step over the first %d steps; the remaining %d steps take ~%d min",
+                run.cfg.objective, per_step, step, run.total_steps - step, round(left / 60))
 
 
 def flat_config(cfg: Any, prefix: str = "") -> dict[str, bool | int | float | str]:

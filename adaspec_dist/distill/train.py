@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any, Sequence
 
 from tqdm import tqdm
@@ -26,7 +27,8 @@ from tqdm import tqdm
 from adaspec_dist.distill import checkpoint
 from adaspec_dist.distill.checkpoint import ResumeMode, checkpoint_dir, resolve_resume
 from adaspec_dist.distill.config import TrainConfig, budget_for, eval_interval, total_steps_for
-from adaspec_dist.distill.logs import Throughput, epoch_unit, log_done, log_eval, log_hparams, log_plan, log_step
+from adaspec_dist.distill.logs import (PACE_AFTER_STEPS, Throughput, epoch_unit, log_done, log_eval, log_hparams, log_pace,
+                                      log_plan, log_step)
 from adaspec_dist.distill.rundir import check_run_dir, clear_previous
 from adaspec_dist.distill.setup import setup
 from adaspec_dist.distill.state import Every, Run, TrainCallback
@@ -110,9 +112,12 @@ def _train_loop(run: Run, callbacks: Sequence[TrainCallback], stop: StopSignal, 
     evals, saves = Every(eval_interval(run.cfg, run.total_steps)), Every(run.cfg.save_every)
     last_stats: dict[str, Any] = {}
     bar = tqdm(total=run.total_steps, initial=run.progress.step, desc=run.cfg.objective, disable=not run.ps.is_main)
+    first, started = run.progress.step, time.perf_counter()
     with bar, contextlib.closing(optimizer_steps(run)) as steps:
         for stats in steps:
             step = run.progress.step
+            if step - first == PACE_AFTER_STEPS and run.ps.is_main:
+                log_pace(run, step - first, time.perf_counter() - started)
             log_step(run, stats, throughput.rate())
             last_stats = stats
             bar.update(1)
