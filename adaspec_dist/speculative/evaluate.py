@@ -50,7 +50,7 @@ from adaspec_dist.data.tasks import DataConfig, load_examples
 from adaspec_dist.data.tokenize import prompt_ids, tokenize_examples
 from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
-from adaspec_dist.models.load import ModelConfig, load_causal_lm
+from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count
 from adaspec_dist.models.tp_target import check_tp_top_p, load_tp_target
 from adaspec_dist.models.vocab import check_same_vocab
 from adaspec_dist.speculative.decoder import DecodeStats, autoregressive_generate, speculative_generate
@@ -365,6 +365,11 @@ def _evaluate(cfg: EvalConfig, device: torch.device, target, *, is_main: bool = 
         # a preset target (smoke tests) takes the first draft's vocabulary
         preset_vocab = next(iter(drafts.values())).get_output_embeddings().weight.shape[0]
         target = load_causal_lm(cfg.target, vocab_size=preset_vocab, device=device)
+    if is_main:
+        sizes = ", ".join(f"{n} {param_count(d) / 1e6:.1f}M" for n, d in drafts.items())
+        logger.info("eval: target %s (%s parameters), drafts %s; %d prompts x %d new tokens, gammas %s, T %g",
+                    model_identity(cfg.target), f"{param_count(target) / 1e6:.1f}M" if hasattr(target, "parameters")
+                    else "tensor-parallel", sizes, cfg.num_prompts, cfg.max_new_tokens, cfg.gammas, cfg.temperature)
     if cfg.data is not None:
         prompts, held_out, eos, tok_len = task_inputs(cfg)
     else:
