@@ -61,8 +61,9 @@ class FromTarget:
     target: ModelConfig | None = None
     """The target to take them from (the pipeline fills in its target)."""
 
-    def indices(self, num_layers: int) -> list[int]:
-        """The target's layer indices the draft keeps, checked against ``num_layers``."""
+    def indices(self, num_layers: int | None) -> list[int]:
+        """The target's layer indices the draft keeps, checked against ``num_layers`` (None: the
+        form only, before the target is known)."""
         if isinstance(self.layers, int) and not isinstance(self.layers, bool):
             chosen = list(range(self.layers))
         elif isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers):
@@ -70,9 +71,12 @@ class FromTarget:
         else:
             raise ValueError(f"draft.from_target.layers must be a number of layers or a list of layer indices, "
                              f"got {self.layers!r}")
-        if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= i < num_layers for i in chosen):
-            raise ValueError(f"draft.from_target.layers {self.layers!r} must name 1..{num_layers} distinct layers "
-                             f"of the target's {num_layers} (indices 0..{num_layers - 1})")
+        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
+            raise ValueError(f"draft.from_target.layers {self.layers!r} must name at least one layer, each once "
+                             "(indices from 0)")
+        if num_layers is not None and max(chosen) >= num_layers:
+            raise ValueError(f"draft.from_target.layers {self.layers!r}: the target has {num_layers} layers "
+                             f"(indices 0..{num_layers - 1}); choose at most {num_layers}")
         return chosen
 
 
@@ -117,12 +121,14 @@ class ModelConfig:
                 raise ValueError("draft.from_target needs the target: set from_target.target.name_or_path "
                                  "(the pipeline fills it in from its target section)")
             self.from_target.target.validate()
+            self.from_target.indices(None)
         elif not self.name_or_path and not self.preset:
             raise ValueError("model config needs name_or_path (HF dir or hub id) or preset (one of "
                              f"{sorted(PRESETS)})")
         unknown = [p for p in self.freeze if p not in FREEZABLE]
         if unknown:
-            raise ValueError(f"model freeze entry '{unknown[0]}' is not one of {list(FREEZABLE)}")
+            raise ValueError(f"model config freeze: '{unknown[0]}' is not one of {list(FREEZABLE)} (e.g. "
+                             "draft.freeze: [embeddings, lm_head])")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown model preset '{self.preset}'; choose one of {sorted(PRESETS)}")
         if self.dtype not in PRECISIONS:

@@ -43,3 +43,33 @@ def test_bad_model_config_errors(tmp_path):
         ModelConfig().validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "missing")))
+
+
+def test_from_target_and_freeze_are_checked_when_the_config_is_read():
+    import pytest
+
+    from adaspec_dist.models.load import FromTarget, ModelConfig
+
+    target = ModelConfig(preset="tiny-llama")
+    with pytest.raises(ValueError, match=r"freeze: 'head' is not one of"):
+        ModelConfig(preset="tiny-llama", freeze=["head"]).validate()
+    with pytest.raises(ValueError, match=r"a number of layers or a list of layer indices, got 'two'"):
+        ModelConfig(from_target=FromTarget(layers="two", target=target)).validate()
+    with pytest.raises(ValueError, match=r"each once"):
+        ModelConfig(from_target=FromTarget(layers=[1, 1], target=target)).validate()
+    with pytest.raises(ValueError, match=r"remove name_or_path / preset"):
+        ModelConfig(preset="tiny-llama", from_target=FromTarget(layers=1, target=target)).validate()
+    with pytest.raises(ValueError, match=r"the target has 2 layers"):
+        FromTarget(layers=3, target=target).indices(2)
+
+
+def test_a_draft_from_a_preset_target_trains_only_what_is_not_frozen():
+    from adaspec_dist.models.load import FromTarget, ModelConfig, load_causal_lm
+
+    target_cfg = ModelConfig(preset="tiny-llama", seed=4)
+    target = load_causal_lm(target_cfg, vocab_size=50)
+    draft = load_causal_lm(ModelConfig(from_target=FromTarget(layers=[1], target=target_cfg), freeze=["lm_head"]),
+                           vocab_size=50)
+    assert draft.config.num_hidden_layers == 1
+    assert torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[1].mlp.up_proj.weight)
+    assert not draft.lm_head.weight.requires_grad and draft.model.embed_tokens.weight.requires_grad
