@@ -53,9 +53,21 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as None: strict JSON (jq, JavaScript) has no NaN, and a
+    position no step reached has no acceptance rate."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json(result: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "eval.json"
-    atomic_write_text(path, json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(json_safe(result), indent=2, allow_nan=False))
     return path
 
 

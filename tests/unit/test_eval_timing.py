@@ -36,3 +36,17 @@ def test_interleaved_runs_the_target_on_each_batch_and_keeps_sd_outputs():
     assert calls == [2, 2, 2, 2, 1, 1] and len(ratios) == 6 and all(r > 0 for r in ratios)
     want, want_stats = _batched(sd, prompts, cfg.batch_size, cfg.seed, "cpu")
     assert seqs == want and stats.accept_hist == want_stats.accept_hist  # the baseline shifts no SD draw
+
+
+def test_eval_json_is_strict_json_and_a_refused_speedup_is_shown_as_such(tmp_path):
+    import json
+
+    from adaspec_dist.report import format_rows
+    from adaspec_dist.speculative.report import write_json
+
+    result = {"drafts": {"a": {"by_gamma": {"4": {"per_position": [0.5, float("nan")], "speedup": None}}}}}
+    path = write_json(result, tmp_path)
+    back = json.loads(path.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert back["drafts"]["a"]["by_gamma"]["4"]["per_position"] == [0.5, None]
+    row = {"method": "adaspec", "alpha_logits": 0.2, "acceptance_rate": 0.1, "tau": 1.1, "speedup": None, "gamma": 4}
+    assert "n/a (timing error)" in format_rows([row])
