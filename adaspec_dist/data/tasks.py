@@ -209,13 +209,15 @@ class HubTask:
     downloading anything (an estimate when ``source`` points elsewhere)."""
     default_source: Callable[[], str] | None = None
     """A local file to read when ``source`` is unset (a package-shipped dataset), instead of the hub."""
+    nullable: tuple[str, ...] = ()
+    """Needed columns whose value may be null (alpaca's optional input); a null elsewhere is refused."""
 
 
 TASKS: dict[str, HubTask] = {
     "gsm8k": HubTask("openai/gsm8k", "main", ("question", "answer"), format_gsm8k,
                      {"train": 7473, "test": 1319}),
     "alpaca": HubTask("tatsu-lab/alpaca", None, ("instruction", "input", "output"), format_alpaca,
-                      {"train": 52002}),
+                      {"train": 52002}, nullable=("input",)),
     "mbpp": HubTask("google-research-datasets/mbpp", None, ("text", "code", "test_list"), format_mbpp,
                     {"train": 374, "test": 500, "validation": 90, "prompt": 10}),
     "cnn_dailymail": HubTask("abisee/cnn_dailymail", "3.0.0", ("article", "highlights"), format_cnn_dailymail,
@@ -376,7 +378,7 @@ def _load_rows(task: HubTask, source: str | None, split: str, limit: int | None,
         raise ValueError(f"{origin} lacks column '{missing[0]}'; expected columns: {', '.join(needed)} "
                          f"(found: {', '.join(ds.column_names)}); rename with data.columns "
                          f"{{{missing[0]}: YOUR_COLUMN}} or fix the file")
-    for column in needed:  # a null would become the text "None" and be trained on
+    for column in (c for c in needed if c not in task.nullable):  # a null would be trained as the text "None"
         nulls = [i for i, v in enumerate(ds[column]) if v is None]
         if nulls:
             raise ValueError(f"{origin} row {nulls[0]} has a null '{column}' ({len(nulls)} such rows); fill or "

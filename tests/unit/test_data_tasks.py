@@ -255,3 +255,10 @@ def test_a_null_answer_is_refused_not_trained_as_none(tmp_path):
     src.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": null}\n')
     with pytest.raises(ValueError, match=r"row 1 has a null 'answer' \(1 such rows\)"):
         load_examples(DataConfig(task="gsm8k", source=str(src)))
+
+
+def test_alpacas_optional_input_may_be_null(tmp_path):
+    src = tmp_path / "alpaca.jsonl"
+    src.write_text('{"instruction": "Say hi.", "input": null, "output": "Hi."}\n')
+    (ex,) = load_examples(DataConfig(task="alpaca", source=str(src)))
+    assert "### Input" not in ex.prompt and ex.answer == "Hi."
