@@ -128,14 +128,19 @@ def _batched(run: Callable[[list[list[int]], torch.Generator], Any], prompts: Se
     for start in range(0, len(prompts), batch_size):
         out = run(list(prompts[start:start + batch_size]), gen)
         seqs.extend(out.sequences)
-        if total is None:
-            total = out.stats
-        else:
-            total.accept_hist = [a + b for a, b in zip(total.accept_hist, out.stats.accept_hist)]
-            total.generated += out.stats.generated
-            total.seconds += out.stats.seconds
+        total = _merged(total, out.stats)
     assert total is not None
     return seqs, total
+
+
+def _merged(total: DecodeStats | None, stats: DecodeStats) -> DecodeStats:
+    """``total`` with one more batch's stats added (the first batch's stats start it)."""
+    if total is None:
+        return stats
+    total.accept_hist = [a + b for a, b in zip(total.accept_hist, stats.accept_hist)]
+    total.generated += stats.generated
+    total.seconds += stats.seconds
+    return total
 
 
 def _tokens_per_s(stats: DecodeStats) -> float:
@@ -158,15 +163,9 @@ def _interleaved(run_sd: Callable, run_target: Callable, prompts: Sequence[list[
             alone = run_target(chunk, torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (r + 1)))
             out = run_sd(chunk, gen if r == 0 else torch.Generator(device=device).manual_seed(cfg.seed + r))
             ratios.append(_tokens_per_s(out.stats) / _tokens_per_s(alone.stats))
-            if r:
-                continue
-            seqs.extend(out.sequences)
-            if total is None:
-                total = out.stats
-            else:
-                total.accept_hist = [a + b for a, b in zip(total.accept_hist, out.stats.accept_hist)]
-                total.generated += out.stats.generated
-                total.seconds += out.stats.seconds
+            if r == 0:
+                seqs.extend(out.sequences)
+                total = _merged(total, out.stats)
     assert total is not None
     return seqs, total, ratios
 
