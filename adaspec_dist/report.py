@@ -8,7 +8,7 @@ Contract
   the recipe ran it — older runs without it are reported with two arms).
 * The arms, at equal optimiser steps: DistillSpec (the reference: kd on every token at batch B),
   AdaSPEC (the top-k tokens at batch B/k, the paper) and DistillSpec-wide (kd on every token at
-  batch B/k: the control that isolates selection from the larger batch).
+  batch B/k: every token of the same batch; only a random-selection arm isolates the ΔL criterion).
 * :func:`load_run` -> one flat record per run; :func:`method_rows` -> the demo's table rows
   (α_logits, acceptance rate, τ, speedup at one γ); :func:`aggregate` -> mean ± std per
   (recipe, method) over seeds (sample std, ddof = 1; None for a single seed) and the number of
@@ -146,7 +146,7 @@ def to_markdown(runs: list[dict[str, Any]], agg: list[dict[str, Any]]) -> str:
     lines = ["# AdaSPEC vs DistillSpec, and the compute control", "",
              "Arms at equal optimiser steps: DistillSpec (kd on every token, batch B), AdaSPEC (the top-k tokens "
              "by L_draft − L_ref, batch B/k: the paper), DistillSpec-wide (kd on every token at batch B/k: "
-             "isolates selection from the larger batch). α_logits = E[Σ_x min(p, q)] on held-out answer positions "
+             "every token of the same B/k batch; only a random-selection arm isolates the ΔL criterion). α_logits = E[Σ_x min(p, q)] on held-out answer positions "
              "(teacher-forced); acceptance rate = accepted / drafted; τ = tokens per target call including the "
              "bonus token; speedup = SD tokens/s over the target alone in the same engine.", "",
              "## Per run", "",
