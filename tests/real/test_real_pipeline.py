@@ -33,6 +33,9 @@ def test_real_recipe_shrunken_then_hf_assisted_generation_equals_greedy(tmp_path
                   "eval_greedy"):
         assert (run_dir / "stages" / f"{stage}.done.json").is_file(), (stage, out[-4000:])
     assert "134.5M parameters" in out and "7.1M trained" in out  # the stage logs state the model sizes
+    # It ends with the arms side by side, per temperature.
+    assert "eval_greedy (temperature 0): the arms at equal optimiser steps" in proc.stdout
+    assert proc.stdout.count("| DistillSpec-wide (control) |") >= 2 and "| AdaSPEC |" in proc.stdout
     greedy = json.loads((run_dir / "eval_greedy" / "eval.json").read_text())
     sampled = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert greedy["settings"]["temperature"] == 0.0 and sampled["settings"]["temperature"] == 1.0
