@@ -37,6 +37,7 @@ from typing import Any, Callable, Collection, Literal, Sequence
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adaspec_dist.cache import format as fmt
 from adaspec_dist.cache.writer import Roles, finished_shard, job_roles, loss_mask_from_labels, write_shard
@@ -383,21 +384,22 @@ def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec,
         writer_tb = SummaryWriter(tensorboard_dir or str(out_dir / "tb"))
     t0 = time.perf_counter()
     done_tokens = 0
-    for j in todo:
-        chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
-        ids, masks, target = compute_shard(chunk, target_fn, spec, j, device,
-                                           on_batch=bar.update if bar is not None else None)
-        if me.writes:
-            write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
-                        input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
-                        value_dtype=spec.value_dtype, draws=spec.draws if spec.scheme == "sampled" else None,
-                        store_logp=spec.store_logp, compression=spec.compression)
-        n_tok = sum(len(x) for x in ids)
-        done_tokens += n_tok
-        if bar is not None:
-            rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
-            writer_tb.add_scalar("cache/tokens_per_s_rank0", rate, j)
-            writer_tb.add_scalar("cache/supervised_per_shard", len(target), j)
+    with logging_redirect_tqdm():  # log lines go above the bar, not onto its line
+        for j in todo:
+            chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
+            ids, masks, target = compute_shard(chunk, target_fn, spec, j, device,
+                                               on_batch=bar.update if bar is not None else None)
+            if me.writes:
+                write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
+                            input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
+                            value_dtype=spec.value_dtype, draws=spec.draws if spec.scheme == "sampled" else None,
+                            store_logp=spec.store_logp, compression=spec.compression)
+            n_tok = sum(len(x) for x in ids)
+            done_tokens += n_tok
+            if bar is not None:
+                rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
+                writer_tb.add_scalar("cache/tokens_per_s_rank0", rate, j)
+                writer_tb.add_scalar("cache/supervised_per_shard", len(target), j)
     if bar is not None:
         bar.close()
         writer_tb.close()

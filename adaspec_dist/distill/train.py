@@ -23,6 +23,7 @@ import time
 from typing import Any, Sequence
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adaspec_dist.distill import checkpoint
 from adaspec_dist.distill.checkpoint import ResumeMode, checkpoint_dir, resolve_resume
@@ -113,7 +114,8 @@ def _train_loop(run: Run, callbacks: Sequence[TrainCallback], stop: StopSignal, 
     last_stats: dict[str, Any] = {}
     bar = tqdm(total=run.total_steps, initial=run.progress.step, desc=run.cfg.objective, disable=not run.ps.is_main)
     first, started = run.progress.step, time.perf_counter()
-    with bar, contextlib.closing(optimizer_steps(run)) as steps:
+    # Log lines (eval, pace, checkpoints) go above the bar instead of onto its line.
+    with bar, logging_redirect_tqdm(), contextlib.closing(optimizer_steps(run)) as steps:
         for stats in steps:
             step = run.progress.step
             if step - first == PACE_AFTER_STEPS and run.ps.is_main:
