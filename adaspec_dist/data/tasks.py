@@ -187,11 +187,18 @@ CHAT_TURN = "{role}: {content}\n\n"
 CHAT_CUE = "Assistant: "
 
 
-def format_chat(row: Mapping[str, Any]) -> Example:
-    messages = list(row["messages"])
+def checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """A chat row's messages as {role, content} strings; refused unless the last is the assistant's
+    after at least one other."""
+    messages = list(messages)
     if len(messages) < 2 or messages[-1].get("role") != "assistant":
         raise ValueError("chat row: `messages` must end with an assistant message after at least one other "
                          f"(got roles {[m.get('role') for m in messages]}); drop such rows or fix the file")
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def format_chat(row: Mapping[str, Any]) -> Example:
+    messages = checked_messages(row["messages"])
     prompt = "".join(CHAT_TURN.format(role=str(m["role"]).capitalize(), content=str(m["content"]).strip())
                      for m in messages[:-1]) + CHAT_CUE
     return Example(prompt=prompt, answer=str(messages[-1]["content"]).strip())
@@ -402,7 +409,7 @@ def load_examples(cfg: DataConfig, split: str | None = None, *, tokenizer=None) 
     source = cfg.source or (task.default_source() if task.default_source else None)
     rows, origin = _load_rows(task, source, split, cfg.limit, cfg.columns, needed)
     if cfg.chat_template and cfg.task == "chat" and cfg.prompt_template is None:
-        conversations = [_checked_messages(row["messages"]) for row in rows]
+        conversations = [checked_messages(row["messages"]) for row in rows]
     else:
         conversations = None
     examples = [fmt(row) for row in rows] if conversations is None else []
@@ -410,14 +417,6 @@ def load_examples(cfg: DataConfig, split: str | None = None, *, tokenizer=None) 
     if cfg.chat_template:
         return render_chat(examples, tokenizer, conversations=conversations)
     return examples
-
-
-def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    if len(messages) < 2 or messages[-1]["role"] != "assistant":
-        raise ValueError("chat row: `messages` must end with an assistant message after at least one other "
-                         f"(got roles {[m['role'] for m in messages]}); drop such rows or fix the file")
-    return messages
 
 
 def render_chat(examples: Sequence[Example], tokenizer, *,

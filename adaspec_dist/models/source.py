@@ -22,6 +22,7 @@ Contract
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -69,6 +70,14 @@ def gguf_location(name_or_path: str, gguf_file: str | None = None) -> tuple[Path
 
 
 def _sha256(path: Path) -> str:
+    """The file's sha256, hashed once per process per (path, size, mtime): every stage loads the
+    model, its tokenizer and its fingerprint, and a multi-GB GGUF takes seconds to hash."""
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
