@@ -342,7 +342,7 @@ def sizes(smoke: bool) -> dict:
         return dict(pool=8, max_length=64, he=3, curve_prompts=2, pydoc=4, pretrain_steps=2, pretrain_batch=2,
                     pretrain_lr=1e-3, batch=2, steps=3, lrs=[1e-3, 3e-3], seeds=[0], wide_seeds=[0],
                     sd_prompts=1, sd_new=2, sd_prompt_tokens=32, sd_arms=["adaspec"], budget_min=0.0)
-    return dict(pool=600, max_length=256, he=None, curve_prompts=82, pydoc=400, pretrain_steps=100, pretrain_batch=8,
+    return dict(pool=240, max_length=256, he=None, curve_prompts=82, pydoc=400, pretrain_steps=100, pretrain_batch=8,
                 pretrain_lr=1e-3, batch=2, steps=120, lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2], wide_seeds=[0, 1, 2],
                 sd_prompts=8, sd_new=32, sd_prompt_tokens=256,
                 sd_arms=["distillspec", "adaspec", "random_k", "distillspec_wide"], budget_min=0.0)
@@ -374,6 +374,10 @@ def main() -> None:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     work = Path(args.work) if args.work else (out_dir / "work" if args.smoke else Path("runs/selection_real"))
+    # Runs, initialisations and L_ref are cached by name; the data they were made on is in this
+    # directory's name, so a run on another pool, pretraining set or held-out set never reuses them.
+    work = work / (f"pool{cfg['pool']}-pydoc{cfg['pydoc']}-he{cfg['he'] or 'all'}-curve{cfg['curve_prompts']}"
+                   f"-len{cfg['max_length']}")
     (work / "runs").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
