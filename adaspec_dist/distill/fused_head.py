@@ -102,15 +102,29 @@ def _chunk_losses(head: torch.nn.Module, score: _Scorer, h_C: Tensor, rows) -> T
     return score(head(h_C), rows)
 
 
+def _padding_chunk(head: torch.nn.Module, h_1: Tensor) -> Tensor:
+    # square saves its input, so backward recomputes this chunk before the head's own backward hooks
+    # run, in the same order as a real chunk's loss (every one of which saves the logits or their
+    # log-softmax): ZeRO-3 then gathers the weight at the same points on every rank.
+    return head(h_1).float().square().sum() * 0.0
+
+
 def _checkpointed(head, score: _Scorer, h_N: Tensor, index: Tensor, rows: int, group) -> Tensor:
-    """Losses (with grad) of the rows ``index`` selects, chunk by chunk, each chunk recomputed in backward."""
+    """Losses (with grad) of the rows ``index`` selects, chunk by chunk, each chunk recomputed in backward.
+
+    A rank with fewer chunks than the group's most runs padding chunks: one zero row through the
+    head, weighted 0 but attached to the graph, so that its backward (recompute and gradient) also
+    calls the head; an empty chunk would skip backward and leave ZeRO-3's all-gathers out of step.
+    """
     n = int(index.shape[0])
-    count = global_chunk_count(len(row_chunks(n, rows)), group, h_N.device)
-    parts = []
-    for sl in row_chunks(n, rows, count):
-        idx = index[sl]
-        parts.append(checkpoint(_chunk_losses, head, score, h_N[idx], idx, use_reentrant=False))
-    return torch.cat(parts) if parts else h_N.new_zeros(0)
+    real = row_chunks(n, rows)
+    count = global_chunk_count(len(real), group, h_N.device)
+    parts = [checkpoint(_chunk_losses, head, score, h_N[index[sl]], index[sl], use_reentrant=False) for sl in real]
+    out = torch.cat(parts) if parts else h_N.new_zeros(0, dtype=torch.float32)
+    for _ in range(count - len(real)):
+        zero_row = h_N.sum(0, keepdim=True) * 0.0  # attached to the graph even when this rank has no rows
+        out = out + checkpoint(_padding_chunk, head, zero_row, use_reentrant=False)
+    return out
 
 
 @torch.no_grad()
