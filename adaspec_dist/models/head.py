@@ -18,6 +18,9 @@ Contract
   all-gather).
 * ``chunk_rows(v, max_elems)``: rows per chunk so that a chunk's logits hold at most ``max_elems``.
 * ``global_chunk_count(count, group)``: the largest ``count`` over the group (one tiny all-reduce).
+* ``ChunkedLogits(head, hidden_Nd)``: N × V logits that are never held: ``.shape`` is (N, V) and
+  ``[rows]`` (a slice or index) runs the head on those rows only. ``sparse.target``'s encoders and
+  ``speculative.verify`` walk rows through it, so their outputs are those of the dense logits.
 """
 from __future__ import annotations
 
@@ -101,3 +104,24 @@ def global_chunk_count(count: int, group=None, device=None) -> int:
     t = torch.tensor([count], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
+
+
+class ChunkedLogits:
+    """Lazy (N, V) logits ``head(hidden_Nd)``: indexing rows runs the head on them (see the contract)."""
+
+    def __init__(self, head: torch.nn.Module, hidden_Nd: Tensor, vocab: int | None = None):
+        self.head, self.hidden = head, hidden_Nd
+        self.shape = torch.Size((hidden_Nd.shape[0], vocab or int(head.out_features)))
+        self.device = hidden_Nd.device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> Tensor:
+        return self.head(self.hidden[rows])
+
+
+def chunked_logits(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor, **kwargs) -> ChunkedLogits:
+    """``masked_logits(...)`` as :class:`ChunkedLogits`: only N × d hidden states are held."""
+    return ChunkedLogits(output_head(model), masked_hidden(model, input_ids, attention_mask, mask, **kwargs),
+                         head_vocab(model))
