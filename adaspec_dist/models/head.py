@@ -18,6 +18,9 @@ Contract
   all-gather).
 * ``chunk_rows(v, max_elems)``: rows per chunk so that a chunk's logits hold at most ``max_elems``.
 * ``global_chunk_count(count, group)``: the largest ``count`` over the group (one tiny all-reduce).
+* ``map_row_chunks(fn, x_XV, max_elems)``: ``fn`` (row-wise, V -> V) applied to row chunks of
+  ``x`` (any leading dims) into one float32 output: the same values as ``fn(x)``, with ``fn``'s
+  temporaries (a nucleus filter sorts, an argmax one-hots) bounded by a chunk instead of all rows.
 * ``ChunkedLogits(head, hidden_Nd)``: N × V logits that are never held: ``.shape`` is (N, V) and
   ``[rows]`` (a slice or index) runs the head on those rows only. ``sparse.target``'s encoders and
   ``speculative.verify`` walk rows through it, so their outputs are those of the dense logits.
@@ -104,6 +107,15 @@ def global_chunk_count(count: int, group=None, device=None) -> int:
     t = torch.tensor([count], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
+
+
+def map_row_chunks(fn, x_XV: Tensor, max_elems: int = DEFAULT_CHUNK_ELEMS) -> Tensor:
+    """``fn(x_XV)`` computed row chunk by row chunk (see the module contract)."""
+    flat = x_XV.reshape(-1, x_XV.shape[-1])
+    out = torch.empty(flat.shape, dtype=torch.float32, device=x_XV.device)
+    for sl in row_chunks(flat.shape[0], chunk_rows(flat.shape[1], max_elems)):
+        out[sl] = fn(flat[sl])
+    return out.reshape(x_XV.shape)
 
 
 class ChunkedLogits:
