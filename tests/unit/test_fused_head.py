@@ -206,3 +206,38 @@ def test_no_tensor_of_n_by_v_is_created(objective):
     with _LargestTensor() as probe:
         _step(obj.token_losses(objective, obj.supervised_logits(model, batch), batch), objective)[0].backward()
     assert probe.largest >= n * 4001
+
+
+@pytest.mark.parametrize("objective", ["kd", "adaspec"])
+def test_compute_loss_takes_the_path_engine_fused_head_names(objective):
+    """distill/step.py wiring: engine.fused_head on / off give the same loss and gradients through
+    compute_loss (engine.head_chunk_rows reaches the head: its outputs have at most that many rows)."""
+    from adaspec_dist.distill.engine import EngineConfig
+    from adaspec_dist.distill.step import compute_loss
+
+    model = _model()
+    batch = _batch(seed=2, with_ref=True)
+    shapes = []
+    output_head(model).register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    results = {}
+    for mode in ("off", "on"):
+        cfg = SimpleNamespace(objective=objective, divergence="fkl", beta=0.5, filter_fraction=0.4,
+                              selection_scope="local", selection_rule="quantile", loss_normalization="supervised",
+                              normalization_scope="per_rank", threshold_group=None,
+                              engine=EngineConfig(fused_head=mode, head_chunk_rows=3))
+        run = SimpleNamespace(cfg=cfg, engine=model, target=None, reference=None, tp_teacher=None,
+                              ps=SimpleNamespace(dp_group=None, dp_size=1, device="cpu"))
+        results[mode] = _grads(model, lambda: compute_loss(run, batch))
+    assert max(s[0] for s in shapes if len(s) == 2) == 3
+    assert torch.allclose(results["on"][0], results["off"][0], rtol=1e-5)
+    for name, g in results["off"][2].items():
+        assert torch.allclose(results["on"][2][name], g, rtol=1e-4, atol=1e-7), name
+
+
+def test_engine_config_refuses_bad_fused_head_keys():
+    from adaspec_dist.distill.engine import EngineConfig
+
+    with pytest.raises(ValueError, match="engine.fused_head 'maybe' must be one of"):
+        EngineConfig(fused_head="maybe").validate()
+    with pytest.raises(ValueError, match="engine.head_chunk_rows must be a positive number of rows or null"):
+        EngineConfig(head_chunk_rows=0).validate()
