@@ -27,6 +27,8 @@ done
 "$BIN/python" - "${times[*]}" "${dirs[@]}" <<'PY'
 import datetime, json, os, platform, sys
 import torch
+sys.path.insert(0, "benchmarks")
+from results_io import provenance
 secs = [int(t) for t in sys.argv[1].split()]
 # Seconds the stages themselves took (from the completion markers): the cost of each seed even
 # when this script was rerun after an interruption and skipped complete stages.
@@ -54,6 +56,9 @@ out = {
     "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+    # The demo's stages ran in child processes: every package module counts (tools/results_docs.py
+    # --check fails when one of them changes, until this script is run again).
+    "provenance": provenance("configs/demo.yaml", "benchmarks/reproduce_demo.sh", whole_package=True),
 }
 json.dump(out, open("benchmarks/results/reproduce_demo.json", "w"), indent=2)
 print(f"AdaSPEC / DistillSpec mean alpha ratio: {out['ratio_mean_alpha_adaspec_over_distillspec']:.4f} "

@@ -96,7 +96,9 @@ def provenance(*extra: str | Path, whole_package: bool = False) -> dict:
         rel = Path(os.path.abspath(f))  # not resolve(): configs/ is a link into the package
         if rel.is_relative_to(ROOT):  # an installed (non-editable) copy is not this repository's code
             digests[rel.relative_to(ROOT).as_posix()] = source_digest(f)
-    return {"git_revision": rev, "digests": digests}
+    command = " ".join(["python", *[a if a.replace("-", "").replace("_", "").replace(".", "").replace("/", "").isalnum()
+                                     else repr(a) for a in sys.argv]]) if script else None
+    return {"git_revision": rev, "command": command, "digests": digests}
 
 
 def stale_files(prov: dict, root: Path = ROOT) -> list[str]:

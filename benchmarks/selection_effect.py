@@ -581,6 +581,16 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def hardness_table(breakdown: dict) -> str:
+    """α per quintile of the reference's per-token held-out KL, with each arm's difference to DistillSpec."""
+    a = breakdown["alpha"]
+    lines = ["| arm | q1 | q2 | q3 | q4 | q5 |", "| --- | ---: | ---: | ---: | ---: | ---: |",
+             "| distillspec | " + " | ".join(f"{v:.4f}" for v in a["distillspec"]) + " |"]
+    for arm in ("adaspec", "distillspec_wide"):
+        lines.append(f"| {arm} | " + " | ".join(f"{v:.4f} ({v - d:+.4f})" for v, d in zip(a[arm], a["distillspec"])) + " |")
+    return "\n".join(lines)
+
+
 def _ds_alpha(results: list[dict], r: dict) -> float:
     return next(x["final"]["alpha"] for x in results if x["arm"] == "distillspec" and x["h"] == r["h"]
                 and x["seed"] == r["seed"] and x["steps"] == r["steps"])

@@ -94,7 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from results_io import RESULTS, machine  # noqa: E402
+from results_io import RESULTS, machine, provenance  # noqa: E402
 from adaspec_dist.data.tasks import DataConfig, load_examples  # noqa: E402
 from adaspec_dist.data.tokenize import data_fingerprint, prompt_ids, supervised_count, tokenize_examples  # noqa: E402
 from adaspec_dist.data.tokenizer import load_tokenizer  # noqa: E402
@@ -336,16 +336,16 @@ def run_name(spec: dict) -> str:
 
 
 def sizes(smoke: bool) -> dict:
-    """Sizes of the measured run (sized for about 45 min wall on 2 CPU cores shared with other jobs)
+    """Sizes of the measured run (about 45 min wall on 2 idle CPU cores; no arm is skipped for time)
     and of ``--smoke``. ``he``: held-out HumanEval problems (the first ones; None = all 164)."""
     if smoke:
         return dict(pool=8, max_length=64, he=3, curve_prompts=2, pydoc=4, pretrain_steps=2, pretrain_batch=2,
                     pretrain_lr=1e-3, batch=2, steps=3, lrs=[1e-3, 3e-3], seeds=[0], wide_seeds=[0],
                     sd_prompts=1, sd_new=2, sd_prompt_tokens=32, sd_arms=["adaspec"], budget_min=0.0)
-    return dict(pool=96, max_length=256, he=82, curve_prompts=41, pydoc=48, pretrain_steps=12, pretrain_batch=4,
-                pretrain_lr=1e-3, batch=2, steps=24, lrs=[1e-3, 3e-3], seeds=[0, 1, 2], wide_seeds=[0, 1, 2],
-                sd_prompts=4, sd_new=24, sd_prompt_tokens=256,
-                sd_arms=["distillspec", "adaspec", "random_k", "distillspec_wide"], budget_min=45.0)
+    return dict(pool=600, max_length=256, he=None, curve_prompts=82, pydoc=400, pretrain_steps=100, pretrain_batch=8,
+                pretrain_lr=1e-3, batch=2, steps=120, lrs=[3e-4, 1e-3, 3e-3], seeds=[0, 1, 2], wide_seeds=[0, 1, 2],
+                sd_prompts=8, sd_new=32, sd_prompt_tokens=256,
+                sd_arms=["distillspec", "adaspec", "random_k", "distillspec_wide"], budget_min=0.0)
 
 
 def main() -> None:
@@ -353,7 +353,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="every code path at tiny sizes (about a minute); JSON to --out")
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results; smoke: a temp dir)")
     ap.add_argument("--work", default=None, help="work files (default runs/selection_real, smoke: under --out)")
-    ap.add_argument("--report", action="store_true", help="table and plot again from benchmarks/results/selection_real.json")
+    ap.add_argument("--report", action="store_true", help="table and plot again from benchmarks/results/NAME.json")
+    ap.add_argument("--name", default="selection_real",
+                    help="results file name (default selection_real: the run the docs quote with the default sizes)")
     ap.add_argument("--threads", type=int, default=2)
     for key, val in sizes(False).items():
         kind = type(val[0]) if isinstance(val, list) else (int if val is None else type(val))
@@ -363,9 +365,9 @@ def main() -> None:
     out_dir = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="selection_real_")) if args.smoke
                                                else RESULTS)
     if args.report:
-        res = json.loads((out_dir / "selection_real.json").read_text())
-        plot(res, out_dir / "selection_real.png")
-        print(markdown_table(res))
+        res = json.loads((out_dir / f"{args.name}.json").read_text())
+        plot(res, out_dir / f"{args.name}.png")
+        print(markdown_table(res), paired_table(res), quintile_table(res), sep="\n\n")
         return
     cfg = sizes(args.smoke)
     for key in cfg:
@@ -581,14 +583,14 @@ def main() -> None:
         "skipped_for_time": skipped,
         "timings_seconds": timings, "wall_seconds": round(time.time() - t_start, 1)})
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "selection_real.json"
-    path.write_text(json.dumps({**result, "machine": machine()}, indent=1) + "\n")
+    path = out_dir / f"{args.name}.json"
+    path.write_text(json.dumps({**result, "machine": machine(), "provenance": provenance()}, indent=1) + "\n")
     log(f"wrote {path}")
     try:
-        plot(result, out_dir / "selection_real.png")
+        plot(result, out_dir / f"{args.name}.png")
     except ImportError as err:  # matplotlib is optional for the smoke run
         log(f"no plot: {err}")
-    print(markdown_table(result))
+    print(markdown_table(result), paired_table(result), quintile_table(result), sep="\n\n")
     print(result["verdict"]["text"])
 
 
@@ -715,6 +717,40 @@ def markdown_table(res: dict) -> str:
         lines.append(f"| {r['arm']} | {r['batch']} | {len(r['seeds'])} | {r['alpha']:.4f} "
                      f"[{r['alpha_ci95'][0]:.4f}, {r['alpha_ci95'][1]:.4f}] | {r['top1']:.4f} | "
                      f"{', '.join(f'{v:.4f}' for v in at)} | {sdt} |")
+    return "\n".join(lines)
+
+
+def paired_table(res: dict) -> str:
+    """Paired Δα per data seed (same data order; per-prompt bootstrap 95 % CI), at the end and at 1/3, 2/3."""
+    def cell(b):
+        return f"{b['value']:+.4f} [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}]" if b else ""
+
+    names = {"adaspec_minus_random_k": "AdaSPEC − random-k", "adaspec_minus_distillspec_wide": "AdaSPEC − DistillSpec-wide",
+             "random_k_minus_distillspec_wide": "random-k − DistillSpec-wide"}
+    steps = sorted({k for d in res["paired"].values() for per in d["per_seed"].values() for k in per if k != "final"},
+                   key=lambda k: int(k.split("_")[1]))
+    lines = ["| comparison | data seed | Δα at the end | " + " | ".join(f"Δα at step {k.split('_')[1]} (first prompts)"
+                                                                    for k in steps) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in steps) + " |"]
+    for key, d in res["paired"].items():
+        for s in d["seeds"]:
+            per = d["per_seed"][str(s)]
+            lines.append(f"| {names[key]} | {s} | {cell(per['final'])} | " + " | ".join(cell(per.get(k)) for k in steps) + " |")
+        if len(d["seeds"]) > 1:
+            lines.append(f"| {names[key]} | mean of {len(d['seeds'])} | {cell(d['mean'])} | " + " | ".join("" for _ in steps) + " |")
+    if res.get("null_random_k_selection_seeds"):
+        lines.append(f"| random-k selection seed 0 − seed 1 (null) | {res['setting']['seeds'][0]} | "
+                     f"{cell(res['null_random_k_selection_seeds'])} | " + " | ".join("" for _ in steps) + " |")
+    return "\n".join(lines)
+
+
+def quintile_table(res: dict) -> str:
+    """α per quintile of the reference's own held-out KL (q1 = the tokens it matches best), seed means."""
+    q = res["alpha_by_reference_kl_quintile"]
+    names = {"initial": "shared initialisation"}
+    lines = ["| arm | q1 | q2 | q3 | q4 | q5 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for arm, vals in q["alpha"].items():
+        lines.append(f"| {names.get(arm, arm)} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
-"""The real-pair benchmarks (benchmarks/real_{cache,spec,arms}.py) run end to end with ``--smoke``
-(a few sequences / tokens, the untrained from_target draft): every section produces its numbers
-into ``--out``, and benchmarks/results/ (the measured run's files) is never touched."""
+"""The real-pair benchmarks (benchmarks/real_{cache,spec,arms}.py, make_real.py) run end to end with
+``--smoke`` (a few sequences / tokens, the untrained from_target draft; make_real: the shrunken recipe):
+every section produces its numbers into ``--out``, and benchmarks/results/ (the measured run's files)
+is never touched."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,16 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def _snapshot() -> dict:
-    return {p.name: p.read_bytes() for p in RESULTS.glob("real_*") if p.is_file()}
+    return {p.name: p.read_bytes() for pattern in ("real_*", "make_real*") for p in RESULTS.glob(pattern)
+            if p.is_file()}
 
 
-def _smoke(name: str, tmp_path) -> dict:
+def _smoke(name: str, tmp_path, timeout: float = 240) -> dict:
     before = _snapshot()
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--smoke", "--out", str(out),
                            "--run-dir", str(tmp_path / "no-run")],
-                          env=child_env(), capture_output=True, text=True, timeout=240)
+                          env=child_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert _snapshot() == before, f"--smoke touched benchmarks/results/{name}*"
     res = json.loads((out / f"{name}.json").read_text())
@@ -70,3 +72,29 @@ def test_real_arms_smoke(smollm2_dir, tmp_path):
                 assert all(r["matches_target"] == 1.0 for r in arm["by_gamma"].values())
         assert (tmp_path / "out" / block["eval_json"]).is_file()
     assert (tmp_path / "out" / "real_arms.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_make_real_smoke(smollm2_dir, tmp_path):
+    # The shrunken recipe through the pipeline (--run-dir), then what make_real.json records of it.
+    res = _smoke("make_real", tmp_path, timeout=600)
+    stages = ["cache_train", "cache_eval", "reference", "add_reference", "adaspec", "distillspec_wide", "eval",
+              "eval_greedy"]
+    assert list(res["stage_seconds"]) == stages and all(s > 0 for s in res["stage_seconds"].values())
+    assert res["stage_seconds_total"] == pytest.approx(sum(res["stage_seconds"].values()), abs=0.2)
+    assert res["pipeline_wall_seconds"] >= res["stage_seconds_total"] - 1
+    held = res["held_out"]
+    arms = ["distillspec", "adaspec", "distillspec_wide"]
+    assert held["tokens"] == res["data"]["eval"]["supervised"] > 0
+    assert 0 < held["initial_alpha"] < 1 and list(held["alpha"]) == arms
+    for arm in arms:  # every arm starts from the same draft: step 0's α is the initial one, the last the final
+        steps = held["alpha_by_step"][arm]
+        assert steps[0] == [0, pytest.approx(held["initial_alpha"], abs=1e-6)] and steps[-1][1] == held["alpha"][arm]
+    assert [res["eval"][s]["temperature"] for s in ("eval", "eval_greedy")] == [1.0, 0.0]
+    for stage in ("eval", "eval_greedy"):
+        assert list(res["eval"][stage]["arms"]) == arms
+        for row in res["eval"][stage]["arms"].values():
+            assert 0 <= row["alpha_logits"] <= 1 and 0 <= row["acceptance_rate"] <= 1 and row["tau"] >= 1
+    assert all(r["matches_target"] == 1.0 for r in res["eval"]["eval_greedy"]["arms"].values())
+    assert "configs/smollm2-135m-code.yaml" in res["provenance"]["digests"]
+    assert "benchmarks/make_real.py" in res["provenance"]["digests"]
