@@ -49,6 +49,7 @@ from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.files import DirectoryClaim, remove_stale_tmp
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count, weights_fingerprint
+from adaspec_dist.models.head import chunked_logits, fusable
 from adaspec_dist.models.logits import masked_logits
 from adaspec_dist.models.tp_target import make_target_fn
 from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
@@ -151,12 +152,20 @@ def spec_from_config(cfg: CacheConfig, vocab_size: int, extra: dict) -> JobSpec:
     return JobSpec(**{**shared, "vocab_size": vocab_size, "extra": extra})
 
 
-def hf_target_fn(model, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0) -> TargetFn:
-    """Full-vocabulary TargetFn over a Hugging Face causal LM."""
+def hf_target_fn(model, *, scheme: str, top_k: int = 64, draws: int = 32, temperature: float = 1.0,
+                 chunked: bool = True) -> TargetFn:
+    """Full-vocabulary TargetFn over a Hugging Face causal LM.
+
+    ``chunked`` (default): the target's head runs row chunk by row chunk inside the encoders
+    (``models.head.ChunkedLogits``), so a long-context batch needs O(chunk × V) beyond the model
+    instead of N × V; the chunks are the encoders' own, so the bytes written are those of the
+    dense logits (tests/unit/test_cache_store.py). ``chunked=False``: the N × V logits (the reference)."""
+    chunked = chunked and fusable(model) is None
 
     @torch.no_grad()
     def target(input_ids_BT, attention_mask_BT, loss_mask_BT, generator):
-        logits_NV = masked_logits(model, input_ids_BT, attention_mask_BT, loss_mask_BT)
+        rows = chunked_logits if chunked else masked_logits
+        logits_NV = rows(model, input_ids_BT, attention_mask_BT, loss_mask_BT)
         if scheme == "topk":
             return topk_targets(logits_NV, top_k).to("cpu")
         return sampled_targets(logits_NV, draws, generator, temperature).to("cpu")

@@ -53,6 +53,8 @@ Schedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+FusedHead = Literal["auto", "on", "off"]
+FUSED_HEAD_MODES: tuple[FusedHead, ...] = get_args(FusedHead)
 
 
 class Engine(Protocol):
@@ -114,6 +116,12 @@ class EngineConfig:
     """cosine: the final LR as a fraction of lr."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (HF gradient checkpointing)."""
+    fused_head: FusedHead = "auto"
+    """Run the draft's LM head and the loss in row chunks, never holding N x V logits
+    (distill/fused_head.py): on, off (the plain path), or auto = on when a micro-batch's supervised
+    positions x vocabulary exceed 2^27 (the largest micro-batch over the data-parallel ranks)."""
+    head_chunk_rows: int | None = None
+    """Rows per chunk of the fused head (None = as many as keep a chunk's logits at 2^24 values)."""
 
     def validate(self) -> None:
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
@@ -133,6 +141,11 @@ class EngineConfig:
             raise ValueError(f"engine.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"engine.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.fused_head not in FUSED_HEAD_MODES:
+            raise ValueError(f"engine.fused_head '{self.fused_head}' must be one of {list(FUSED_HEAD_MODES)}")
+        if self.head_chunk_rows is not None and (isinstance(self.head_chunk_rows, bool) or self.head_chunk_rows < 1):
+            raise ValueError(f"engine.head_chunk_rows must be a positive number of rows or null, "
+                             f"got {self.head_chunk_rows!r}")
 
 
 def _resolve_json(name: str) -> Path:

@@ -36,7 +36,7 @@ Contract
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +70,11 @@ def next_tokens(batch) -> Tensor:
 
 @dataclass
 class TokenLosses:
-    l_draft: Tensor  # (N,) with grad
+    l_draft: Tensor  # (N,) with grad (adaspec on the fused path: detached until ``attach``)
     l_ref: Tensor | None  # (N,) detached
+    attach: Callable[[Tensor], Tensor] | None = None
+    """Fused head only (distill/fused_head.py): ``attach(keep_N)`` -> l_draft with the kept rows'
+    values recomputed with grad; ``objective`` calls it once selection is known."""
 
 
 def token_losses(objective: str, draft_NV: Tensor, batch, *, kind: str = "fkl", beta: float = 0.5,
@@ -142,6 +145,8 @@ def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4
         sel = select_tokens(delta, fraction, scope, group=group, rule=rule,
                             groups_N=groups_N if scope == "local" else None)
         keep = sel.keep_N
+        if losses.attach is not None:  # fused head: only the kept rows are run (again) with grad
+            l_draft = losses.attach(keep)
         # where, not multiply: a non-finite L_draft on a dropped token must not reach the sum.
         trained = torch.where(keep, l_draft, torch.zeros_like(l_draft))
         if normalization_scope == "global":

@@ -5,7 +5,8 @@ Legend: N supervised positions of a micro-batch, V vocabulary.
 Contract
 --------
 * ``compute_loss(run, batch) -> (loss, stats)``: forward the draft (and the online teacher /
-  reference) on one micro-batch; the maths is distill/objectives.py.
+  reference) on one micro-batch; the maths is distill/objectives.py; ``engine.fused_head`` picks
+  the chunked head (distill/fused_head.py, no N × V logits) or the plain path.
 * ``train_step(run, batch) -> stats``: one micro-step (forward, per-token losses, selection,
   backward, DeepSpeed step — the optimiser steps at gradient-accumulation boundaries, which
   ``stats["stepped"]`` tells); advances ``run.progress``. A NaN/inf loss or gradient norm stops
@@ -31,6 +32,7 @@ from adaspec_dist.distill import objectives as obj
 from adaspec_dist.distill.batches import TokenBatch
 from adaspec_dist.distill.engine import full_grad_norm, raw_grad_norm
 from adaspec_dist.distill.finite import check_grad_norm, check_loss
+from adaspec_dist.distill.fused_head import fused_token_losses, use_fused
 from adaspec_dist.distill.selection import threshold_groups
 from adaspec_dist.distill.state import Run
 from adaspec_dist.sparse.divergence import per_token_divergence, sparse_alpha
@@ -48,15 +50,20 @@ def compute_loss(run: Run, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         # L_ref comes from the online reference against the very same rows (like with like).
         batch = dataclasses.replace(batch, ref_loss=None, target=run.tp_teacher(
             batch.input_ids, batch.attention_mask, batch.loss_mask))
-    draft_NV = obj.supervised_logits(run.engine, batch)
-    target_NV = ref_NV = None
-    with torch.no_grad():
-        if run.target is not None:
-            target_NV = obj.supervised_logits(run.target, batch)
-        if run.reference is not None:
-            ref_NV = obj.supervised_logits(run.reference, batch)
-    losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
-                              target_NV=target_NV, ref_NV=ref_NV)
+    if use_fused(cfg.engine.fused_head, run.engine, int(batch.loss_mask.sum()), run.ps.dp_group, run.ps.device):
+        losses = fused_token_losses(cfg.objective, run.engine, batch, kind=cfg.divergence, beta=cfg.beta,
+                                    teacher=run.target, reference=run.reference, rows=cfg.engine.head_chunk_rows,
+                                    group=run.ps.dp_group)
+    else:  # the plain path: N x V logits (the reference the fused path is tested against)
+        draft_NV = obj.supervised_logits(run.engine, batch)
+        target_NV = ref_NV = None
+        with torch.no_grad():
+            if run.target is not None:
+                target_NV = obj.supervised_logits(run.target, batch)
+            if run.reference is not None:
+                ref_NV = obj.supervised_logits(run.reference, batch)
+        losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
+                                  target_NV=target_NV, ref_NV=ref_NV)
     return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=cfg.selection_scope,
                          rule=cfg.selection_rule, normalization=cfg.loss_normalization,
                          normalization_scope=cfg.normalization_scope,

@@ -28,6 +28,10 @@ Contract
   at p = 0.9, 1.9 % at p = 0.37; values below ``-24`` are clipped).
 
 Shapes: ``N`` supervised positions, ``V`` vocabulary, ``K`` ids kept per position.
+
+The encoders read ``logits_NV`` only through ``.shape`` and row slices ``logits_NV[rows]``, chunk
+by chunk: lazy logits (``models.head.ChunkedLogits``, the head applied per chunk) give the same
+output without N × V ever existing.
 """
 from __future__ import annotations
 
@@ -188,8 +192,9 @@ def sampled_targets(logits_NV: torch.Tensor, draws: int, generator: torch.Genera
     u_ND = draw_uniforms(n, draws, generator)
     parts = []
     for rows in _row_chunks(n, v, max_elems):
-        lp_nv = torch.log_softmax(logits_NV[rows].float(), dim=-1)
-        lq_nv = lp_nv if temperature == 1.0 else torch.log_softmax(logits_NV[rows].float() / temperature, -1)
+        z_nv = logits_NV[rows].float()  # one head call per chunk when the logits are lazy
+        lp_nv = torch.log_softmax(z_nv, dim=-1)
+        lq_nv = lp_nv if temperature == 1.0 else torch.log_softmax(z_nv / temperature, -1)
         # Inverse CDF in float64: cumulative sums of 50k fp32 terms would drift.
         cdf_nv = torch.cumsum(lq_nv.double().exp(), dim=-1)
         u = u_ND[rows].to(cdf_nv.device) * cdf_nv[:, -1:]  # scale by the total to absorb rounding

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adaspec_dist.models.head import map_row_chunks
 from adaspec_dist.speculative.kv_cache import SlotCache
 from adaspec_dist.speculative.lm import CausalLM, as_causal_lm, is_sharded_vocab
 from adaspec_dist.speculative.sampling import (SamplingConfig, counter_uniforms, probs_from_logits, real_vocab_size,
@@ -203,7 +204,8 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
         if sharded:
             n, nxt = target.verify_logits(logits, torch.stack(d_probs, 1), D, V, sampling, generator)
         else:
-            P = probs_from_logits(logits[..., :V], T, top_p)           # B,G+1,V
+            # row chunks: the tempering / nucleus temporaries of B·(G+1) rows stay O(chunk × V)
+            P = map_row_chunks(lambda z: probs_from_logits(z, T, top_p), logits[..., :V])  # B,G+1,V
             n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
         tslot.keep_last(arange[None] <= n[:, None])
         dslot.keep_last(torch.cat([pending.valid_B2, arange[None, 1:G] <= n[:, None]], 1))

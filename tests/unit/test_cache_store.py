@@ -419,3 +419,33 @@ def test_inspect_warns_about_impossible_numbers_naming_the_file_and_the_fix(tmp_
     man["num_supervised"] += 3
     (d / "manifest.json").write_text(json.dumps(man))
     assert any("manifest.json says num_supervised" in w for w in summarise(d)["warnings"])
+
+
+@pytest.mark.parametrize("scheme", ["topk", "sampled"])
+def test_the_chunked_head_writes_the_same_bytes(tmp_path, target, scheme, monkeypatch):
+    """hf_target_fn's chunked head (no N x V logits) writes byte for byte the dense logits' cache,
+    also when a batch spans several chunks (the encoders' chunk size shrunk to 7 rows)."""
+    from adaspec_dist.sparse import target as sparse_target
+
+    for name in ("topk_targets", "sampled_targets"):
+        fn = getattr(sparse_target, name)
+        monkeypatch.setattr("adaspec_dist.cache.produce." + name,
+                            lambda *a, _fn=fn, **kw: _fn(*a, **kw, max_elems=7 * V))
+    spec = JobSpec(scheme=scheme, top_k=8, draws=12, batch_size=5, shard_size=6, value_dtype="fp16", vocab_size=V,
+                   extra={"tokenizer_fingerprint": "tok-A", "split": "train"})
+    calls = []
+    handle = target.get_output_embeddings().register_forward_hook(lambda m, a, out: calls.append(out.shape))
+    snaps = {}
+    for chunked in (False, True):
+        calls.clear()
+        out = tmp_path / f"c{chunked}"
+        fn = hf_target_fn(target, scheme=scheme, top_k=8, draws=12, chunked=chunked)
+        write_cache(make_sequences(13), fn, spec, out, tensorboard_dir=str(tmp_path / f"tb{chunked}"))
+        snaps[chunked] = snapshot(out)
+        if chunked:  # rows of at most 7, and the forward's own head saw zero positions
+            assert max(s[0] for s in calls if len(s) == 2) <= 7 and all(s[1] == 0 for s in calls if len(s) == 3)
+    handle.remove()
+    snaps = {k: {n: b for n, b in v.items() if not n.endswith(".lock")} for k, v in snaps.items()}
+    assert snaps[True].keys() == snaps[False].keys() and len(snaps[True]) > 3
+    for name in snaps[True]:
+        assert snaps[True][name] == snaps[False][name], name

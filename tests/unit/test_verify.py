@@ -98,3 +98,17 @@ def test_real_vocab_size():
         real_vocab_size(50304, 32000)
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         real_vocab_size(640, 600, tokenizer_len=640)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.9)])
+def test_probabilities_in_row_chunks_equal_all_rows_at_once(temperature, top_p):
+    """The decoder's verify step computes p over B x (G+1) rows chunk by chunk (models.head.map_row_chunks):
+    bit for bit the values of one call over all rows, whatever the chunk size."""
+    from adaspec_dist.models.head import map_row_chunks
+    from adaspec_dist.speculative.sampling import probs_from_logits
+
+    logits = torch.randn(4, 5, 300, generator=torch.Generator().manual_seed(0)) * 3
+    whole = probs_from_logits(logits, temperature, top_p)
+    for max_elems in (300, 7 * 300, 1 << 24):
+        chunked = map_row_chunks(lambda z: probs_from_logits(z, temperature, top_p), logits, max_elems)
+        assert chunked.shape == whole.shape and torch.equal(chunked, whole)
