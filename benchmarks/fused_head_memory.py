@@ -148,7 +148,10 @@ def main() -> None:
     path = results_io.write_result("fused_head_memory", {
         "claim": "fused, chunked head: peak memory of one training step, plain / fused; step time fused / plain",
         "smoke": args.smoke, "models": models, "K": K, "objective": "kd", "memory_ratio": memory_ratio,
-        "time_ratio": time_ratio, "fused_alone": fused_alone, "rows": rows})
+        "time_ratio": time_ratio, "fused_alone": fused_alone, "rows": rows,
+        # the steps ran in child processes: name the modules they exercise
+        "provenance": results_io.provenance(*(f"adaspec_dist/{m}.py" for m in (
+            "distill/fused_head", "models/head", "distill/objectives", "sparse/divergence", "sparse/target")))})
     print(f"wrote {path}")
 
 
