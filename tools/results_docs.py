@@ -191,7 +191,7 @@ def describe(name: str, results_dir: Path) -> str:
     if m.get("torch"):
         bits.append(f"torch {m['torch']}")
     if m.get("load_avg_1m") is not None:
-        bits.append(f"load {m['load_avg_1m']}")
+        bits.append(f"load {round(float(m['load_avg_1m']), 2)}")
     changed = stale_files(data["provenance"], ROOT) if isinstance(data.get("provenance"), dict) else []
     if changed:
         bits.append(f"**measured before changes to {', '.join(changed[:3])}"
