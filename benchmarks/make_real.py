@@ -41,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_io  # noqa: E402
+from adaspec_dist.speculative.report import json_safe  # noqa: E402,F401  (strict JSON, as eval.json)
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "configs/smollm2-135m-code.yaml"
@@ -173,17 +174,6 @@ def data_sizes(run_dir: Path) -> dict:
     return sizes
 
 
-def json_safe(x):
-    """``x`` with every NaN / inf float replaced by None (strict JSON)."""
-    import math
-
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
 
 
 def collect(run_dir: Path, *, smoke: bool, overrides: list[str], wall: float | None) -> dict:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import results_io
+from adaspec_dist.speculative.report import json_safe  # noqa: E402,F401  (strict JSON, as eval.json)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -123,15 +124,3 @@ def clock():
     return time.perf_counter()
 
 
-def json_safe(x):
-    """``x`` with every NaN / inf float replaced by None (strict JSON: e.g. the per-position acceptance
-    of a position no step reached is NaN in ``metrics.summarize``)."""
-    import math
-
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
