@@ -73,6 +73,7 @@ def provenance(*extra: str | Path, whole_package: bool = False) -> dict:
     """What measured this result: the git revision (when there is one) and a digest per source file —
     every ``adaspec_dist`` module this process imported (or, ``whole_package``, every one: for runs
     whose work happened in child processes), the running script, and ``extra`` files (recipes)."""
+    import shlex
     import subprocess
     import sys
 
@@ -96,8 +97,7 @@ def provenance(*extra: str | Path, whole_package: bool = False) -> dict:
         rel = Path(os.path.abspath(f))  # not resolve(): configs/ is a link into the package
         if rel.is_relative_to(ROOT):  # an installed (non-editable) copy is not this repository's code
             digests[rel.relative_to(ROOT).as_posix()] = source_digest(f)
-    command = " ".join(["python", *[a if a.replace("-", "").replace("_", "").replace(".", "").replace("/", "").isalnum()
-                                     else repr(a) for a in sys.argv]]) if script else None
+    command = shlex.join(["python", *sys.argv]) if script else None  # what reproduces this file
     return {"git_revision": rev, "command": command, "digests": digests}
 
 

@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results_io import RESULTS, stale_files  # noqa: E402
 
+from adaspec_dist.files import atomic_write_text  # noqa: E402
+
 VALUE = re.compile(r"<!--=\s*(?P<expr>.*?)\s*-->(?P<text>.*?)<!--/=-->")
 SOURCES = re.compile(r"<!--sources-->(?P<text>.*?)<!--/sources-->")
 BLOCK = re.compile(r"<!--block=\s*(?P<expr>[^\n]*?)\s*-->\n(?P<text>.*?)\n?<!--/block-->", re.S)
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             text = doc.read_text()
             new = render(text, str(doc.relative_to(ROOT)))[0]
             if new != text:
-                doc.write_text(new)
+                atomic_write_text(doc, new)  # a kill mid-write must not truncate README
                 changed += 1
                 print(f"rewrote {doc.relative_to(ROOT)}")
         stale = stale_results()
