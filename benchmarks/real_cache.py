@@ -7,7 +7,7 @@ measured at V = 1,024 / 8,000 and extrapolated).
     target's ChatML template): the package's cache job (``cache.produce.write_cache`` with
     ``hf_target_fn``, top-64: forward at the supervised positions, top-k, shard writing, manifest)
     tokens/s ÷ a plain HF forward ``model(input_ids, attention_mask).logits`` of the same batches
-    (``cache.produce._pad``, the job's own batching). Also the job's own forward alone
+    (``data.batch.collate``, the job's own batching). Also the job's own forward alone
     (``models.logits.masked_logits``: the head only at supervised positions), so job ÷ that = the
     overhead of top-k + writing. Interleaved (plain, masked, job) rounds; best and median of the rounds.
 (b) Bytes per supervised token of caches the job writes on held-out HumanEval rows: top-64 and top-8
@@ -63,10 +63,14 @@ def throughput(model, seqs, rounds: int, batch_size: int, work: Path) -> dict:
     """(a): interleaved rounds of plain forward, masked forward, the cache job over the same batches."""
     import torch
 
-    from adaspec_dist.cache.produce import _pad
+    from adaspec_dist.data.batch import collate
     from adaspec_dist.models.logits import masked_logits
 
-    batches = [_pad(seqs[i:i + batch_size])[:3] for i in range(0, len(seqs), batch_size)]
+    def _batch(part):
+        b = collate(part)
+        return b.input_ids, b.attention_mask, b.loss_mask
+
+    batches = [_batch(seqs[i:i + batch_size]) for i in range(0, len(seqs), batch_size)]
     tokens = sum(len(s.input_ids) for s in seqs)
 
     @torch.no_grad()

@@ -12,14 +12,16 @@ Contract
   ``hf_target_fn`` is the full-vocabulary Hugging Face implementation; a tensor-parallel one
   (``models.tp_target.make_target_fn(path, ps, ...) -> (TargetFn, vocab_size)``) slots in when ``tp > 1``. A sampled
   TargetFn must draw its randomness only from ``generator`` (see ``sparse.draw_uniforms``).
-* ``write_cache(sequences, target_fn, spec, out_dir, ps=...)``: shard ``j`` = global sequences
-  ``[j*shard_size, (j+1)*shard_size)``, owned by DP rank ``j % dp_size``, batched in order, with
-  a generator seeded from ``(seed, j)``. So shard bytes depend neither on the number of ranks
-  nor on interruptions: a 2-rank job equals a 1-rank job and a killed job rerun with the same
-  command skips its complete shards and ends byte-identical. Rank 0 writes ``manifest.json``
-  last. A directory holding a different job (config or data) is refused, never overwritten; one
-  job at a time writes into a directory (:func:`claim_directory`), and every check that can be made
-  first (:func:`check_job`, :func:`check_positions`) is made before anything is written.
+* ``write_cache(sequences, target_fn, spec, out_dir, ps=...)``: the job as a :class:`CacheJob` in
+  the sharded-job skeleton (``jobs.run_sharded``: the claim, ``job.json``, resume, the rank-owned
+  shard loop and progress, the manifest last). Shard ``j`` = global sequences
+  ``[j*shard_size, (j+1)*shard_size)``, owned by DP rank ``j % dp_size``, batched in order
+  (``data.batch.collate``), with a generator seeded from ``(seed, j)``. So shard bytes depend
+  neither on the number of ranks nor on interruptions: a 2-rank job equals a 1-rank job and a
+  killed job rerun with the same command skips its complete shards and ends byte-identical. A
+  directory holding a different job (config or data) is refused, never overwritten; one job at a
+  time writes into a directory, and every check that can be made first (:func:`check_job`, the
+  target's position limit) is made before anything is written.
 
 Shapes: B batch, T time, V vocabulary, N supervised positions, K ids per row.
 """
@@ -29,28 +31,27 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Collection, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adaspec_dist.cache import format as fmt
-from adaspec_dist.cache.writer import Roles, finished_shard, job_roles, loss_mask_from_labels, write_shard
+from adaspec_dist.cache.writer import finished_shard, write_shard
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.generated import generated_sequences
 from adaspec_dist.data.tasks import DataConfig, chat_template_for, load_examples, prompt_format
 from adaspec_dist.data.tokenize import data_fingerprint, tokenize_examples
-from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.data.batch import collate
+from adaspec_dist.data.tokenizer import job_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
-from adaspec_dist.files import DirectoryClaim, remove_stale_tmp
+from adaspec_dist.jobs import JobFile, ShardedJob, job_roles, run_sharded
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count, weights_fingerprint
 from adaspec_dist.models.head import chunked_logits, fusable
 from adaspec_dist.models.logits import masked_logits
+from adaspec_dist.models.positions import check_length
 from adaspec_dist.models.tp_target import make_target_fn
 from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTarget, ValueDtype, id_dtype,
                                         sampled_targets, topk_targets)
@@ -58,7 +59,6 @@ from adaspec_dist.sparse.target import (SCHEMES, VALUE_DTYPES, Scheme, SparseTar
 logger = logging.getLogger(__name__)
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], SparseTarget]
-JOB_FILE = "job.json"
 
 
 @dataclass(kw_only=True)
@@ -255,77 +255,6 @@ def check_job(sequences: Sequence[Any], spec: JobSpec) -> None:
                          "ids: the tokenizer is not the target's; set tokenizer to the target's own")
 
 
-def completed_manifest(out_dir: Path, fingerprint: str | Collection[str]) -> dict | None:
-    """The manifest of a finished cache made by this very job (its fingerprint, or one of the
-    ``fingerprint`` collection: today's and the legacy ones), else None."""
-    accepted = {fingerprint} if isinstance(fingerprint, str) else set(fingerprint)
-    job, manifest = out_dir / JOB_FILE, fmt.manifest_path(out_dir)
-    if not (job.is_file() and manifest.is_file()):
-        return None
-    if fmt.read_json(job, "job file").get("fingerprint") not in accepted:
-        return None
-    done = fmt.read_json(manifest, "manifest")
-    if not done.get("complete"):
-        return None
-    # Each shard re-hashed, as a resume would: a deleted or damaged shard is rewritten, not skipped.
-    intact = all(finished_shard(out_dir, sh["index"]) is not None for sh in done["shards"])
-    return done if intact else None
-
-
-def claim_directory(out_dir: Path, fingerprint: str, me: Roles, legacy: Collection[str] = ()) -> DirectoryClaim | None:
-    """Claim ``out_dir`` for this job, refuse a directory that holds another job, record ours.
-
-    The claim is per job: the main rank takes an exclusive lock on the directory (held until the
-    caller releases the returned claim; ``adaspec_dist.files``), checks ``job.json`` and writes it,
-    clears the temp files a killed run left; the other ranks wait for its answer, so every rank
-    gets the same one. A second job into the same directory — any settings, any timing — is
-    refused in one line while the first holds the lock, and by ``job.json`` after it. A ``job.json``
-    an earlier version wrote for the same job (one of ``legacy``) is rewritten with today's."""
-    claim, refusal = None, None
-    if me.is_main:
-        try:
-            claim = DirectoryClaim.acquire(out_dir, what="cache directory",
-                                           fix="wait for it to finish or choose another out_dir")
-            job = out_dir / JOB_FILE
-            if job.exists():
-                found = fmt.read_json(job, "job file").get("fingerprint")
-                if found in legacy and found != fingerprint:
-                    fmt.atomic_write_json(job, {"fingerprint": fingerprint})
-                    logger.info("%s: written by an earlier adaspec-dist version for the same job; updated", job)
-                elif found != fingerprint:
-                    raise ValueError(f"cache directory '{out_dir}' holds a cache made with different settings or "
-                                     f"data (see {job}); choose a new out_dir or delete that directory")
-            elif any(p.name not in ("tb", ".lock") for p in out_dir.iterdir()):
-                raise ValueError(f"directory '{out_dir}' is not empty and holds no cache job; choose a new out_dir")
-            else:
-                (out_dir / fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-                fmt.atomic_write_json(job, {"fingerprint": fingerprint})
-            remove_stale_tmp(out_dir)  # no writer is running: the claim excludes other jobs, ours waits
-        except (ValueError, OSError) as err:  # every rank must hear the answer, whatever it is
-            if claim is not None:
-                claim.release()
-            refusal = str(err)
-    refusal = me.share(refusal)
-    if refusal:
-        raise ValueError(refusal)
-    return claim
-
-
-def _pad(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[np.ndarray]]:
-    t_max = max(len(s.input_ids) for s in batch)
-    ids = torch.zeros(len(batch), t_max, dtype=torch.long)
-    attn = torch.zeros(len(batch), t_max, dtype=torch.long)
-    mask = torch.zeros(len(batch), t_max, dtype=torch.bool)
-    masks = []
-    for i, s in enumerate(batch):
-        m = loss_mask_from_labels(s.labels)
-        ids[i, :len(s.input_ids)] = torch.tensor(s.input_ids)
-        attn[i, :len(s.input_ids)] = 1
-        mask[i, :len(m)] = torch.from_numpy(m)
-        masks.append(m)
-    return ids, attn, mask, masks
-
-
 def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, index: int,
                   device: Any, on_batch: Callable[[int], None] | None = None,
                   ) -> tuple[list[np.ndarray], list[np.ndarray], SparseTarget]:
@@ -336,86 +265,79 @@ def compute_shard(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, 
     ids_out, masks_out, parts = [], [], []
     for b0 in range(0, len(sequences), spec.batch_size):
         batch = sequences[b0:b0 + spec.batch_size]
-        ids, attn, mask, masks = _pad(batch)
-        parts.append(target_fn(ids.to(device), attn.to(device), mask.to(device), gen))
+        b = collate(batch)
+        parts.append(target_fn(b.input_ids.to(device), b.attention_mask.to(device), b.loss_mask.to(device), gen))
         ids_out += [np.asarray(s.input_ids, dtype=np.int64) for s in batch]
-        masks_out += masks
+        masks_out += [b.loss_mask[i, :len(s.input_ids)].numpy() for i, s in enumerate(batch)]
         if on_batch is not None:
             on_batch(sum(len(s.input_ids) for s in batch))
     return ids_out, masks_out, SparseTarget.cat(parts, scheme=spec.scheme)
+
+
+class CacheJob(ShardedJob):
+    """The cache job in the sharded-job skeleton (``jobs.run_sharded``): shard ``j`` = global
+    sequences ``[j*shard_size, (j+1)*shard_size)``, its target rows computed by ``target_fn``."""
+
+    what, name, unit = "cache directory", "cache", "tokens"
+
+    def __init__(self, sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: Path, *,
+                 device: Any, config: Any, tensorboard_dir: str | None):
+        self.sequences, self.target_fn, self.spec, self.device, self.config = sequences, target_fn, spec, device, config
+        self.directory = out_dir
+        self.n_shards = math.ceil(len(sequences) / spec.shard_size)
+        self.tensorboard_dir = tensorboard_dir or str(out_dir / "tb")
+        self.job_file = JobFile(out_dir, job_fingerprint(spec, len(sequences)), what=self.what, kind="cache",
+                                other_job="holds a cache made with different settings or data",
+                                legacy=legacy_fingerprints(spec, len(sequences)), fresh_ok=("tb", ".lock"),
+                                shard_dir=fmt.SHARD_DIR)
+
+    def shard(self, index: int) -> Sequence[Any]:
+        return self.sequences[index * self.spec.shard_size:(index + 1) * self.spec.shard_size]
+
+    def completed(self) -> dict | None:
+        # Nothing to write then: rewriting the manifest would drop a reference column added since.
+        done = self.job_file.finished_manifest(fmt.manifest_path(self.directory), self.finished)
+        if done is None and self.spec.scheme == "sampled":  # a complete format-1 cache of this job is still read
+            old = self.job_file.finished_manifest(fmt.manifest_path(self.directory), self.finished,
+                                                  accepted=format1_fingerprints(self.spec, len(self.sequences)))
+            done = old if old is not None and old.get("format_version") == 1 else None
+        return done
+
+    def admit(self) -> None:
+        self.job_file.admit()
+        if self.config is not None:
+            save_resolved(self.config, self.directory)
+
+    def finished(self, index: int) -> dict | None:
+        return finished_shard(self.directory, index)
+
+    def work(self, index: int) -> int:
+        return sum(len(s.input_ids) for s in self.shard(index))
+
+    def run_shard(self, index: int, *, writes: bool, advance: Callable[[int], None]) -> dict[str, float]:
+        chunk, spec = self.shard(index), self.spec
+        ids, masks, target = compute_shard(chunk, self.target_fn, spec, index, self.device, on_batch=advance)
+        if writes:
+            first = index * spec.shard_size
+            write_shard(self.directory, index, seq_ids=range(first, first + len(chunk)), input_ids=ids,
+                        loss_masks=masks, target=target, vocab_size=spec.vocab_size, value_dtype=spec.value_dtype,
+                        draws=spec.draws if spec.scheme == "sampled" else None, store_logp=spec.store_logp,
+                        compression=spec.compression)
+        return {"cache/supervised_per_shard": len(target)}
+
+    def write_manifest(self) -> dict:
+        return write_manifest(self.directory, self.spec, self.n_shards, len(self.sequences))
 
 
 def write_cache(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: str | Path, *,
                 ps=None, device: Any = "cpu", config: Any = None, tensorboard_dir: str | None = None) -> dict | None:
     """Write (or finish) the cache; returns the manifest on rank 0, None elsewhere.
 
-    ``ps`` is the ParallelState (None = one process); only TP leaders write.
-    """
-    out_dir = Path(out_dir)
+    ``ps`` is the ParallelState (None = one process); only TP leaders write."""
     check_job(sequences, spec)  # before anything is written: a refused job leaves no job.json behind
-    me = job_roles(ps)
-    fingerprint = job_fingerprint(spec, len(sequences))
-    legacy = legacy_fingerprints(spec, len(sequences))
-    done = completed_manifest(out_dir, [fingerprint, *legacy])
-    if done is None and spec.scheme == "sampled" :
-        old = completed_manifest(out_dir, format1_fingerprints(spec, len(sequences)))
-        done = old if old is not None and old.get("format_version") == 1 else None
-    if done is not None:
-        # Nothing to write: rewriting the manifest would drop a reference column added since.
-        logger.info("cache %s is already complete (%d shards); nothing to do", out_dir, len(done["shards"]))
-        return done if me.is_main else None
-    claim = claim_directory(out_dir, fingerprint, me, legacy)
-    try:
-        return _write_claimed(sequences, target_fn, spec, out_dir, me, device=device, config=config,
-                              tensorboard_dir=tensorboard_dir)
-    finally:
-        if claim is not None:
-            claim.release()
-
-
-def _write_claimed(sequences: Sequence[Any], target_fn: TargetFn, spec: JobSpec, out_dir: Path, me: Roles, *,
-                   device: Any, config: Any, tensorboard_dir: str | None) -> dict | None:
-    """The shards this rank owns, then (main rank) the manifest; the directory is this job's."""
-    if me.is_main and config is not None:
-        save_resolved(config, out_dir)
-
-    n_shards = math.ceil(len(sequences) / spec.shard_size)
-    mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
-    todo = [j for j in mine if finished_shard(out_dir, j) is None]
-    if len(todo) < len(mine):
-        logger.info("rank %d: %d of its %d shards are already complete; resuming", me.dp_rank,
-                    len(mine) - len(todo), len(mine))
-    bar = writer_tb = None
-    if me.is_main:
-        total = sum(len(s.input_ids) for j in todo for s in sequences[j * spec.shard_size:(j + 1) * spec.shard_size])
-        bar = tqdm(total=total, unit="tok", unit_scale=True, desc="cache (rank 0)", dynamic_ncols=True)
-        from torch.utils.tensorboard import SummaryWriter
-        writer_tb = SummaryWriter(tensorboard_dir or str(out_dir / "tb"))
-    t0 = time.perf_counter()
-    done_tokens = 0
-    with logging_redirect_tqdm():  # log lines go above the bar, not onto its line
-        for j in todo:
-            chunk = sequences[j * spec.shard_size:(j + 1) * spec.shard_size]
-            ids, masks, target = compute_shard(chunk, target_fn, spec, j, device,
-                                               on_batch=bar.update if bar is not None else None)
-            if me.writes:
-                write_shard(out_dir, j, seq_ids=range(j * spec.shard_size, j * spec.shard_size + len(chunk)),
-                            input_ids=ids, loss_masks=masks, target=target, vocab_size=spec.vocab_size,
-                            value_dtype=spec.value_dtype, draws=spec.draws if spec.scheme == "sampled" else None,
-                            store_logp=spec.store_logp, compression=spec.compression)
-            n_tok = sum(len(x) for x in ids)
-            done_tokens += n_tok
-            if bar is not None:
-                rate = done_tokens / max(time.perf_counter() - t0, 1e-9)
-                writer_tb.add_scalar("cache/tokens_per_s_rank0", rate, j)
-                writer_tb.add_scalar("cache/supervised_per_shard", len(target), j)
-    if bar is not None:
-        bar.close()
-        writer_tb.close()
-    me.barrier()
-    manifest = write_manifest(out_dir, spec, n_shards, len(sequences)) if me.is_main else None
-    me.barrier()
-    return manifest
+    job = CacheJob(sequences, target_fn, spec, Path(out_dir), device=device, config=config,
+                   tensorboard_dir=tensorboard_dir)
+    return run_sharded(job, job_roles(ps))
 
 
 def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: int) -> dict:
@@ -453,10 +375,7 @@ def write_manifest(out_dir: Path, spec: JobSpec, n_shards: int, num_sequences: i
 
 def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, TargetFn, JobSpec]:
     """Data, tokenizer and target of a ``CacheConfig`` -> (sequences, target_fn, spec); no side effects."""
-    tok_path = cfg.tokenizer or cfg.model.files
-    if not tok_path:
-        raise ValueError("cache needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
-    tokenizer = load_tokenizer(tok_path, model_key=None if cfg.tokenizer else "model.name_or_path")
+    tokenizer = job_tokenizer(cfg.tokenizer, cfg.model.files, job="cache")
     generated_info: dict = {}
     if cfg.generated is not None:  # on-policy data (data/generated.py): the λ-mixture of its rows and data's answers
         sequences, generated_info = generated_sequences(cfg.data, tokenizer, cfg.generated, cfg.generated_fraction,
@@ -476,7 +395,7 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
                     model_identity(cfg.model), param_count(model) / 1e6, vocab_size, len(sequences),
                     sum(len(s.input_ids) for s in sequences))
     if cfg.tp == 1:
-        check_positions(model, sequences)
+        check_length(model, max((len(s.input_ids) for s in sequences), default=0))
     extra = {"target": {"identity": model_identity(cfg.model), "weights": weights_fingerprint(cfg.model),
                         "dtype": cfg.model.dtype, "tp": cfg.tp},
              "tokenizer_fingerprint": vocab_fingerprint(tokenizer),
@@ -487,15 +406,6 @@ def prepare_job(cfg: CacheConfig, ps=None, device: Any = "cpu") -> tuple[list, T
                       **generated_info},
              "split": cfg.data.split}
     return sequences, target_fn, spec_from_config(cfg, vocab_size, extra)
-
-
-def check_positions(model, sequences: Sequence[Any]) -> None:
-    """Refuse sequences longer than the target's position limit (its logits there mean nothing)."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    longest = max((len(s.input_ids) for s in sequences), default=0)
-    if isinstance(limit, int) and longest > limit:
-        raise ValueError(f"a sequence has {longest} tokens but the target's max_position_embeddings is {limit}; "
-                         f"set data.max_length <= {limit}")
 
 
 def describe_cache(out_dir: str | Path, manifest: dict) -> str:

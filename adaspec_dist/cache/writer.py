@@ -10,11 +10,6 @@ Contract
   CacheError naming the shard), before writing anything.
 * ``finished_shard(cache_dir, index)`` -> the sidecar dict when the shard is complete and its
   bytes still hash to the recorded sha256, else ``None`` (a killed job redoes that shard).
-* ``loss_mask_from_labels(labels)``: position t is supervised iff ``labels[t+1] != -100``.
-* ``job_roles(ps)`` -> :class:`Roles`: this process's part in a data-parallel cache job (its DP
-  rank, whether it writes, whether it writes the manifest, how ranks meet); ``ps=None`` is one
-  process (every role, no barrier). ``Roles.share(obj)`` gives every rank the main rank's ``obj``
-  (how the directory claim's answer reaches all ranks). The cache job and the reference column share it.
 
 Shard arrays (S sequences, L tokens in total, N supervised positions, K ids per row):
 ``tokens`` (L,) ids; ``seq_offsets`` (S+1,) int64; ``loss_mask`` (L,) uint8;
@@ -27,55 +22,16 @@ with ``store_logp``, ``logp`` (M,) (:func:`compact_arrays`); format 1 wrote samp
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from adaspec_dist.cache.format import (shard_paths, sha256_file, atomic_write_json,
                                        read_json, write_safetensors, CacheError)
-from adaspec_dist.dist import barrier as dist_barrier
-from adaspec_dist.dist import broadcast_object
 from adaspec_dist.sparse.target import SparseTarget, encode_values, id_dtype
 
 _VALUE_ST = {"fp16": "F16", "bf16": "BF16", "int8": "U8"}
-
-
-@dataclass(frozen=True)
-class Roles:
-    """This process's part in a data-parallel cache job (see :func:`job_roles`)."""
-
-    dp_rank: int
-    dp_size: int
-    is_main: bool
-    """Global rank 0: writes the manifest, shows progress."""
-    writes: bool
-    """TP rank 0 of its replica: writes that replica's shards."""
-    barrier: Callable[[], None]
-    share: Callable[[Any], Any] = lambda obj: obj
-    """The main rank's value of ``obj`` on every rank (a broadcast; one process: ``obj`` itself)."""
-
-
-def _no_barrier() -> None:
-    return None
-
-
-def job_roles(ps: Any = None) -> Roles:
-    """The roles of a ``dist.ParallelState``; ``None`` = a single process (no process group needed)."""
-    if ps is None:
-        return Roles(dp_rank=0, dp_size=1, is_main=True, writes=True, barrier=_no_barrier)
-    return Roles(dp_rank=ps.dp_rank, dp_size=ps.dp_size, is_main=ps.is_main, writes=ps.is_tp_leader,
-                 barrier=dist_barrier, share=broadcast_object)
-
-
-def loss_mask_from_labels(labels: Sequence[int]) -> np.ndarray:
-    """(L,) bool: position t carries the target of token t+1 when that token is supervised."""
-    lab = np.asarray(labels, dtype=np.int64)
-    mask = np.zeros(lab.shape[0], dtype=bool)
-    if lab.shape[0] > 1:
-        mask[:-1] = lab[1:] != -100
-    return mask
 
 
 def write_shard(cache_dir: str | os.PathLike, index: int, *, seq_ids: Sequence[int],

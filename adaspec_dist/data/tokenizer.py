@@ -16,6 +16,8 @@ Contract
   vocabulary (sentencepiece's seed fixed, one thread, input not shuffled or sampled).
 * ``load_tokenizer(name_or_path)``: ``AutoTokenizer``; a missing pad token becomes EOS (logged). A
   ``.gguf`` file or ``package:`` spec loads the tokenizer of its converted directory (models/source.py).
+  ``job_tokenizer(tokenizer, model_files, job=...)``: a job's tokenizer — the ``tokenizer`` key,
+  else the model's own directory (the cache, generate and eval jobs resolve it this one way).
 * ``vocab_fingerprint(tokenizer)``: sha256 of the sorted (token, id) vocabulary, including
   added tokens: two tokenizers with equal fingerprints map every token to the same id.
 * ``embedded_tokenizer_corpus(seed)``: the texts the demo tokenizer is trained on (train
@@ -118,6 +120,16 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, model_key: str | None = N
         logger.info("tokenizer %s has no pad token; using eos '%s' (id %d) for padding",
                     name_or_path, tokenizer.eos_token, tokenizer.eos_token_id)
     return tokenizer
+
+
+def job_tokenizer(tokenizer: str | None, model_files: str | None, *, job: str, model_key: str = "model.name_or_path"):
+    """The tokenizer of a job that runs a model: ``tokenizer`` when set, else the model's own
+    directory (``model_files``, whose absence is then reported under ``model_key``); a one-line
+    ValueError naming the key to set when there is neither (a preset model has no tokenizer)."""
+    path = tokenizer or model_files
+    if not path:
+        raise ValueError(f"{job} needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
+    return load_tokenizer(path, model_key=None if tokenizer else model_key)
 
 
 def vocab_fingerprint(tokenizer) -> str:

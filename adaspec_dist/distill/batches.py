@@ -11,46 +11,12 @@ Legend: B batch, T time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-IGNORE = -100
-
-
-@dataclass
-class TokenBatch:
-    input_ids: torch.Tensor  # (B, T) int64, right-padded with 0
-    attention_mask: torch.Tensor  # (B, T) int64
-    loss_mask: torch.Tensor  # (B, T) bool: position t predicts token t+1, an answer token
-    seq_ids: torch.Tensor  # (B,)
-    target: None = None
-    ref_loss: None = None
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def to(self, device) -> "TokenBatch":
-        return TokenBatch(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
-                          loss_mask=self.loss_mask.to(device), seq_ids=self.seq_ids)
-
-
-def collate(examples: Sequence) -> TokenBatch:
-    """Right-pad ``TokenizedExample``-likes (input_ids, labels) into a TokenBatch."""
-    b = len(examples)
-    t = max((len(e.input_ids) for e in examples), default=0)
-    ids = torch.zeros(b, t, dtype=torch.long)
-    attn = torch.zeros(b, t, dtype=torch.long)
-    mask = torch.zeros(b, t, dtype=torch.bool)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        attn[i, :n] = 1
-        labels = torch.tensor(e.labels, dtype=torch.long)
-        mask[i, : n - 1] = labels[1:] != IGNORE  # next-token alignment
-    return TokenBatch(input_ids=ids, attention_mask=attn, loss_mask=mask, seq_ids=torch.zeros(b, dtype=torch.long))
+from adaspec_dist.data.batch import TokenBatch, collate  # noqa: F401  (TokenBatch: re-exported, the stream's batch)
 
 
 class TokenStream:

@@ -48,9 +48,10 @@ from tqdm.auto import tqdm
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data.tasks import DataConfig, load_examples
 from adaspec_dist.data.tokenize import prompt_ids, tokenize_examples
-from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.data.tokenizer import job_tokenizer, load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, param_count
+from adaspec_dist.models.positions import check_length, position_limit
 from adaspec_dist.models.tp_target import check_tp_top_p, load_tp_target
 from adaspec_dist.models.vocab import check_same_vocab
 from adaspec_dist.speculative.decoder import DecodeStats, autoregressive_generate, speculative_generate
@@ -272,10 +273,7 @@ def _width(model) -> int:
 
 def task_inputs(cfg: EvalConfig):
     """(prompts, held-out sequences, eos id, tokenizer length) from the task split ``cfg.data``."""
-    tok_path = cfg.tokenizer or cfg.target.files
-    if not tok_path:
-        raise ValueError("eval with data needs a tokenizer: set tokenizer=PATH (or a target directory holding one)")
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = job_tokenizer(cfg.tokenizer, cfg.target.files, job="eval with data", model_key="target.name_or_path")
     examples = load_examples(cfg.data, tokenizer=tokenizer)[: cfg.num_prompts]
     prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
     held_out = tokenize_examples(examples, tokenizer, max_length=cfg.data.max_length)
@@ -290,15 +288,6 @@ def _check_draft_tokenizers(cfg: EvalConfig, tokenizer) -> None:
         if (Path(path) / "tokenizer_config.json").exists() and vocab_fingerprint(load_tokenizer(path)) != want:
             raise ValueError(f"draft '{name}' ({path}) was saved with a different tokenizer than the target's; "
                              f"evaluate drafts trained on the target's tokenizer")
-
-
-def position_limit(model) -> int | None:
-    """``max_position_embeddings`` of an HF model or of a TP target's HF config; None if unknown."""
-    for conf in (getattr(model, "config", None), getattr(getattr(model, "model", None), "hf_config", None)):
-        limit = getattr(conf, "max_position_embeddings", None)
-        if isinstance(limit, int) and limit > 0:
-            return limit
-    return None
 
 
 def check_positions(models: dict[str, Any], prompts: Sequence[list[int]], held_out: Sequence | None,
@@ -322,9 +311,7 @@ def check_positions(models: dict[str, Any], prompts: Sequence[list[int]], held_o
             f"max_position_embeddings ({limit}); lower max_prompt_tokens"
             + (f" (to {room} or less)" if room >= 1 else "") + ", max_new_tokens or gammas")
     lengths = [len(s.input_ids) if hasattr(s, "input_ids") else len(s[0]) for s in held_out or []]
-    if lengths and max(lengths) > limit:
-        raise ValueError(f"a held-out sequence has {max(lengths)} tokens, past {name}'s max_position_embeddings "
-                         f"({limit}); set data.max_length <= {limit}")
+    check_length(models[name], max(lengths, default=0), what="a held-out sequence", whose=name)
 
 
 def synthetic_inputs(cfg: EvalConfig, target, vocab: int):

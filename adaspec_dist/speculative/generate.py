@@ -18,9 +18,10 @@ writes the dataset ``data/generated.py`` describes (``shards/gen-NNNNN.jsonl`` +
   batched in order, so the batch composition (hence the floating-point logits) is the same for
   any number of ranks: a 2-rank job equals a 1-rank job byte for byte, and a killed job rerun with
   the same command keeps its complete shards and ends byte-identical.
-* One job per directory (``files.DirectoryClaim`` + ``job.json`` fingerprint: the model's weights,
-  the tokenizer, the prompts and every setting that changes the bytes); another job's directory
-  is refused in one line, never overwritten. Every check (no prompts, max_new_tokens, a model
+* One job per directory: a :class:`GenerateJob` in the sharded-job skeleton (``jobs.run_sharded``:
+  the claim, the ``job.json`` fingerprint of the model's weights, the tokenizer, the prompts and
+  every setting that changes the bytes, resume, the rank-owned shard loop, the manifest last);
+  another job's directory is refused in one line, never overwritten. Every check (no prompts, max_new_tokens, a model
   built for another tokenizer, positions) is made before anything is written.
 """
 from __future__ import annotations
@@ -29,23 +30,22 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Callable, Literal
 
 import numpy as np
-import torch
 
-from adaspec_dist.cache.writer import job_roles
 from adaspec_dist.config import save_resolved
 from adaspec_dist.data import generated as gen_fmt
 from adaspec_dist.data.tasks import DataConfig, load_examples
 from adaspec_dist.data.tokenize import prompt_ids
-from adaspec_dist.data.tokenizer import load_tokenizer, vocab_fingerprint
+from adaspec_dist.data.tokenizer import job_tokenizer, load_tokenizer, vocab_fingerprint
 from adaspec_dist.dist import init_distributed
-from adaspec_dist.files import DirectoryClaim, atomic_write_bytes, atomic_write_text, remove_stale_tmp
+from adaspec_dist.files import atomic_write_bytes, atomic_write_text
+from adaspec_dist.jobs import JobFile, ShardedJob, job_roles, run_sharded
 from adaspec_dist.models.load import ModelConfig, load_causal_lm, model_identity, weights_fingerprint
+from adaspec_dist.models.positions import check_length
 from adaspec_dist.speculative.decoder import autoregressive_generate
 from adaspec_dist.speculative.sampling import MAX_VOCAB_PADDING, SamplingConfig
 
@@ -122,10 +122,8 @@ def check_model(model, tokenizer, cfg: GenerateConfig) -> int:
         if vocab_fingerprint(load_tokenizer(str(path))) != vocab_fingerprint(tokenizer):
             raise ValueError(f"model '{path}' comes with another tokenizer than '{cfg.tokenizer}'; generate with "
                              "the model's own tokenizer (drop tokenizer or set it to the model's directory)")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and cfg.data.max_length > limit:
-        raise ValueError(f"data.max_length={cfg.data.max_length} exceeds the model's max_position_embeddings "
-                         f"({limit}); set data.max_length <= {limit}")
+    check_length(model, cfg.data.max_length, what="a generated sequence (prompt + max_new_tokens: data.max_length)",
+                 whose="the model")
     return n
 
 
@@ -139,9 +137,9 @@ def job_fingerprint(cfg: GenerateConfig, prompts_fp: str, tokenizer_fp: str, eos
 
 
 def generate_rows(lm, prompts: list[tuple[int, list[int]]], cfg: GenerateConfig, *, eos: int | None,
-                  vocab: int, pad_id: int) -> list[dict]:
+                  vocab: int, pad_id: int, on_batch: Callable[[int], None] | None = None) -> list[dict]:
     """The rows of the given (prompt index, prompt ids): all samples, in (prompt, sample) order,
-    batched ``cfg.batch_size`` rows at a time."""
+    batched ``cfg.batch_size`` rows at a time (``on_batch(rows)`` after each batch)."""
     todo = [(i, s, ids) for i, ids in prompts for s in range(cfg.samples_per_prompt)]
     rows = []
     for b0 in range(0, len(todo), cfg.batch_size):
@@ -152,110 +150,92 @@ def generate_rows(lm, prompts: list[tuple[int, list[int]]], cfg: GenerateConfig,
         for (i, s, ids), new in zip(chunk, out.sequences):
             rows.append({"prompt": i, "sample": s, "input_ids": ids + new,
                          "labels": [-100] * len(ids) + new, "eos": bool(new) and new[-1] == eos})
+        if on_batch is not None:
+            on_batch(len(chunk))
     return rows
 
 
-def _claim(out_dir: Path, fingerprint: str, me) -> DirectoryClaim | None:
-    """Claim ``out_dir`` for this job (main rank; every rank hears the answer) and record ``job.json``."""
-    claim, refusal = None, None
-    if me.is_main:
-        try:
-            claim = DirectoryClaim.acquire(out_dir, what="generate directory",
-                                           fix="wait for it to finish or choose another out_dir")
-            job = out_dir / gen_fmt.JOB_FILE
-            if job.exists():
-                if json.loads(job.read_text()).get("fingerprint") != fingerprint:
-                    raise ValueError(f"generate directory '{out_dir}' holds data generated with another model, "
-                                     f"prompts or settings (see {job}); choose a new out_dir or delete it")
-            elif any(p.name != ".lock" for p in out_dir.iterdir()):
-                raise ValueError(f"directory '{out_dir}' is not empty and holds no generate job; choose a new out_dir")
-            else:
-                (out_dir / gen_fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-                atomic_write_text(job, json.dumps({"fingerprint": fingerprint}) + "\n")
-            remove_stale_tmp(out_dir)
-        except (ValueError, OSError) as err:
-            if claim is not None:
-                claim.release()
-                claim = None
-            refusal = str(err)
-    refusal = me.share(refusal)
-    if refusal:
-        raise ValueError(refusal)
-    return claim
+class GenerateJob(ShardedJob):
+    """The generate job in the sharded-job skeleton (``jobs.run_sharded``): shard ``j`` = prompts
+    ``[j*shard_size, (j+1)*shard_size)``, all their samples, one ``.jsonl`` + sidecar."""
+
+    what, name, unit = "generate directory", "generate", "rows"
+
+    def __init__(self, cfg: GenerateConfig, model, prompts: list[list[int]], *, vocab: int, eos: int | None,
+                 pad_id: int, tokenizer_fp: str):
+        self.cfg, self.model, self.prompts = cfg, model, prompts
+        self.vocab, self.eos, self.pad_id, self.tokenizer_fp = vocab, eos, pad_id, tokenizer_fp
+        self.prompts_fp = gen_fmt.prompts_fingerprint(prompts)
+        self.directory = Path(cfg.out_dir)
+        self.n_shards = math.ceil(len(prompts) / cfg.shard_size)
+        self.job_file = JobFile(self.directory, job_fingerprint(cfg, self.prompts_fp, tokenizer_fp, eos),
+                                what=self.what, kind="generate",
+                                other_job="holds data generated with another model, prompts or settings",
+                                shard_dir=gen_fmt.SHARD_DIR)
+
+    def completed(self) -> dict | None:
+        return self.job_file.finished_manifest(self.directory / gen_fmt.MANIFEST, self.finished)
+
+    def admit(self) -> None:
+        self.job_file.admit()
+        save_resolved(self.cfg, self.directory)
+
+    def finished(self, index: int) -> dict | None:
+        return gen_fmt.finished_shard(self.directory, index)
+
+    def shard(self, index: int) -> list[tuple[int, list[int]]]:
+        lo = index * self.cfg.shard_size
+        return list(enumerate(self.prompts))[lo:lo + self.cfg.shard_size]
+
+    def work(self, index: int) -> int:
+        return len(self.shard(index)) * self.cfg.samples_per_prompt
+
+    def run_shard(self, index: int, *, writes: bool, advance: Callable[[int], None]) -> None:
+        rows = generate_rows(self.model, self.shard(index), self.cfg, eos=self.eos, vocab=self.vocab,
+                             pad_id=self.pad_id, on_batch=advance)
+        if writes:
+            write_generated_shard(self.directory, index, rows)
+
+    def write_manifest(self) -> dict:
+        return _write_manifest(self.directory, self.cfg, self.n_shards, len(self.prompts), self.prompts_fp,
+                               self.tokenizer_fp, self.eos)
 
 
-def generate(cfg: GenerateConfig) -> dict | None:
-    """The job (module contract); the manifest on global rank 0, None elsewhere."""
-    cfg.validate()
-    tok_path = cfg.tokenizer or cfg.model.files
-    if not tok_path:
-        raise ValueError("generate needs a tokenizer: set tokenizer: PATH (a preset model has none of its own)")
-    tokenizer = load_tokenizer(tok_path)
+def write_generated_shard(out_dir: Path, index: int, rows: list[dict]) -> dict:
+    """Shard ``index``'s ``.jsonl`` and then its sidecar (the shard is complete once the sidecar's
+    hash matches); returns the sidecar."""
+    data = gen_fmt.encode_rows(rows)
+    path, side = gen_fmt.shard_paths(out_dir, index)
+    meta = {"index": index, "rows": len(rows), "tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows),
+            "eos": sum(r["eos"] for r in rows), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_bytes(path, data)
+    atomic_write_text(side, json.dumps(meta) + "\n")
+    return meta
+
+
+def load_prompts(cfg: GenerateConfig, tokenizer) -> list[list[int]]:
+    """The task's prompts as ids (``[BOS] + prompt`` cut to ``max_prompt_tokens``); one-line errors."""
     examples = load_examples(cfg.data, tokenizer=tokenizer)
     if not examples:
         raise ValueError("generate: the data split has no prompts; check data.task/split/limit")
     prompts = [prompt_ids(e, tokenizer, max_length=cfg.max_prompt_tokens) for e in examples]
     if any(not p for p in prompts):
         raise ValueError("generate: a prompt has no tokens and the tokenizer no BOS to start from; drop empty prompts")
+    return prompts
+
+
+def generate(cfg: GenerateConfig) -> dict | None:
+    """The job (module contract); the manifest on global rank 0, None elsewhere."""
+    cfg.validate()
+    tokenizer = job_tokenizer(cfg.tokenizer, cfg.model.files, job="generate")
+    prompts = load_prompts(cfg, tokenizer)
     ps = init_distributed(1)
     model = load_causal_lm(cfg.model, vocab_size=len(tokenizer), device=ps.device)
     vocab = check_model(model, tokenizer, cfg)
-    eos = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prompts_fp = gen_fmt.prompts_fingerprint(prompts)
-    tok_fp = vocab_fingerprint(tokenizer)
-    fingerprint = job_fingerprint(cfg, prompts_fp, tok_fp, eos)
-    out_dir = Path(cfg.out_dir)
-    me = job_roles(ps)
-    done = _completed(out_dir, fingerprint)
-    if done is not None:
-        logger.info("generated data %s is already complete; nothing to do", out_dir)
-        return done if me.is_main else None
-    claim = _claim(out_dir, fingerprint, me)
-    try:
-        if me.is_main:
-            save_resolved(cfg, out_dir)
-        n_shards = math.ceil(len(prompts) / cfg.shard_size)
-        mine = [j for j in range(n_shards) if j % me.dp_size == me.dp_rank]
-        todo = [j for j in mine if gen_fmt.finished_shard(out_dir, j) is None]
-        if len(todo) < len(mine):
-            logger.info("rank %d: %d of its %d shards are already complete; resuming", me.dp_rank,
-                        len(mine) - len(todo), len(mine))
-        t0, tokens = time.perf_counter(), 0
-        for j in todo:
-            lo = j * cfg.shard_size
-            rows = generate_rows(model, list(enumerate(prompts))[lo:lo + cfg.shard_size], cfg, eos=eos, vocab=vocab,
-                                 pad_id=pad_id)
-            data = gen_fmt.encode_rows(rows)
-            path, side = gen_fmt.shard_paths(out_dir, j)
-            new = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
-            atomic_write_bytes(path, data)
-            atomic_write_text(side, json.dumps({"index": j, "rows": len(rows), "tokens": new,
-                                                "eos": sum(r["eos"] for r in rows),
-                                                "sha256": hashlib.sha256(data).hexdigest()}) + "\n")
-            tokens += new
-            logger.info("generate shard %d/%d: %d rows, %.0f generated tokens/s (rank %d)", j + 1, n_shards,
-                        len(rows), tokens / max(time.perf_counter() - t0, 1e-9), me.dp_rank)
-        me.barrier()
-        manifest = None
-        if me.is_main:
-            manifest = _write_manifest(out_dir, cfg, n_shards, len(prompts), prompts_fp, tok_fp, eos)
-        me.barrier()
-        return manifest
-    finally:
-        if claim is not None:
-            claim.release()
-
-
-def _completed(out_dir: Path, fingerprint: str) -> dict | None:
-    job, manifest = out_dir / gen_fmt.JOB_FILE, out_dir / gen_fmt.MANIFEST
-    if not (job.is_file() and manifest.is_file()):
-        return None
-    if json.loads(job.read_text()).get("fingerprint") != fingerprint:
-        return None
-    done = json.loads(manifest.read_text())
-    intact = done.get("complete") and all(gen_fmt.finished_shard(out_dir, sh["index"]) for sh in done["shards"])
-    return done if intact else None
+    job = GenerateJob(cfg, model, prompts, vocab=vocab, eos=tokenizer.eos_token_id,
+                      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                      tokenizer_fp=vocab_fingerprint(tokenizer))
+    return run_sharded(job, job_roles(ps))
 
 
 def _write_manifest(out_dir: Path, cfg: GenerateConfig, n_shards: int, n_prompts: int, prompts_fp: str,

@@ -22,11 +22,11 @@ from typing import Any, Sequence
 
 import torch
 
+from adaspec_dist.data.batch import loss_mask_from_labels
 from adaspec_dist.speculative.kv_cache import SlotCache
 from adaspec_dist.speculative.lm import as_causal_lm, is_sharded_vocab
 from adaspec_dist.speculative.sampling import SamplingConfig, probs_from_logits, real_vocab_size
 
-IGNORE = -100
 
 CONVENTIONS = (
     "conventions: alpha_logits = mean over held-out supervised positions of sum_x min(p(x), q(x)) "
@@ -64,10 +64,6 @@ def summarize(stats) -> dict[str, Any]:
             "per_position": per_position, "accept_hist": list(hist)}
 
 
-def _supervised_mask(labels: Sequence[int]) -> list[bool]:
-    return [lab != IGNORE for lab in list(labels)[1:]] + [False]
-
-
 def _as_pair(seq) -> tuple[list[int], list[int]]:
     if hasattr(seq, "input_ids"):
         return list(seq.input_ids), list(seq.labels)
@@ -100,7 +96,7 @@ def alpha_logits(target, draft, sequences: Sequence, *, sampling: SamplingConfig
         for b, (ids, labels) in enumerate(chunk):
             ids_BT[b, :len(ids)] = torch.tensor(ids)
             valid_BT[b, :len(ids)] = True
-            sup_BT[b, :len(ids)] = torch.tensor(_supervised_mask(labels))
+            sup_BT[b, :len(ids)] = torch.from_numpy(loss_mask_from_labels(labels))
         ids_BT, valid_BT, sup_BT = ids_BT.to(device), valid_BT.to(device), sup_BT.to(device)
         pos_BT = torch.arange(L, device=device).expand(len(chunk), L)
         mask = SlotCache(None, len(chunk), device).attention_mask(valid_BT)

@@ -100,7 +100,7 @@ def test_a_job_started_while_another_holds_the_directory_is_refused(world, tmp_p
 
 @pytest.mark.parametrize("bad,needle", [
     ("top_k=100000", "top_k=100000 exceeds the target's vocabulary"),
-    ("data.max_length=400", "max_position_embeddings is 256"),
+    ("data.max_length=400", "past the target's max_position_embeddings (256)"),
 ])
 def test_a_refused_job_writes_nothing_and_the_corrected_one_runs(world, tmp_path, bad, needle):
     out = tmp_path / "cache"

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[tuple[str, ...]] = [
     # foundation: YAML -> dataclasses, shipped files, env and process groups, atomic files and
     # directory claims, reaching the HF Hub, signals
-    ("config", "configs", "dist", "files", "hub", "preemption"),
+    ("config", "configs", "dist", "files", "jobs", "hub", "preemption"),
     ("sparse",),                       # the shared math: SparseTarget, encoders, divergences
     ("data", "models"),
     ("cache", "speculative"),
