@@ -10,7 +10,6 @@ exported chat template.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.fixtures import spm_tokenizer_dir  # noqa: F401  (pytest fixture)
+from tests.helpers import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "architecture.md"
@@ -105,7 +105,7 @@ def test_a_toy_divergence_and_a_toy_task_train_after_editing_only_the_named_file
     assert _changed(copy) == sorted({div_file, task_file})
     (copy / "qa.jsonl").write_text("".join(json.dumps({"q": f"What is {i} + 1?", "a": str(i + 1)}) + "\n"
                                            for i in range(8)))
-    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = child_env(PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")  # no launcher leftovers of other tests
 
     def run(*argv: str) -> str:
         proc = subprocess.run([sys.executable, *argv], cwd=copy, env=env, capture_output=True, text=True, timeout=240)
