@@ -195,6 +195,10 @@ def _chat_fields(row: Mapping[str, Any]) -> Fields:
     return {"messages": messages[:-1]}, str(messages[-1]["content"]).strip()
 
 
+def _needs_templates() -> Fields:
+    raise ValueError("data task 'custom' formats rows with data.prompt_template and data.answer_template: set both")
+
+
 @dataclass(frozen=True)
 class HubTask:
     hub_id: str
@@ -240,7 +244,7 @@ TASKS: dict[str, HubTask] = {
     # Your own data: `chat` reads `messages` rows; `custom` formats any columns with
     # data.prompt_template / data.answer_template (see formatter). Neither has a default source.
     "chat": HubTask("", None, ("messages",), ChatStyle(), _chat_fields),
-    "custom": HubTask("", None, (), None, _chat_fields),
+    "custom": HubTask("", None, (), None, lambda row: _needs_templates()),
 }
 
 
