@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from adaspec_dist import files
+from adaspec_dist.sparse.divergence import KINDS, ROW_CONSTANT_KINDS
 
 FORMAT_VERSION = 2
 """What this version writes: 2 = sampled rows compact (variable length: unique ids + draw counts,
 log-probs optional); top-k shards are laid out as in 1."""
 READABLE_VERSIONS = (1, 2)
-ALL_DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 
@@ -245,18 +245,20 @@ def stores_logp(man: dict) -> bool:
 
 
 def supported_divergences(man: dict) -> tuple[str, ...]:
-    """The divergences a cache can train (and estimate) with: all of them when it stores the
-    teacher's log-probs; only fkl for a compact sampled cache without them (it keeps the row
-    constant Σ w log p, all that forward KL needs)."""
-    return ALL_DIVERGENCES if stores_logp(man) else ("fkl",)
+    """The divergences a cache can train (and estimate) with: every kind of
+    ``sparse.divergence.DIVERGENCES`` when it stores the teacher's log-probs; for a compact sampled
+    cache without them, the kinds computable from its row constant Σ w log p (fkl)."""
+    return KINDS if stores_logp(man) else ROW_CONSTANT_KINDS
 
 
 def check_divergence(man: dict, kind: str, where: str) -> None:
     """One-line CacheError when the cache cannot estimate ``kind``."""
-    if kind not in supported_divergences(man):
+    supported = supported_divergences(man)
+    if kind not in supported:
+        names = " or ".join(supported)
         raise CacheError(f"cache '{where}' stores no teacher log-probs (sampled, store_logp: false), so it supports "
-                         f"divergence fkl only, not {kind}; train with divergence fkl or rebuild the cache with "
-                         "store_logp: true")
+                         f"divergence {names} only, not {kind}; train with divergence {names} or rebuild the cache "
+                         "with store_logp: true")
 
 
 def check_vocab(man: dict, vocab_size: int | None, where: str) -> None:

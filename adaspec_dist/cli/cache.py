@@ -19,13 +19,14 @@ from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cach
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
 from adaspec_dist.cli.config_help import add_print_config, describe_config, job_config
 from adaspec_dist.config import build_config
+from adaspec_dist.sparse.divergence import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe with a CacheConfig (data, model, out_dir, scheme, ...)")
     parser.add_argument("--add-reference", nargs=2, metavar=("REF_MODEL", "CACHE_DIR"),
                         help="add the per-token reference loss column of REF_MODEL (an HF dir) to CACHE_DIR")
-    parser.add_argument("--divergence", default="fkl", help="reference loss kind: fkl, rkl, jsd, tvd (default fkl)")
+    parser.add_argument("--divergence", default="fkl", help=f"reference loss kind: {', '.join(KINDS)} (default fkl)")
     parser.add_argument("--beta", type=float, default=0.5, help="JSD beta (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per reference forward (default 8)")
     parser.add_argument("--replace", action="store_true",

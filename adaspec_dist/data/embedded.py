@@ -2,7 +2,9 @@
 
 Contract
 --------
-``generate(name, split, seed, limit) -> list[(prompt, answer)]`` for ``name`` in ``EMBEDDED``:
+``generate(name, split, seed, limit) -> list[(prompt, answer)]`` for ``name`` in ``EMBEDDED``
+(a ``Corpus``: its generator of (the user's text, answer) pairs and its ``PromptStyle``, which
+makes every prompt here and the exported chat template: see ``data/prompts.py``):
 
 * ``arith``        GSM8K-style arithmetic word problems (2-4 steps, several templates) with
                    step-by-step solutions ending "The final answer is: N".
@@ -32,8 +34,10 @@ import sysconfig
 import textwrap
 from functools import lru_cache
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
+from adaspec_dist.data.prompts import PromptStyle
 from adaspec_dist.files import user_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -176,8 +180,7 @@ def arith_pairs(split: str, seed: int, limit: int | None) -> list[Pair]:
         if question in seen or split_of("arith", question) != split:
             continue
         seen.add(question)
-        # Same prompt shape as the gsm8k task, so the demo exercises the real format.
-        out.append((f"Question: {question}\nAnswer: ", solution))
+        out.append((question, solution))
     return out
 
 
@@ -203,7 +206,7 @@ def _chunks(text: str) -> list[str]:
 
 @lru_cache(maxsize=None)
 def _pydoc_items() -> tuple[tuple[str, str, str], ...]:
-    """(topic, prompt, response) for every chunk of every topic, in sorted topic order."""
+    """(topic, instruction, response) for every chunk of every topic, in sorted topic order."""
     from pydoc_data.topics import topics
 
     items = []
@@ -211,9 +214,7 @@ def _pydoc_items() -> tuple[tuple[str, str, str], ...]:
         chunks = _chunks(topics[topic])
         for i, chunk in enumerate(chunks):
             part = f" (part {i + 1} of {len(chunks)})" if len(chunks) > 1 else ""
-            what = f"Explain the Python topic '{topic}'{part}."
-            prompt = f"### Instruction:\n{what}\n\n### Response:\n"
-            items.append((topic, prompt, chunk))
+            items.append((topic, f"Explain the Python topic '{topic}'{part}.", chunk))
     return tuple(items)
 
 
@@ -310,19 +311,28 @@ def stdlib_code_pairs(split: str, seed: int, limit: int | None) -> list[Pair]:
     for module, qualname, doc, code in _stdlib_items():
         if split_of("stdlib_code", module) != split:
             continue
-        prompt = (f"### Instruction:\nWrite the Python function `{qualname}` of the standard-library module "
-                  f"`{module}`, documented as:\n{doc}\n\n### Response:\n")
-        pairs.append((prompt, code))
+        pairs.append((f"Write the Python function `{qualname}` of the standard-library module `{module}`, "
+                      f"documented as:\n{doc}", code))
     random.Random(f"stdlib_code-{seed}").shuffle(pairs)
     return pairs[:limit] if limit else pairs
 
 
 # ----------------------------------------------------------------------------- entry point
 
-EMBEDDED: dict[str, Callable[[str, int, int | None], list[Pair]]] = {
-    "arith": arith_pairs,
-    "pydoc": pydoc_pairs,
-    "stdlib_code": stdlib_code_pairs,
+@dataclass(frozen=True)
+class Corpus:
+    pairs: Callable[[str, int, int | None], list[Pair]]
+    """(split, seed, limit) -> (the user's text, answer) pairs."""
+    style: PromptStyle
+    """The prompt around the user's text: the training prompt and the exported chat template."""
+
+
+_INSTRUCTION = PromptStyle("### Instruction:\n{input}\n\n### Response:\n")
+EMBEDDED: dict[str, Corpus] = {
+    # Same prompt shape as the gsm8k task, so the demo exercises the real format.
+    "arith": Corpus(arith_pairs, PromptStyle("Question: {input}\nAnswer: ")),
+    "pydoc": Corpus(pydoc_pairs, _INSTRUCTION),
+    "stdlib_code": Corpus(stdlib_code_pairs, _INSTRUCTION),
 }
 
 
@@ -330,4 +340,6 @@ def generate(name: str, *, split: str = "train", seed: int = 0, limit: int | Non
     """``(prompt, answer)`` pairs of embedded corpus ``name``; see the module docstring."""
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded corpus '{name}'; choose one of {sorted(EMBEDDED)}")
-    return EMBEDDED[name](canonical_split(split), seed, limit)
+    corpus = EMBEDDED[name]
+    pairs = corpus.pairs(canonical_split(split), seed, limit)
+    return [(corpus.style.prompt(input=text), answer) for text, answer in pairs]

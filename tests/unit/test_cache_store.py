@@ -14,7 +14,7 @@ from adaspec_dist.cache.reader import CacheReader
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference
 from adaspec_dist.cache.summary import summarise
 from adaspec_dist.data.tokenize import TokenizedExample
-from adaspec_dist.sparse.divergence import per_token_divergence
+from adaspec_dist.sparse.divergence import KINDS, per_token_divergence
 from adaspec_dist.models.load import build_preset
 
 V = 300
@@ -158,7 +158,7 @@ def test_compact_sampled_rows_give_the_same_fkl_and_refuse_the_other_divergences
     full = build(tmp_path / "full", target, scheme="sampled", draws=16, store_logp=True, value_dtype="bf16")
     man = fmt.load_manifest(lean)
     assert man["format_version"] == 2 and fmt.supported_divergences(man) == ("fkl",)
-    assert fmt.supported_divergences(fmt.load_manifest(full)) == fmt.ALL_DIVERGENCES
+    assert fmt.supported_divergences(fmt.load_manifest(full)) == KINDS
     n_bytes = [sum(sh["bytes"] for sh in fmt.load_manifest(d)["shards"]) for d in (lean, full)]
     assert n_bytes[0] < n_bytes[1]
     for a, b in zip(_batches(lean), _batches(full)):
@@ -245,7 +245,7 @@ def test_a_format_1_cache_still_reads(tmp_path):
     for scheme in ("sampled", "topk"):
         d = shutil.copytree(src / scheme, tmp_path / scheme)
         man = fmt.load_manifest(d)
-        assert man["format_version"] == 1 and fmt.supported_divergences(man) == fmt.ALL_DIVERGENCES
+        assert man["format_version"] == 1 and fmt.supported_divergences(man) == KINDS
         batch = next(iter(CacheReader(d, batch_size=7, shuffle=False, prefetch=0, verify="full")))
         t = batch.target
         assert len(t) == expected[scheme]["rows"] and t.ids[0].tolist() == expected[scheme]["ids_first_row"]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from adaspec_dist.config import ConfigError, build_config
-from adaspec_dist.data.tasks import DataConfig, Example, load_examples
+from adaspec_dist.data.tasks import DataConfig, Example, load_examples, task_names
 from adaspec_dist.data.tokenize import IGNORE, tokenize_examples
 from tests.fixtures import spm_tokenizer, spm_tokenizer_dir  # noqa: F401  (pytest fixtures)
 
@@ -214,40 +214,71 @@ def test_chat_rows_supervise_the_last_assistant_turn(tmp_path):
         DataConfig(task="chat").validate()
 
 
-@pytest.mark.parametrize("task", ["gsm8k", "alpaca", "arith", "pydoc", "cnn_dailymail", "chat", "custom"])
-def test_the_chat_template_renders_the_training_prompt_ids(task, spm_tokenizer):
-    """What an exported draft's tokenizer gives plain transformers users is the exact id prefix the
-    draft was trained to continue (tokenize.prompt_ids)."""
-    from adaspec_dist.data.tasks import PROMPT_FORMATS, chat_template_for
-    from adaspec_dist.data.tokenize import prompt_ids
+HUMANEVAL_ROW = {"task_id": "HumanEval/0", "prompt": "def add(a, b):\n    \"\"\"Add a and b.\"\"\"\n",
+                 "canonical_solution": "    return a + b\n", "test": "", "entry_point": "add"}
+CHAT_ROW = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                         {"role": "assistant", "content": "4"}]}
+NO_CHAT_TEMPLATE = {"mbpp"}  # its prompt has two fields (the task and its tests): a chat message carries one
 
-    text = "Tom has 3 apples and buys 2 more. How many now?"
-    if task == "chat":
-        cfg = DataConfig(task="chat", source="x")
-        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
-        prompt = f"System: Be brief.\n\nUser: {text}\n\nAssistant: "
-    elif task == "custom":
-        cfg = DataConfig(task="custom", source="x", prompt_template="Q: {q}\nA: ", answer_template="{a}")
-        messages, prompt = [{"role": "user", "content": text}], f"Q: {text}\nA: "
-    else:
-        cfg = DataConfig(task=task, source=None if task in ("arith", "pydoc") else "x")
-        messages, prompt = [{"role": "user", "content": text}], PROMPT_FORMATS[task].format(input=text)
-    tok = spm_tokenizer
+
+def _one_example(task, tmp_path):
+    """(cfg, the task's first example, the chat messages a user of the exported draft would send)."""
+    from adaspec_dist.data import embedded
+    from adaspec_dist.data.tasks import TASKS
+
+    if task in embedded.EMBEDDED:
+        cfg = DataConfig(task=task, limit=1)
+        ((text, _),) = embedded.EMBEDDED[task].pairs("train", 0, 1)
+        return cfg, load_examples(cfg)[0], [{"role": "user", "content": text}]
+    if task == "custom":
+        cfg = DataConfig(task="custom", source=_jsonl(tmp_path / "c.jsonl", [{"q": "Why?", "a": "So."}]),
+                         prompt_template="Q: {q}\nA: ", answer_template="{a}")
+        return cfg, load_examples(cfg)[0], [{"role": "user", "content": "Why?"}]
+    row = {"humaneval": HUMANEVAL_ROW, "chat": CHAT_ROW}.get(task) or ROWS.get(task, [None])[0]
+    assert row is not None, f"task '{task}' has no row here: add one in its columns to ROWS"
+    cfg = DataConfig(task=task, source=_jsonl(tmp_path / f"{task}.jsonl", [row]))
+    fields, _ = TASKS[task].fields(row)
+    messages = fields["messages"] if task == "chat" else [{"role": "user", "content": fields["input"]}]
+    return cfg, load_examples(cfg)[0], messages
+
+
+def _render(tok, template, messages, tokenize):
     saved = tok.chat_template
     try:
-        tok.chat_template = chat_template_for(cfg)
-        got = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        got = list(got["input_ids"] if isinstance(got, dict) or hasattr(got, "keys") else got)
+        tok.chat_template = template
+        got = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize)
     finally:
         tok.chat_template = saved
-    assert got == prompt_ids(Example(prompt, "x"), tok)
+    return list(got["input_ids"] if hasattr(got, "keys") else got) if tokenize else got
 
 
-def test_the_gsm8k_prompt_format_is_the_formatter(spm_tokenizer):
-    from adaspec_dist.data.tasks import PROMPT_FORMATS, format_gsm8k
+@pytest.mark.parametrize("task", task_names())
+def test_every_task_renders_the_same_prompt_for_training_and_as_the_exported_chat_template(task, tmp_path,
+                                                                                          spm_tokenizer):
+    """The training text (load_examples) and what the exported draft's chat template renders come from
+    the task's one prompt style, so they agree, as text and as ids (tokenize.prompt_ids: the exact
+    prefix the draft was trained to continue); prompt_format is the same text as a format string."""
+    from adaspec_dist.data.prompts import template_fields
+    from adaspec_dist.data.tasks import chat_template_for, prompt_format
+    from adaspec_dist.data.tokenize import prompt_ids
 
-    row = ROWS["gsm8k"][0]
-    assert format_gsm8k(row).prompt == PROMPT_FORMATS["gsm8k"].format(input=row["question"])
+    cfg, example, messages = _one_example(task, tmp_path)
+    template, tok = chat_template_for(cfg), spm_tokenizer
+    if task in NO_CHAT_TEMPLATE:
+        assert template is None and prompt_format(cfg).format(input="X", tests="Y").startswith("You are")
+        return
+    assert template is not None, f"task '{task}' exports no chat template"
+    assert _render(tok, template, messages, tokenize=False) == tok.bos_token + example.prompt.rstrip(" ")
+    assert _render(tok, template, messages, tokenize=True) == prompt_ids(example, tok)
+    if task != "chat":  # chat's turns are its format (no format string)
+        (field,) = template_fields(prompt_format(cfg))
+        assert prompt_format(cfg).format(**{field: messages[-1]["content"]}) == example.prompt
+
+
+def test_chat_template_target_keeps_the_tokenizers_own():
+    from adaspec_dist.data.tasks import chat_template_for
+
+    assert chat_template_for(DataConfig(task="gsm8k", chat_template="target")) is None
 
 
 def test_a_null_answer_is_refused_not_trained_as_none(tmp_path):
