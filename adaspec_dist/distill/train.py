@@ -9,8 +9,9 @@ Contract
 * The job, as a list of steps: build the run (distill/setup.py); resume (distill/checkpoint.py);
   log the plan; evaluate (not when resuming); train to ``total_steps`` (distill/step.py),
   evaluating every ``eval.every`` (default: ten times per run) and checkpointing every
-  ``checkpoint.every`` optimiser steps, and on a stop signal (SIGTERM / SIGUSR1: checkpoint at the step boundary, then ``Preempted``, exit
-  143); evaluate; checkpoint unless this step has one; export ``run_dir/final`` in HF format.
+  ``checkpoint.every`` optimiser steps, and on a stop signal (SIGTERM / SIGUSR1: checkpoint at the
+  step boundary, then ``Preempted``, exit 143); evaluate; checkpoint unless this step has one;
+  export ``run_dir/final`` in HF format.
 * Summary: ``eval_start`` / ``eval_end`` (α and divergence on the eval cache, ``{}`` without
   one), ``tokens_per_s``, ``steps``, ``passes``, ``kept_token_epochs``, ``last_loss``,
   ``trained_tokens`` (this rank's) and ``export`` (the path) when exported.
