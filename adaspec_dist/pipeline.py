@@ -29,9 +29,9 @@ Contract
   The eval compares three arms at equal optimiser steps: ``distillspec`` (the reference: kd on
   every token at batch B), ``adaspec`` (the top-k tokens at batch B/k under ``budget: paper``)
   and the compute control ``distillspec_wide`` (kd on every token at AdaSPEC's batch and steps,
-  built from the adaspec section; ``distillspec_wide: null`` skips it). The control compares
-  training the selected tokens with training every token of the same batches; what the ΔL
-  criterion itself adds needs a random-selection arm (benchmarks/selection_real.py).
+  built from the adaspec section less its ``selection``; ``distillspec_wide: null`` skips it). The
+  control compares training the selected tokens with training every token of the same batches;
+  what the ΔL criterion itself adds needs a random-selection arm (benchmarks/selection_real.py).
 
   ``tokenizer`` only exists when the recipe trains one (the demo); ``sft`` only when the
   recipe fine-tunes the target (otherwise the target is used as given).
