@@ -9,6 +9,12 @@ Contract
 * ``parse_overrides(["--train.lr=3e-4", "train.epochs=2"])`` -> ``{"train": {"lr": 3e-4, ...}}``;
   values are parsed as YAML scalars, so ``1e-4``, ``true``, ``[1, 2]`` work.
 * ``load_config(cls, path, overrides)`` = YAML file, then overrides merged on top.
+* Keys that moved: a config class may declare ``RENAMED: ClassVar[dict[str, str]]`` (old flat key ->
+  its new dotted place, e.g. ``{"eval_every": "eval.every"}``). Loading moves such a key to its
+  new place with one warning line naming the new key; the old and the new key both set is a
+  ``ConfigError``. A field whose metadata holds ``aliases`` (``{other spelling: canonical}``, e.g.
+  models/precision.py's ``precision_field``) reads an alias as its canonical value.
+  ``upgrade(cls, data)`` applies both, recursively, to a mapping (a run's recorded config).
 * ``save_resolved(cfg, run_dir)`` writes ``run_dir/config.yaml`` so every run records what
   it ran with.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -27,6 +34,8 @@ import yaml
 from adaspec_dist.files import atomic_write_text
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 class ConfigError(ValueError):
@@ -93,9 +102,61 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _place(tree: dict[str, Any], dotted: str, value: Any, *, old: str, prefix: str) -> None:
+    """Put ``value`` at ``dotted`` inside ``tree`` (copying the mappings on the way)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        if not isinstance(child, Mapping):
+            raise ConfigError(f"config key '{prefix}{old}' moved to '{prefix}{dotted}', but '{prefix}{part}' is "
+                              f"{child!r}, not a mapping; write {prefix}{dotted} there instead")
+        node[part] = node = dict(child)
+    if leaf in node:
+        raise ConfigError(f"config keys '{prefix}{old}' and '{prefix}{dotted}' are both set: '{old}' is the old "
+                          f"name of '{dotted}'; keep only {prefix}{dotted}")
+    node[leaf] = value
+
+
+def _upgrade_level(cls: type, data: Mapping[str, Any] | None, prefix: str, warn: bool = True) -> dict[str, Any]:
+    """``data`` with ``cls.RENAMED`` keys moved and aliased values mapped (this level only)."""
+    out = dict(data or {})
+    for old, new in (getattr(cls, "RENAMED", None) or {}).items():
+        if old in out:
+            _place(out, new, out.pop(old), old=old, prefix=prefix)
+            if warn:
+                _warn_once(f"config key '{prefix}{old}' is deprecated: it is now '{prefix}{new}' (rename it there)")
+    for f in dataclasses.fields(cls):
+        aliases = f.metadata.get("aliases")
+        value = out.get(f.name)
+        if aliases and isinstance(value, str) and value in aliases:
+            out[f.name] = aliases[value]
+    return out
+
+
+def upgrade(cls: type, data: Mapping[str, Any] | None, *, prefix: str = "", warn: bool = False) -> dict[str, Any]:
+    """``data`` in ``cls``'s current keys and spellings, recursively (see the contract); unknown keys
+    are kept as they are (the loader's checks name them), nothing is validated."""
+    out = _upgrade_level(cls, data, prefix, warn)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(inner) and isinstance(out.get(f.name), Mapping):
+            out[f.name] = upgrade(inner, out[f.name], prefix=f"{prefix}{f.name}.", warn=warn)
+    return out
+
+
 def build_config(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
     """Instantiate dataclass ``cls`` from ``data``; unknown keys are errors with suggestions."""
-    data = dict(data or {})
+    data = _upgrade_level(cls, data, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -122,7 +183,7 @@ def check_keys(cls: type, data: Mapping[str, Any] | None, *, prefix: str = "") -
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
-    for key, value in dict(data or {}).items():
+    for key, value in _upgrade_level(cls, data, prefix).items():
         if key not in fields:
             raise ConfigError(f"unknown config key '{prefix}{key}'; did you mean: {_closest(key, list(fields))}?")
         inner = _unwrap_optional(hints[key])

@@ -29,9 +29,9 @@ Contract
   The eval compares three arms at equal optimiser steps: ``distillspec`` (the reference: kd on
   every token at batch B), ``adaspec`` (the top-k tokens at batch B/k under ``budget: paper``)
   and the compute control ``distillspec_wide`` (kd on every token at AdaSPEC's batch and steps,
-  built from the adaspec section; ``distillspec_wide: null`` skips it). The control compares
-  training the selected tokens with training every token of the same batches; what the ΔL
-  criterion itself adds needs a random-selection arm (benchmarks/selection_real.py).
+  built from the adaspec section less its ``selection``; ``distillspec_wide: null`` skips it). The
+  control compares training the selected tokens with training every token of the same batches;
+  what the ΔL criterion itself adds needs a random-selection arm (benchmarks/selection_real.py).
 
   ``tokenizer`` only exists when the recipe trains one (the demo); ``sft`` only when the
   recipe fine-tunes the target (otherwise the target is used as given).
@@ -63,17 +63,18 @@ import os
 import shlex
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
 from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
-from adaspec_dist.config import ConfigError, build_config, load_config, merge, save_resolved
+from adaspec_dist.config import ConfigError, build_config, load_config, merge, save_resolved, upgrade
 from adaspec_dist.data import tokenizer as tk
 from adaspec_dist.data.tasks import DataConfig, known_rows, load_examples
 from adaspec_dist.dist import barrier, init_distributed, keep_process_group, launch_env
-from adaspec_dist.distill.config import TrainConfig, budget_for
+from adaspec_dist.distill.config import SelectionConfig, TrainConfig, budget_for
 from adaspec_dist.distill.train import train
 from adaspec_dist.files import atomic_write_text, claim_for_job
 from adaspec_dist.models.load import ModelConfig
@@ -286,7 +287,9 @@ def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str
                  section: dict, extra: dict, section_name: str | None = None) -> Stage:
     conf = merge({"objective": objective, "run_dir": out_dir, "seed": cfg.seed, "draft": dict(init),
                   "tokenizer": tokenizer_path(cfg)}, extra)
-    conf = merge(conf, section)
+    # Old flat keys (selection_rule, eval_every, ...) move to their sections first, so that they
+    # override the defaults above (eval.cache_dir) instead of clashing with them.
+    conf = merge(conf, upgrade(TrainConfig, section, prefix=f"{section_name or name}.", warn=True))
     # A killed run resumes from its newest checkpoint; without one it restarts (deterministically).
     return Stage(name, "train", _typed(TrainConfig, conf, section_name or name), conf,
                  record=str(Path(_paths(cfg)["configs"]) / f"{name}.yaml"),
@@ -294,14 +297,17 @@ def _train_stage(name: str, cfg: PipelineConfig, *, objective: str, out_dir: str
                  workdir=out_dir)
 
 
-# Keys of the adaspec section that only concern selection: the compute control drops them.
-_SELECTION_KEYS = ("selection_scope", "selection_rule", "threshold_group", "loss_normalization", "reference")
+# TrainConfig's section that only adaspec reads (SelectionConfig): the compute control drops it whole,
+# so a selection key added later is dropped too.
+_SELECTION_SECTION = next(name for name, tp in typing.get_type_hints(TrainConfig).items() if tp is SelectionConfig)
 
 
 def wide_section(adaspec: dict) -> dict:
     """The compute control's TrainConfig overrides: the adaspec section's batch, budget, steps and
-    engine (so ``budget: paper`` gives it batch B/k at the reference's steps) without selection."""
-    return {k: v for k, v in adaspec.items() if k not in _SELECTION_KEYS}
+    engine (so ``budget: paper`` gives it batch B/k at the reference's steps) without its selection
+    section (old flat selection keys are read into that section first, so they go with it)."""
+    section = upgrade(TrainConfig, adaspec, prefix="adaspec.", warn=True)
+    return {k: v for k, v in section.items() if k != _SELECTION_SECTION}
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -336,7 +342,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage(name, "cache", _typed(CacheConfig, conf, "cache"), conf,
                             record=str(Path(p["configs"]) / f"{name}.yaml"),
                             outputs=[str(Path(p[name]) / "manifest.json")], workdir=p[name]))
-    common = {"cache_dir": p["cache_train"], "eval_cache_dir": p["cache_eval"], "divergence": cfg.divergence}
+    common = {"cache_dir": p["cache_train"], "eval": {"cache_dir": p["cache_eval"]}, "divergence": cfg.divergence}
     stages.append(_train_stage("reference", cfg, objective="kd", out_dir=p["reference"], init=draft_init(cfg),
                                section=cfg.reference, extra=common))
     ref_export = str(Path(p["reference"]) / EXPORT_SUBDIR)
@@ -348,7 +354,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     drafts = {"distillspec": ref_export, "adaspec": str(Path(p["adaspec"]) / EXPORT_SUBDIR)}
     if cfg.distillspec_wide is not None:
         stages.append(_train_stage("distillspec_wide", cfg, objective="kd", out_dir=p["distillspec_wide"],
-                                   init=draft_init(cfg), section=merge(wide_section(cfg.adaspec), cfg.distillspec_wide),
+                                   init=draft_init(cfg), section=merge(wide_section(cfg.adaspec), upgrade(
+                                       TrainConfig, cfg.distillspec_wide, prefix="distillspec_wide.", warn=True)),
                                    extra=common))
         drafts["distillspec_wide"] = str(Path(p["distillspec_wide"]) / EXPORT_SUBDIR)
     eval_conf = merge({"target": target, "tokenizer": tok, "data": eval_data, "seed": cfg.seed,

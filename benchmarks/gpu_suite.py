@@ -432,7 +432,8 @@ def sec_train(ctx: Ctx, res: dict) -> None:
     res["params"] = {"target": param_count(ctx.target()), "draft": param_count(ref)}
     del ref
     ctx.free()
-    base = {"objective": "adaspec", "draft": draft, "reference": reference, "target": {"name_or_path": str(target_dir)},
+    base = {"objective": "adaspec", "draft": draft, "selection": {"reference": reference},
+            "target": {"name_or_path": str(target_dir)},
             "cache_dir": str(cache), "max_steps": p.train_steps, "export": False, "seed": 0,
             "engine": {"zero_stage": 1, "micro_batch_size": p.train_micro, "lr": 1e-4, "schedule": "constant"}}
     runs = {"online": {"teacher_mode": "online"}, "cached": {}, "sft": {"objective": "sft"}}

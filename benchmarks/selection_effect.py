@@ -13,12 +13,12 @@ the target, and three arms start from the same weights and get the SAME number o
 * ``adaspec``           batch B/k; per-token ΔL = L_draft - L_ref against the converged
                         distillspec draft of the same size and seed (L_ref precomputed once on
                         every train position, like the cache's reference column); the package's
-                        ``objective`` keeps the tokens its ``selection_rule`` picks (``--rule``,
+                        ``objective`` keeps the tokens its ``selection.rule`` picks (``--rule``,
                         default the published quantile rule) and normalises as
                         ``--normalization-scope`` says (default per_rank: each of the 8 emulated
                         devices divides its kept sum by its own supervised tokens). Scope
                         ``local``: one threshold per 1/8 of the step's sequences
-                        (``threshold_group``: the published 8-GPU runs, 40 / 8 = 5 sequences per
+                        (``selection.threshold_group``: the published 8-GPU runs, 40 / 8 = 5 sequences per
                         device); ``global``: one threshold over the whole step.
 * ``distillspec_wide``  compute control: forward KL on all tokens at batch B/k.
 
@@ -296,7 +296,7 @@ def train_draft(spec: dict, data: dict, teach: dict, ref_kl: torch.Tensor | None
     """One run. spec: arm, h, seed, steps, batch, lr, k, scope, rule, norm; ``init``: the shared
     start weights. Every arm's loss is the package's ``objective``: per-token forward KL
     (``token_losses``), AdaSPEC's selection (``select_tokens`` inside it) and its normalisation.
-    Local scope: one threshold per 1/8 of the step's sequences (``threshold_group``), as the
+    Local scope: one threshold per 1/8 of the step's sequences (``selection.threshold_group``), as the
     published 8-GPU runs; ``norm`` per_rank divides each of those 8 groups by its own tokens
     (every arm, so DistillSpec at B = 16 is 8 devices x 2 sequences)."""
     tr, te = data["train"], data["test"]
@@ -448,7 +448,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true",
                     help="plumbing check in about a minute: 300/40 sequences, a few steps, nothing written to results/")
     ap.add_argument("--rule", choices=["quantile", "exact_k"], default="quantile",
-                    help="selection_rule of the package (default: the published quantile rule)")
+                    help="selection.rule of the package (default: the published quantile rule)")
     ap.add_argument("--normalization-scope", choices=["per_rank", "global"], default="per_rank",
                     help="the package's normalization_scope; per_rank: each of the 8 emulated devices divides "
                          "by its own tokens (published)")

@@ -49,7 +49,7 @@ def run_train(paths: dict, name: str, steps: int, **over) -> dict:
     from adaspec_dist.config import build_config, merge
     from adaspec_dist.distill.train import TrainConfig, train
 
-    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "reference": REFERENCE,
+    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "selection": {"reference": REFERENCE},
             "tokenizer": paths["tokenizer"], "cache_dir": paths["cache"], "run_dir": str(WORK / "runs" / name),
             "max_steps": steps, "export": False, "seed": 0,
             "engine": {"zero_stage": 1, "micro_batch_size": 8, "lr": 1e-3, "schedule": "constant"}}
@@ -61,7 +61,7 @@ def config(paths: dict, name: str, steps: int, **over):
     from adaspec_dist.config import build_config, merge
     from adaspec_dist.distill.train import TrainConfig
 
-    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "reference": REFERENCE,
+    base = {"objective": "adaspec", "draft": DRAFT, "target": TARGET, "selection": {"reference": REFERENCE},
             "tokenizer": paths["tokenizer"], "cache_dir": paths["cache"], "run_dir": str(WORK / "runs" / name),
             "max_steps": steps, "export": False, "seed": 0,
             "engine": {"zero_stage": 1, "micro_batch_size": 8, "lr": 1e-3, "schedule": "constant"}}

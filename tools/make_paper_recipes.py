@@ -190,12 +190,13 @@ reference:
 #    largest L_draft - L_ref.
 adaspec:
   filter_fraction: {K}
-  selection_rule: quantile  # official: keep dL >= torch.quantile(dL, 1 - k), ties kept
-  selection_scope: local  # per rank per micro-batch, as the paper's code
-  threshold_group: null   # one threshold per rank's micro-batch ({-(-ada_batch // 8)} sequences on 8 ranks)
+  selection:
+    rule: quantile        # official: keep dL >= torch.quantile(dL, 1 - k), ties kept
+    scope: local          # per rank per micro-batch, as the paper's code
+    threshold_group: null # one threshold per rank's micro-batch ({-(-ada_batch // 8)} sequences on 8 ranks)
+    loss_normalization: supervised  # official: sum over kept tokens / all supervised tokens
   kept_token_epochs: {kept_ep:<5}# the table's draft epochs = {kept_ep / K:g} passes at k = {K}
   budget: paper           # batch / k = {ada_batch} sequences per step: the reference's steps per epoch
-  loss_normalization: supervised  # official: sum over kept tokens / all supervised tokens
   normalization_scope: per_rank   # official (HF Trainer 4.52.3): each rank divides by its own tokens
   engine:
     global_batch_size: {batch:<3}# the REFERENCE's batch; budget: paper scales it to {ada_batch}

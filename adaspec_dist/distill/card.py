@@ -54,7 +54,8 @@ def apply_prompt(tokenizer, info: dict[str, Any]) -> bool:
 def model_card(run: Run, summary: dict[str, Any], info: dict[str, Any]) -> str:
     cfg, man = run.cfg, _manifest(run)
     target = (man.get("target") or {}).get("identity") or (model_identity(cfg.target) if cfg.target else None)
-    reference = (man.get("reference") or {}).get("model") or (model_identity(cfg.reference) if cfg.reference else None)
+    ref_model = cfg.selection.reference
+    reference = (man.get("reference") or {}).get("model") or (model_identity(ref_model) if ref_model else None)
     data = man.get("data") or (dataclasses.asdict(cfg.data) if cfg.data else {})
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [speculative-decoding, draft-model, adaspec-dist]", "---", "",
@@ -80,7 +81,7 @@ def model_card(run: Run, summary: dict[str, Any], info: dict[str, Any]) -> str:
         a = end["alpha"]
         lines += ["## Measured", "",
                   f"Held-out α (expected acceptance per token, Σ min(p, q) against the target, over "
-                  f"{end.get('tokens')} tokens of `{cfg.eval_cache_dir}`): **{a:.4f}**"
+                  f"{end.get('tokens')} tokens of `{cfg.eval.cache_dir}`): **{a:.4f}**"
                   + (f"; {cfg.divergence} {end[cfg.divergence]:.4f}" if cfg.divergence in end else "") + ".", "",
                   "Tokens per target call it implies (i.i.d. acceptance; `adaspec-dist eval` measures the real "
                   "one): " + ", ".join(f"τ(γ={g}) = {theoretical_tau(a, g):.2f}" for g in (1, 2, 3, 4, 5)) + ".", ""]

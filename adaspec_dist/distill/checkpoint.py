@@ -8,7 +8,7 @@ Contract
 * ``save(run)`` (collective): the DeepSpeed checkpoint (module, optimiser, scheduler; every
   rank writes its ZeRO partition) tagged by the step, with client state = ``run.progress``'s
   fields + the reader position + the torch / numpy / python RNG states; then the main rank
-  keeps the newest ``keep_checkpoints`` tags.
+  keeps the newest ``checkpoint.keep`` tags.
 * ``restore(run)``: the inverse, from the newest checkpoint, so the run continues exactly (the
   same batches, random draws and optimiser state as an uninterrupted run).
 * ``export(run, summary) -> path``: the draft in HF format with its tokenizer (its chat template
@@ -70,7 +70,7 @@ def save(run: Run) -> None:
     save_checkpoint(run.engine, ckpt_dir, run.progress.step, client)
     if run.ps.is_main:
         logger.info("checkpoint at step %d", run.progress.step)
-        prune(ckpt_dir, run.cfg.keep_checkpoints)
+        prune(ckpt_dir, run.cfg.checkpoint.keep)
 
 
 def prune(ckpt_dir: Path, keep: int) -> None:

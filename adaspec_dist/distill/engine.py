@@ -12,7 +12,9 @@ Contract
   schedule (constant or cosine with linear warmup) that DeepSpeed steps and checkpoints.
   ``torch.distributed`` must be initialised already (``adaspec_dist.dist.init_distributed``);
   the data-parallel group is the world (tensor-parallel training is not supported here).
-* Precision: ``auto`` = bf16 on a CUDA device that supports it, else fp16 on CUDA, fp32 on CPU.
+* Precision: the one vocabulary of models/precision.py (float32, bfloat16, float16; fp32, bf16,
+  fp16 read as these); ``auto`` = bfloat16 on a CUDA device that supports it, else float16 on
+  CUDA (with loss scaling), float32 on CPU. Half precision on CPU is refused in one line.
 * ``save_checkpoint(engine, dir, step, client_state)`` / ``load_checkpoint(engine, dir)``:
   DeepSpeed checkpoints (module, optimiser, scheduler) with our client state (step, RNG,
   reader position); ``latest_step(dir)`` reads DeepSpeed's ``latest`` tag.
@@ -43,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, get_args
 
 from adaspec_dist.configs import shipped
+from adaspec_dist.models.precision import Precision, canonical_precision, is_cuda, precision_field
+from adaspec_dist.models.precision import resolve_precision as _resolve
 
 if TYPE_CHECKING:
     import torch
@@ -50,9 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["constant", "cosine"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 FusedHead = Literal["auto", "on", "off"]
 FUSED_HEAD_MODES: tuple[FusedHead, ...] = get_args(FusedHead)
 
@@ -88,8 +90,9 @@ class EngineConfig:
     """DeepSpeed JSON: a file name in configs/ or a path (fields below override it)."""
     zero_stage: int | None = None
     """ZeRO stage 0-3 (None = keep the JSON's)."""
-    precision: Precision = "auto"
-    """auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16."""
+    precision: Precision = precision_field()
+    """auto (bfloat16, else float16, on GPU; float32 on CPU), float32, bfloat16 or float16 (fp32, bf16,
+    fp16 are read as these: models/precision.py)."""
     global_batch_size: int | None = None
     """Sequences per optimiser step over all ranks. When set, micro_batch_size is an upper bound
     and grad_accum is derived from the world size (distill/budget.py); None = micro_batch_size x
@@ -126,8 +129,7 @@ class EngineConfig:
     def validate(self) -> None:
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"engine.precision '{self.precision}' must be one of {list(PRECISIONS)}")
+        canonical_precision(self.precision, "engine.precision")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"engine.schedule '{self.schedule}' must be one of {list(SCHEDULES)}")
         if self.micro_batch_size < 1 or self.grad_accum < 1:
@@ -156,15 +158,13 @@ def _resolve_json(name: str) -> Path:
     raise ValueError(f"DeepSpeed config '{name}' not found; use one of ds_zero{{0,1,2,3}}.json (shipped in adaspec_dist/configs) or a path")
 
 
-def resolve_precision(precision: Precision, device: Any) -> Precision:
-    import torch
-
-    is_cuda = device is not None and torch.device(device).type == "cuda"
-    if precision == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if is_cuda else "fp32"
-    if precision != "fp32" and not is_cuda:
-        raise ValueError(f"engine.precision={precision} needs a GPU; use fp32 (or auto) on CPU")
-    return precision
+def resolve_precision(precision: str, device: Any) -> Precision:
+    """The engine's concrete precision: models/precision.py's, with float16 as the GPU fallback
+    (DeepSpeed scales its loss); half precision on CPU is refused."""
+    resolved = _resolve(precision, device, half_fallback=True)
+    if resolved != "float32" and not is_cuda(device):
+        raise ValueError(f"engine.precision={precision} needs a GPU; use float32 (or auto) on CPU")
+    return resolved
 
 
 def ds_config(cfg: EngineConfig, *, dp_size: int, device: Any = "cpu") -> dict:
@@ -179,8 +179,9 @@ def ds_config(cfg: EngineConfig, *, dp_size: int, device: Any = "cpu") -> dict:
     if cfg.zero_stage is not None:
         zero["stage"] = cfg.zero_stage
     precision = resolve_precision(cfg.precision, device)
-    conf["bf16"] = {"enabled": precision == "bf16"}
-    conf["fp16"] = {"enabled": precision == "fp16", **({"initial_scale_power": 16} if precision == "fp16" else {})}
+    half = precision == "float16"  # DeepSpeed's sections are named by its short spellings
+    conf["bf16"] = {"enabled": precision == "bfloat16"}
+    conf["fp16"] = {"enabled": half, **({"initial_scale_power": 16} if half else {})}
     # A client torch optimizer under ZeRO is fine (AdamW is on DeepSpeed's tested list anyway).
     conf.setdefault("zero_allow_untested_optimizer", True)
     conf.setdefault("steps_per_print", 10 ** 9)  # we log ourselves

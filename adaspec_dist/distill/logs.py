@@ -36,14 +36,15 @@ def log_plan(run: Run) -> None:
     cfg, b = run.cfg, run.budget
     unit, frac = epoch_unit(cfg)
     passes = run.total_steps * b.grad_accum / len(run.stream)
-    group = (f"groups of {cfg.threshold_group} sequences" if cfg.threshold_group
+    sel = cfg.selection
+    group = (f"groups of {sel.threshold_group} sequences" if sel.threshold_group
              else f"per micro-batch of {b.micro_batch}")
-    per = "per rank" if cfg.threshold_group is None else "per threshold group"
+    per = "per rank" if sel.threshold_group is None else "per threshold group"
     norm = per if cfg.normalization_scope == "per_rank" else "over all ranks"
     kept = (f"~{b.global_batch * cfg.filter_fraction:.1f} sequences' tokens kept/step (k={cfg.filter_fraction:g}, "
-            f"rule {cfg.selection_rule}, selection {cfg.selection_scope}"
-            f"{' ' + group if cfg.selection_scope == 'local' else ''}, "
-            f"loss / {cfg.loss_normalization} tokens counted {norm})"
+            f"rule {sel.rule}, selection {sel.scope}"
+            f"{' ' + group if sel.scope == 'local' else ''}, "
+            f"loss / {sel.loss_normalization} tokens counted {norm})"
             if cfg.objective == "adaspec" else f"every supervised token trained (loss / tokens counted {norm})")
     logger.info("%s: %d optimiser steps x %d sequences/step (micro %d x accum %d x %d ranks) = %.2f passes "
                 "(%.2f %s); %s; budget %s", cfg.objective, run.total_steps, b.global_batch, b.micro_batch,
@@ -131,10 +132,10 @@ def log_eval(run: Run, metrics: dict[str, float]) -> None:
     if metrics and run.ps.is_main:
         div, step = run.cfg.divergence, run.progress.step
         logger.info("eval at step %d: alpha %.4f (implied tau %.3f at gamma %d), %s %.4f over %d tokens", step,
-                    metrics["alpha"], metrics["tau"], run.cfg.eval_gamma, div, metrics[div], metrics["tokens"])
+                    metrics["alpha"], metrics["tau"], run.cfg.eval.gamma, div, metrics[div], metrics["tokens"])
         if run.writer is not None:
             run.writer.add_scalar("eval/alpha", metrics["alpha"], step)
-            run.writer.add_scalar(f"eval/tau_gamma{run.cfg.eval_gamma}", metrics["tau"], step)
+            run.writer.add_scalar(f"eval/tau_gamma{run.cfg.eval.gamma}", metrics["tau"], step)
             run.writer.add_scalar(f"eval/{div}", metrics[div], step)
 
 

@@ -133,7 +133,7 @@ def objective(objective_name: str, losses: TokenLosses, *, fraction: float = 0.4
     """Scalar loss to backpropagate and what to log (see module docstring). ``groups_N``: each
     token's threshold group (``selection.threshold_groups``), None = the whole micro-batch."""
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"loss_normalization '{normalization}' must be one of {list(NORMALIZATIONS)}")
+        raise ValueError(f"selection.loss_normalization '{normalization}' must be one of {list(NORMALIZATIONS)}")
     if normalization_scope not in NORMALIZATION_SCOPES:
         raise ValueError(f"normalization_scope '{normalization_scope}' must be one of {list(NORMALIZATION_SCOPES)}")
     l_draft = losses.l_draft

@@ -7,9 +7,11 @@ Contract
   refused in one ``ValueError`` naming the differing keys and the fixes (``--force``, or a new
   ``run_dir``); the cache, generate and pipeline jobs refuse a directory of another job the same
   way. Keys that only steer how long or how often a run works (``RUN_CONTROL``: max_steps,
-  save_every, ...) may change, so a run can be extended or its moved directory resumed; keys
-  absent from either file (written by another version) are not compared; paths compare by where
-  they point.
+  checkpoint, eval.every, ...) may change, so a run can be extended or its moved directory resumed.
+  The recorded config is read in today's keys and spellings first (``config.upgrade``: a run
+  recorded with ``save_every`` or ``precision: bf16`` compares as ``checkpoint.every`` /
+  ``bfloat16``); keys absent from either file (written by another version) are not compared;
+  paths compare by where they point.
 * ``force``: the new run starts afresh in that directory; ``clear_previous(run)`` (main rank,
   under the run's claim, after setup) deletes the old run's checkpoints and ``final/`` so none of
   them can be resumed, pruned in place of, or mistaken for the new run's. ``force`` with a resume
@@ -24,16 +26,15 @@ from typing import Any
 
 import yaml
 
-from adaspec_dist.config import to_dict
+from adaspec_dist.config import to_dict, upgrade
 from adaspec_dist.dist import barrier
 from adaspec_dist.distill.config import TrainConfig
 from adaspec_dist.distill.state import Run
 
 logger = logging.getLogger(__name__)
 
-RUN_CONTROL = frozenset({"run_dir", "max_steps", "save_every", "keep_checkpoints", "eval_every", "eval_batches",
-                         "export"})
-"""Keys that change how long or how often the run works, not what it computes."""
+RUN_CONTROL = frozenset({"run_dir", "max_steps", "checkpoint", "eval.every", "eval.batches", "export"})
+"""Keys (or whole sections) that change how long or how often the run works, not what it computes."""
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,7 +59,13 @@ def _same(a: Any, b: Any) -> bool:
 def differing_keys(old: dict, new: dict) -> list[str]:
     """Dotted keys present in both configs whose values differ (``RUN_CONTROL`` left out)."""
     a, b = flatten(old), flatten(new)
-    return sorted(k for k in a.keys() & b.keys() if k.split(".")[0] not in RUN_CONTROL and not _same(a[k], b[k]))
+    return sorted(k for k in a.keys() & b.keys() if not _run_control(k) and not _same(a[k], b[k]))
+
+
+def _run_control(dotted: str) -> bool:
+    """Whether ``dotted`` or a section holding it is in ``RUN_CONTROL``."""
+    parts = dotted.split(".")
+    return any(".".join(parts[:i]) in RUN_CONTROL for i in range(1, len(parts) + 1))
 
 
 def _recorded(run_dir: Path) -> dict | None:
@@ -70,7 +77,7 @@ def _recorded(run_dir: Path) -> dict | None:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"'{path}' is not a readable config ({type(err).__name__}); the directory holds a damaged "
                          "run: train into a new run_dir, or pass --force to start afresh there") from None
-    return data if isinstance(data, dict) else None
+    return upgrade(TrainConfig, data) if isinstance(data, dict) else None
 
 
 def check_run_dir(cfg: TrainConfig, *, force: bool, resume: Any) -> None:
@@ -82,7 +89,7 @@ def check_run_dir(cfg: TrainConfig, *, force: bool, resume: Any) -> None:
     if old is None or force:
         return
     # The new config as its config.yaml would read back (tuples become lists, and so on).
-    new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    new = upgrade(TrainConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     keys = differing_keys(old, new)
     if keys:
         shown = ", ".join(f"{k} ({flatten(old).get(k)!r} -> {flatten(new).get(k)!r})" for k in keys[:6])

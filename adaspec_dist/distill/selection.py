@@ -50,15 +50,16 @@ def check_selection(fraction: float, scope: str, rule: str = "quantile", thresho
     if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) <= 1.0):
         raise ValueError(f"filter_fraction must be in (0, 1], got {fraction!r}; the paper uses 0.4")
     if scope not in SCOPES:
-        raise ValueError(f"selection_scope '{scope}' is not one of {list(SCOPES)}; use local (paper) or global")
+        raise ValueError(f"selection.scope '{scope}' is not one of {list(SCOPES)}; use local (paper) or global")
     if rule not in RULES:
-        raise ValueError(f"selection_rule '{rule}' is not one of {list(RULES)}; use quantile (paper) or exact_k")
+        raise ValueError(f"selection.rule '{rule}' is not one of {list(RULES)}; use quantile (paper) or exact_k")
     if threshold_group is not None:
         if isinstance(threshold_group, bool) or not isinstance(threshold_group, int) or threshold_group < 1:
-            raise ValueError(f"threshold_group must be a positive number of sequences or null, got {threshold_group!r}")
+            raise ValueError("selection.threshold_group must be a positive number of sequences or null, "
+                             f"got {threshold_group!r}")
         if scope == "global":
-            raise ValueError("threshold_group splits a rank's micro-batch (selection_scope local); "
-                             "selection_scope global takes one threshold over all ranks: unset one of them")
+            raise ValueError("selection.threshold_group splits a rank's micro-batch (selection.scope local); "
+                             "selection.scope global takes one threshold over all ranks: unset one of them")
 
 
 def n_keep(n: int, fraction: float) -> int:

@@ -80,14 +80,14 @@ def setup(cfg: TrainConfig) -> Run:
                                      top_k=cfg.target_top_k, device=ps.device, seed=cfg.seed)
         need_target = False
     target = _frozen(cfg.target, vocab, ps.device) if need_target else None
-    reference = _frozen(cfg.reference, vocab, ps.device) if need_ref else None
+    reference = _frozen(cfg.selection.reference, vocab, ps.device) if need_ref else None
     _check_vocabularies(cfg, draft, target, reference, tokenizer)
     eval_reader = None
-    if cfg.eval_cache_dir:
-        eval_reader = CacheReader(cfg.eval_cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
+    if cfg.eval.cache_dir:
+        eval_reader = CacheReader(cfg.eval.cache_dir, batch_size=budget.micro_batch, dp_rank=ps.dp_rank,
                                   dp_size=ps.dp_size, shuffle=False, prefetch=0, vocab_size=vocab)
         for kind in ("tvd", cfg.divergence):  # held-out α = 1 − TVD, and the run's divergence
-            check_divergence(eval_reader.manifest, kind, cfg.eval_cache_dir)
+            check_divergence(eval_reader.manifest, kind, cfg.eval.cache_dir)
     # Everything above only reads and checks; from here the run writes into run_dir, one job at a time.
     claim = claim_for_job(cfg.run_dir, what="run directory",
                           fix="wait for that run to finish or choose another run_dir")
@@ -107,9 +107,10 @@ def _check_vocabularies(cfg: TrainConfig, draft: torch.nn.Module, target: torch.
     """The online teacher and reference share the draft's vocabulary (head rows), and every
     tokenizer saved with a model (and the run's) is the same: asked of the models themselves."""
     others = {name: m for name, m in (("the target", target), ("the reference", reference)) if m is not None}
+    ref_cfg = cfg.selection.reference
     dirs = {"the draft": cfg.draft.files, "the run's tokenizer": cfg.tokenizer,
             "the target": cfg.target.files if cfg.target is not None and target is not None else None,
-            "the reference": cfg.reference.files if cfg.reference is not None and reference is not None else None}
+            "the reference": ref_cfg.files if ref_cfg is not None and reference is not None else None}
     check_same_vocab(draft, others, reference_name="the draft",
                      tokenizer_len=len(tokenizer) if tokenizer is not None else None, dirs=dirs)
 
@@ -152,6 +153,7 @@ def _check_reference_column(cfg: TrainConfig, stream: DataStream) -> None:
             raise ValueError(f"the cache's reference column used divergence={ref.get('divergence')} "
                              f"(beta={ref.get('beta')}) but this run uses {cfg.divergence}; set divergence to match "
                              "or recompute it with `adaspec-dist cache --add-reference`")
-    elif cfg.reference is None:
-        raise ValueError("adaspec needs L_ref: the cache has no reference column, so set reference.name_or_path "
+    elif cfg.selection.reference is None:
+        raise ValueError("adaspec needs L_ref: the cache has no reference column, so set "
+                         "selection.reference.name_or_path "
                          "(or run `adaspec-dist cache --add-reference`)")

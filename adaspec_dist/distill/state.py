@@ -62,7 +62,7 @@ class Run:
     """DeepSpeed engine around the draft."""
     stream: DataStream
     eval_reader: CacheReader | None
-    """Held-out cache (``eval_cache_dir``), else None: no evaluation."""
+    """Held-out cache (``eval.cache_dir``), else None: no evaluation."""
     target: torch.nn.Module | None
     """Frozen online teacher (dense, one per rank)."""
     reference: torch.nn.Module | None

@@ -16,7 +16,7 @@ Contract
   stream's position say.
 * ``evaluate(run) -> metrics``: held-out α = E[Σ min(p, q)] and divergence on the eval cache
   (sparse estimate, exact with K = V), averaged over every supervised token of every rank
-  (collective), and ``tau`` = (1 − α^(γ+1)) / (1 − α) at ``cfg.eval_gamma`` (the τ that α implies);
+  (collective), and ``tau`` = (1 − α^(γ+1)) / (1 − α) at ``cfg.eval.gamma`` (the τ that α implies);
   ``{}`` without an eval cache.
 """
 from __future__ import annotations
@@ -64,10 +64,11 @@ def compute_loss(run: Run, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
                 ref_NV = obj.supervised_logits(run.reference, batch)
         losses = obj.token_losses(cfg.objective, draft_NV, batch, kind=cfg.divergence, beta=cfg.beta,
                                   target_NV=target_NV, ref_NV=ref_NV)
-    return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=cfg.selection_scope,
-                         rule=cfg.selection_rule, normalization=cfg.loss_normalization,
+    sel = cfg.selection
+    return obj.objective(cfg.objective, losses, fraction=cfg.filter_fraction, scope=sel.scope,
+                         rule=sel.rule, normalization=sel.loss_normalization,
                          normalization_scope=cfg.normalization_scope,
-                         groups_N=threshold_groups(batch.loss_mask, cfg.threshold_group),
+                         groups_N=threshold_groups(batch.loss_mask, sel.threshold_group),
                          group=run.ps.dp_group, dp_size=run.ps.dp_size)
 
 
@@ -119,7 +120,7 @@ def evaluate(run: Run) -> dict[str, float]:
     # On the run's device: NCCL (CUDA) reduces only device tensors.
     sums = torch.zeros(3, dtype=torch.float64, device=run.ps.device)
     for b, batch in enumerate(run.eval_reader):
-        if run.cfg.eval_batches is not None and b >= run.cfg.eval_batches:
+        if run.cfg.eval.batches is not None and b >= run.cfg.eval.batches:
             break
         batch = batch.to(run.ps.device)
         logits = obj.supervised_logits(run.engine, batch)  # every rank forwards (ZeRO-3 gathers)
@@ -134,5 +135,5 @@ def evaluate(run: Run) -> dict[str, float]:
     module.train(was_training)
     n = max(1.0, float(sums[2]))
     alpha = float(sums[0]) / n
-    return {"alpha": alpha, "tau": theoretical_tau(alpha, run.cfg.eval_gamma), run.cfg.divergence: float(sums[1]) / n,
+    return {"alpha": alpha, "tau": theoretical_tau(alpha, run.cfg.eval.gamma), run.cfg.divergence: float(sums[1]) / n,
             "tokens": int(sums[2])}

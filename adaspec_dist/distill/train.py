@@ -8,9 +8,10 @@ Contract
   A ``run_dir`` holding a run of another config is refused (``force=True`` replaces it).
 * The job, as a list of steps: build the run (distill/setup.py); resume (distill/checkpoint.py);
   log the plan; evaluate (not when resuming); train to ``total_steps`` (distill/step.py),
-  evaluating every ``eval_every`` (default: ten times per run) and checkpointing every ``save_every`` optimiser steps, and on
-  a stop signal (SIGTERM / SIGUSR1: checkpoint at the step boundary, then ``Preempted``, exit
-  143); evaluate; checkpoint unless this step has one; export ``run_dir/final`` in HF format.
+  evaluating every ``eval.every`` (default: ten times per run) and checkpointing every
+  ``checkpoint.every`` optimiser steps, and on a stop signal (SIGTERM / SIGUSR1: checkpoint at the
+  step boundary, then ``Preempted``, exit 143); evaluate; checkpoint unless this step has one;
+  export ``run_dir/final`` in HF format.
 * Summary: ``eval_start`` / ``eval_end`` (α and divergence on the eval cache, ``{}`` without
   one), ``tokens_per_s``, ``steps``, ``passes``, ``kept_token_epochs``, ``last_loss``,
   ``trained_tokens`` (this rank's) and ``export`` (the path) when exported.
@@ -94,7 +95,7 @@ def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainC
     stop.restore()  # from here on a signal ends the process as usual: the run has its steps
     summary["tokens_per_s"] = throughput.rate()
     summary["eval_end"] = _evaluate(run)
-    if not Every(cfg.save_every).due(run.progress.step):
+    if not Every(cfg.checkpoint.every).due(run.progress.step):
         _checkpoint(run, callbacks)
     unit, frac = epoch_unit(cfg)
     summary.update(steps=run.progress.step, passes=run.passes, kept_token_epochs=run.passes * frac,
@@ -110,7 +111,7 @@ def _run(run: Run, resumed: bool, resume: ResumeMode, callbacks: Sequence[TrainC
 def _train_loop(run: Run, callbacks: Sequence[TrainCallback], stop: StopSignal, throughput: Throughput) -> dict:
     """Optimiser steps to ``run.total_steps``, with the evaluations and checkpoints they are due;
     returns the last step's stats."""
-    evals, saves = Every(eval_interval(run.cfg, run.total_steps)), Every(run.cfg.save_every)
+    evals, saves = Every(eval_interval(run.cfg, run.total_steps)), Every(run.cfg.checkpoint.every)
     last_stats: dict[str, Any] = {}
     bar = tqdm(total=run.total_steps, initial=run.progress.step, desc=run.cfg.objective, disable=not run.ps.is_main)
     first, started = run.progress.step, time.perf_counter()

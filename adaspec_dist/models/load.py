@@ -23,10 +23,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from adaspec_dist.files import tmp_path
 from adaspec_dist.hub import hub_access
+from adaspec_dist.models.precision import Precision, canonical_precision, precision_field, torch_dtype
 from adaspec_dist.models.source import local_model
 
 logger = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo-draft": dict(family="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                        num_key_value_heads=2, intermediate_size=172, max_position_embeddings=512),
 }
-
-
-Precision = Literal["auto", "float32", "bfloat16", "float16"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 FREEZABLE = ("embeddings", "lm_head")
@@ -95,8 +92,9 @@ class ModelConfig:
     """Parts not trained: embeddings and/or lm_head (tied weights: both or neither)."""
     preset: str | None = None
     """Name in PRESETS: build from scratch with random weights instead of loading."""
-    dtype: Precision = "auto"
-    """auto (bf16 on CUDA when supported, else fp32), float32, bfloat16 or float16."""
+    dtype: Precision = precision_field()
+    """auto (bfloat16 on CUDA when supported, else float32), float32, bfloat16 or float16 (fp32, bf16,
+    fp16 are read as these: models/precision.py)."""
     overrides: dict | None = None
     """Extra architecture fields for a preset (e.g. {num_hidden_layers: 4})."""
     seed: int = 0
@@ -131,18 +129,7 @@ class ModelConfig:
                              "draft.freeze: [embeddings, lm_head])")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown model preset '{self.preset}'; choose one of {sorted(PRESETS)}")
-        if self.dtype not in PRECISIONS:
-            raise ValueError(f"model dtype '{self.dtype}' must be one of {list(PRECISIONS)}")
-
-
-def resolve_dtype(name: str, device: Any = None):
-    """Map a dtype name to torch; ``auto`` = bf16 on a CUDA device that supports it, else fp32."""
-    import torch
-
-    if name == "auto":
-        is_cuda = device is not None and torch.device(device).type == "cuda"
-        return torch.bfloat16 if is_cuda and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        canonical_precision(self.dtype, "model dtype")
 
 
 def preset_config(name: str, vocab_size: int, **overrides: Any):
@@ -183,22 +170,22 @@ def load_causal_lm(cfg: ModelConfig | str, *, vocab_size: int | None = None, dev
     if isinstance(cfg, (str, os.PathLike)):
         cfg = ModelConfig(name_or_path=str(cfg))
     cfg.validate()
-    torch_dtype = resolve_dtype(dtype or cfg.dtype, device)
+    dtype_t = torch_dtype(dtype or cfg.dtype, device)
     if cfg.from_target is not None:
         from adaspec_dist.models.from_target import draft_from_target
 
         target = load_causal_lm(cfg.from_target.target, vocab_size=vocab_size, device="cpu", dtype="float32")
-        model = draft_from_target(target, cfg.from_target.indices(target.config.num_hidden_layers)).to(torch_dtype)
+        model = draft_from_target(target, cfg.from_target.indices(target.config.num_hidden_layers)).to(dtype_t)
     elif cfg.name_or_path:
         path = local_model(cfg.name_or_path, cfg.gguf_file)
         if (path.startswith((".", "/")) or os.sep in path and Path(path).exists()) and not Path(path).exists():
             raise FileNotFoundError(f"model directory '{path}' does not exist; train or download it first")
         access = {} if Path(path).exists() else hub_access(path, "model")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **access)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_t, **access)
     else:
         if vocab_size is None:
             raise ValueError(f"preset '{cfg.preset}' needs a vocab_size (from the tokenizer)")
-        model = build_preset(cfg.preset, vocab_size, seed=cfg.seed, **(cfg.overrides or {})).to(torch_dtype)
+        model = build_preset(cfg.preset, vocab_size, seed=cfg.seed, **(cfg.overrides or {})).to(dtype_t)
     freeze(model, cfg.freeze)
     return model.to(device).eval()
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from adaspec_dist.models import vocab_parallel as vp
-from adaspec_dist.models.load import resolve_dtype
+from adaspec_dist.models.precision import torch_dtype as precision_dtype
 from adaspec_dist.models.source import local_model
 from adaspec_dist.models.tensor_parallel import load_tp_model
 from adaspec_dist.sparse.target import SparseTarget, draw_uniforms, merge_draws
@@ -97,7 +97,7 @@ def load_tp_target(name_or_path: str | os.PathLike | None, *, tp_group: Any, dev
     if not name_or_path:
         raise ValueError("a tensor-parallel target needs name_or_path (an HF checkpoint directory to slice), "
                          "not a preset")
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else precision_dtype(dtype, device)
     model = load_tp_model(local_model(str(name_or_path)), tp_group=tp_group, dtype=torch_dtype, device=device)
     return TPTargetLM(model, seed=seed)
 

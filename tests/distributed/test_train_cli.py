@@ -4,16 +4,17 @@ from __future__ import annotations
 import pytest
 
 from adaspec_dist.cli import main
+from adaspec_dist.distill.config import SelectionConfig
 
 
 @pytest.mark.parametrize("override,needle", [
     # Choice fields are Literal: the config loader names the key, the value and the choices.
     ("objective=distill", "config key 'objective' = 'distill' is not one of ['sft', 'kd', 'adaspec']"),
-    ("selection_scope=batch", "config key 'selection_scope' = 'batch' is not one of ['local', 'global']"),
-    ("selection_rule=topk", "config key 'selection_rule' = 'topk' is not one of ['quantile', 'exact_k']"),
+    ("selection.scope=batch", "config key 'selection.scope' = 'batch' is not one of ['local', 'global']"),
+    ("selection.rule=topk", "config key 'selection.rule' = 'topk' is not one of ['quantile', 'exact_k']"),
     ("normalization_scope=rank", "config key 'normalization_scope' = 'rank' is not one of ['per_rank', 'global']"),
-    ("threshold_group=0", "threshold_group must be a positive number of sequences"),
-    ("selection_scope=global threshold_group=5", "threshold_group splits a rank's micro-batch"),
+    ("selection.threshold_group=0", "threshold_group must be a positive number of sequences"),
+    ("selection.scope=global selection.threshold_group=5", "threshold_group splits a rank's micro-batch"),
     ("filter_fraction=1.5", "filter_fraction must be in (0, 1]"),
     ("filter_fraction=0", "filter_fraction must be in (0, 1]"),
     ("divergence=kll", "config key 'divergence' = 'kll' is not one of ['fkl', 'rkl', 'jsd', 'tvd']"),
@@ -31,8 +32,8 @@ def test_bad_settings_are_one_line_errors(override, needle, capsys):
 
 @pytest.mark.parametrize("field,value,needle", [
     ("objective", "distill", "unknown objective 'distill'"),
-    ("selection_scope", "batch", "selection_scope 'batch'"),
-    ("selection_rule", "topk", "selection_rule 'topk'"),
+    ("selection", SelectionConfig(scope="batch"), "selection.scope 'batch'"),
+    ("selection", SelectionConfig(rule="topk"), "selection.rule 'topk'"),
     ("normalization_scope", "rank", "normalization_scope 'rank'"),
     ("divergence", "kll", "unknown divergence 'kll'"),
     ("teacher_mode", "offline", "teacher_mode 'offline'"),
@@ -70,7 +71,7 @@ def test_auto_resume_starts_fresh_where_resume_refuses(tmp_path):
             "data.limit=4", "data.max_length=32", "max_steps=1", "export=false", "engine.micro_batch_size=2"]
     refused = run_cli([*args, "--resume", f"run_dir={tmp_path / 'a'}"], check=False)
     assert refused.returncode == 2 and "no checkpoint in" in refused.stderr
-    fresh = run_cli([*args, "--auto-resume", f"run_dir={tmp_path / 'b'}", "save_every=1"])
+    fresh = run_cli([*args, "--auto-resume", f"run_dir={tmp_path / 'b'}", "checkpoint.every=1"])
     assert json.loads(fresh.stdout.strip().splitlines()[-1])["steps"] == 1
     assert (tmp_path / "b" / "checkpoints" / "latest").is_file()
 

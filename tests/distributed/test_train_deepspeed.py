@@ -47,7 +47,7 @@ def test_zero_stages_run_and_kd_reduces_heldout_kl(runs):
         assert a["eval_end"]["fkl"] < 0.8 * a["eval_start"]["fkl"], a
         assert a["eval_end"]["alpha"] > a["eval_start"]["alpha"]
         alpha = a["eval_end"]["alpha"]
-        assert a["eval_end"]["tau"] == pytest.approx((1 - alpha ** 5) / (1 - alpha))  # τ implied at eval_gamma 4
+        assert a["eval_end"]["tau"] == pytest.approx((1 - alpha ** 5) / (1 - alpha))  # τ implied at eval.gamma 4
         assert a["eval_end"] == b["eval_end"]
     # ZeRO partitioning changes where the optimiser state lives, not the maths (ZeRO-3 runs with
     # another micro-batch, so that rank 1 meets an empty last batch, and is not compared).

@@ -27,7 +27,7 @@ class _Planted:
 def _args(tok: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["train", "objective=sft", "draft.preset=tiny-llama", f"tokenizer={tok}", "data.task=arith",
             "data.limit=4", "data.max_length=32", "export=false", "engine.micro_batch_size=2",
-            "engine.ds_config=ds_zero1.json", f"run_dir={run_dir}", "save_every=1", *extra]
+            "engine.ds_config=ds_zero1.json", f"run_dir={run_dir}", "checkpoint.every=1", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,9 @@ def recipe(caches: dict, run_dir: Path, **over) -> dict:
     """A TrainConfig mapping for the tiny setup; ``over`` are top-level / nested overrides."""
     from adaspec_dist.config import merge
 
-    base = {"objective": "adaspec", "draft": dict(DRAFT), "target": dict(TARGET), "reference": dict(REFERENCE),
-            "tokenizer": caches["tokenizer"], "cache_dir": caches["train"], "eval_cache_dir": caches["test"],
+    base = {"objective": "adaspec", "draft": dict(DRAFT), "target": dict(TARGET),
+            "selection": {"reference": dict(REFERENCE)}, "tokenizer": caches["tokenizer"],
+            "cache_dir": caches["train"], "eval": {"cache_dir": caches["test"]},
             "run_dir": str(run_dir), "max_steps": 4, "seed": 3,
             "engine": {"zero_stage": 1, "micro_batch_size": 3, "lr": 3e-3, "schedule": "cosine", "warmup_steps": 1}}
     return merge(base, over)

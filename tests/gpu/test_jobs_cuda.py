@@ -49,7 +49,7 @@ def test_zero2_train_reduces_the_loss(precision, assets, cache, device, tmp_path
         if precision == "fp16":
             pytest.skip("fp16 needs a GPU (the bf16 case runs in fp32 on CPU)")
         precision = "fp32"
-    proc = _cli(["train", "objective=adaspec", f"cache_dir={cache}", f"eval_cache_dir={cache}",
+    proc = _cli(["train", "objective=adaspec", f"cache_dir={cache}", f"eval.cache_dir={cache}",
                  "draft.preset=tiny-llama", "draft.seed=3", f"tokenizer={assets['tokenizer']}", "max_steps=20",
                  "engine.zero_stage=2", f"engine.precision={precision}", "engine.micro_batch_size=8",
                  "engine.lr=3e-3", "engine.schedule=constant", f"run_dir={tmp_path / 'run'}", "export=true"])

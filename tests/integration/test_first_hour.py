@@ -110,7 +110,7 @@ def test_tensorboard_has_numbers_an_alpha_curve_and_the_config(world, tmp_path):
 
     out = tmp_path / "cache"
     cache(world, out)
-    _train(world, tmp_path / "run", out, "max_steps=20", f"eval_cache_dir={out}", "eval_batches=1")
+    _train(world, tmp_path / "run", out, "max_steps=20", f"eval.cache_dir={out}", "eval.batches=1")
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
     acc.Reload()
     norms = [e.value for e in acc.Scalars("train/grad_norm")]
@@ -137,7 +137,7 @@ def test_the_export_says_how_to_prompt_it_and_what_it_measured(world, tmp_path):
 
     out = tmp_path / "cache"
     cache(world, out)
-    _train(world, tmp_path / "run", out, "max_steps=2", f"eval_cache_dir={out}")
+    _train(world, tmp_path / "run", out, "max_steps=2", f"eval.cache_dir={out}")
     final = tmp_path / "run" / "final"
     tok = AutoTokenizer.from_pretrained(final)
     example = load_examples(DataConfig(task="arith", limit=1))[0]

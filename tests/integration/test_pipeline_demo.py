@@ -55,7 +55,7 @@ def test_demo_end_to_end_then_kill_and_resume(tmp_path):
     # Redo AdaSPEC, dying right after the checkpoint of step 1 (a real abrupt exit mid-stage).
     recipe = [str(REPO / "configs" / "demo.yaml"), f"run_dir={run_dir}", "seed=3", *SHRINK]
     killed = subprocess.run([sys.executable, str(REPO / "tests" / "helpers_kill.py"), "1", *recipe,
-                             "adaspec.save_every=1", "--force", "adaspec"],
+                             "adaspec.checkpoint.every=1", "--force", "adaspec"],
                             env=child_env(), capture_output=True, text=True, timeout=300)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (run_dir / "stages" / "adaspec.done.json").exists()

@@ -24,7 +24,7 @@ def recipe_text(run_dir: Path, tokenizer: Path) -> str:
         "data": {"task": "arith", "limit": 64, "max_length": 48, "seed": 0},
         "run_dir": str(run_dir),
         "max_steps": MAX_STEPS,
-        "save_every": 0,  # only the final checkpoint, so a mid-run one can only come from a stop signal
+        "checkpoint": {"every": 0},  # only the final checkpoint, so a mid-run one can only come from a stop signal
         "seed": 0,
         "engine": {"micro_batch_size": 4, "lr": 1e-3, "schedule": "constant"},
     })

@@ -88,7 +88,7 @@ def test_sbatch_preempted_requeues_and_resumes(slurm, make_recipe, baseline):
     resumed = [int(s) for s in re.findall(r"resumed at step (\d+)", out)]
     assert stopped and 0 < stopped[0] < MAX_STEPS, out[-4000:]
     assert resumed and resumed[0] == stopped[0], (stopped, resumed)
-    # The first run's stop checkpoint (save_every=0: only a signal can have written it).
+    # The first run's stop checkpoint (checkpoint.every=0: only a signal can have written it).
     assert (run_dir / "checkpoints" / f"step{stopped[0]:08d}").is_dir()
     assert "train --auto-resume --config" in out  # the rerun was told to resume
     assert_same_params(checkpoint_params(run_dir), baseline)

@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adaspec_dist.distill import objectives as obj
+from adaspec_dist.distill.config import SelectionConfig
 from adaspec_dist.distill.fused_head import AUTO_ELEMS, fused_token_losses, supervised_hidden, use_fused
 from adaspec_dist.models.head import masked_hidden, output_head, row_chunks
 from adaspec_dist.models.load import build_preset, freeze
@@ -222,8 +223,7 @@ def test_compute_loss_takes_the_path_engine_fused_head_names(objective):
     results = {}
     for mode in ("off", "on"):
         cfg = SimpleNamespace(objective=objective, divergence="fkl", beta=0.5, filter_fraction=0.4,
-                              selection_scope="local", selection_rule="quantile", loss_normalization="supervised",
-                              normalization_scope="per_rank", threshold_group=None,
+                              selection=SelectionConfig(), normalization_scope="per_rank",
                               engine=EngineConfig(fused_head=mode, head_chunk_rows=3))
         run = SimpleNamespace(cfg=cfg, engine=model, target=None, reference=None, tp_teacher=None,
                               ps=SimpleNamespace(dp_group=None, dp_size=1, device="cpu"))

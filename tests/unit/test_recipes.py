@@ -15,7 +15,7 @@ import yaml
 from adaspec_dist.cache.produce import CacheConfig
 from adaspec_dist.cache.reference import ReferenceConfig
 from adaspec_dist.config import ConfigError, build_config, to_dict
-from adaspec_dist.distill.config import TrainConfig
+from adaspec_dist.distill.config import SelectionConfig, TrainConfig
 from adaspec_dist.pipeline import STAGE_ORDER, is_complete, load_pipeline_config, plan
 from adaspec_dist.speculative.evaluate import EvalConfig
 
@@ -82,7 +82,7 @@ def test_recipe_parses_and_plans(path):
     assert set(by["eval"].config.drafts) == {"distillspec", "adaspec", "distillspec_wide"}
     # The control is kd with AdaSPEC's batch rule and epochs, and no selection settings.
     wide, ada = by["distillspec_wide"], by["adaspec"]
-    assert wide.config.objective == "kd" and "selection_scope" not in wide.recipe
+    assert wide.config.objective == "kd" and "selection" not in wide.recipe
     assert all(wide.recipe.get(k) == ada.recipe.get(k) for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
     assert all(getattr(wide.config, k) == getattr(ada.config, k)
                for k in ("kept_token_epochs", "budget", "filter_fraction", "engine"))
@@ -122,12 +122,13 @@ def test_paper_hyperparameters(name):
     assert r["reference"]["passes"] == ref_epochs
     ada = r["adaspec"]
     assert ada["kept_token_epochs"] == kept_epochs and "passes" not in ada
-    assert ada["budget"] == "paper" and ada["loss_normalization"] == "supervised"
-    assert ada["filter_fraction"] == 0.4 and ada["selection_scope"] == "local"
+    sel = ada["selection"]
+    assert ada["budget"] == "paper" and sel["loss_normalization"] == "supervised"
+    assert ada["filter_fraction"] == 0.4 and sel["scope"] == "local"
     # The published selection and normalisation, stated (they are also the defaults).
-    assert ada["selection_rule"] == "quantile" and ada["threshold_group"] is None
+    assert sel["rule"] == "quantile" and sel["threshold_group"] is None
     assert ada["normalization_scope"] == r["reference"]["normalization_scope"] == "per_rank"
-    assert TrainConfig.selection_rule == "quantile" and TrainConfig.normalization_scope == "per_rank"
+    assert SelectionConfig.rule == "quantile" and TrainConfig.normalization_scope == "per_rank"
     sft = r["sft"]
     assert sft["passes"] == target_epochs and sft["engine"]["global_batch_size"] == 16
     assert sft["engine"]["lr"] == pytest.approx(1e-5)

@@ -128,8 +128,8 @@ def test_selection_is_detached_and_empty_is_fine():
 
 
 @pytest.mark.parametrize("args,match", [
-    ((0.0, "local"), "filter_fraction"), ((1.5, "local"), "filter_fraction"), ((0.4, "batch"), "selection_scope"),
-    ((0.4, "local", "top_k"), "selection_rule 'top_k'"), ((0.4, "local", "quantile", 0), "threshold_group"),
+    ((0.0, "local"), "filter_fraction"), ((1.5, "local"), "filter_fraction"), ((0.4, "batch"), "selection.scope"),
+    ((0.4, "local", "top_k"), "selection.rule 'top_k'"), ((0.4, "local", "quantile", 0), "threshold_group"),
     ((0.4, "global", "quantile", 5), "threshold_group splits"),
 ])
 def test_bad_settings_are_one_line_errors(args, match):

@@ -33,7 +33,8 @@ class KeepRun(TrainCallback):
         self.run = run
 
 
-RESUME_RUN = dict(objective="adaspec", selection_scope="global", max_steps=6, save_every=3, eval_cache_dir=None,
+RESUME_RUN = dict(objective="adaspec", selection={"scope": "global"}, max_steps=6, checkpoint={"every": 3},
+                  eval={"cache_dir": None},
                   engine={"zero_stage": 2, "grad_accum": 2, "micro_batch_size": 2})
 
 
@@ -63,10 +64,10 @@ if mode == "main":
            "target_top_k": 640}
     for mode_name, extra in (("cached", {}), ("online", {"teacher_mode": "online"}), ("online_tp2", tp2)):
         s = train(build_config(TrainConfig, recipe(caches, out / f"ada_{mode_name}", max_steps=1, export=False,
-                                                   eval_cache_dir=None, **extra)))
+                                                   eval={"cache_dir": None}, **extra)))
         results[f"ada_{mode_name}"] = {"loss": s["last_loss"], "trained": s["trained_tokens"]}
     s = train(build_config(TrainConfig, recipe(caches, out / "sft", objective="sft", cache_dir=None, max_steps=2,
-                                               eval_cache_dir=None, export=False,
+                                               eval={"cache_dir": None}, export=False,
                                                data={"task": "arith", "limit": 12, "max_length": 48})))
     results["sft"] = {"steps": s["steps"], "loss": s["last_loss"]}
     with open(out / f"{mode}_rank{ps.rank}.json", "w") as fh:
