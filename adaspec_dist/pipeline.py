@@ -40,7 +40,8 @@ Contract
   written to ``run_dir/configs/NAME.yaml`` as a record before the stage runs.
 * Resumability: a stage that completes gets ``run_dir/stages/NAME.done.json`` holding the
   sha256 of its config (:func:`config_sha`: paths relative to run_dir, so a moved run directory
-  resumes); a rerun skips stages whose marker matches and whose outputs exist. A stage killed
+  resumes; a train stage's marker written before TrainConfig had sections, with its flat keys,
+  is the same stage: :func:`accepted_shas`); a rerun skips stages whose marker matches and whose outputs exist. A stage killed
   midway has no marker and is rerun; the stages themselves resume (the cache keeps complete
   shards, ``train`` continues from its last checkpoint when ``checkpoints/latest`` exists), so a
   killed pipeline finishes with the same results as an uninterrupted one. A marker whose config
@@ -408,14 +409,41 @@ def _located(value: Any, run_dir: str | None) -> Any:
     return absolute if os.path.exists(value) else value
 
 
-def config_sha(stage: Stage, run_dir: str | None = None) -> str:
+def config_sha(stage: Stage, run_dir: str | None = None, *, recipe: dict | None = None) -> str:
     """The hash a stage's marker records: its command line and the mapping its config came from —
     what the stage computes, not where its files are: paths under ``run_dir`` count relative to it
     (a moved or renamed run directory is still complete, and resumes), other existing paths by
     their absolute form (a relative or an absolute spelling of the same files agree)."""
-    blob = json.dumps(_located({"command": stage.command, "argv": stage.cli_args(), "config": stage.recipe},
+    mapping = stage.recipe if recipe is None else recipe
+    blob = json.dumps(_located({"command": stage.command, "argv": stage.cli_args(), "config": mapping},
                                run_dir), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def flat_spelling(cls: type, mapping: dict | None) -> dict | None:
+    """``mapping`` with the keys ``cls.RENAMED`` moved into sections spelled flat again, as earlier
+    versions built a stage's mapping (the sections they did not have dropped when left empty)."""
+    renamed = getattr(cls, "RENAMED", None)
+    if not renamed or not isinstance(mapping, dict):
+        return mapping
+    flat = {k: dict(v) if isinstance(v, dict) else v for k, v in mapping.items()}
+    moved_from = set()
+    for old, new in renamed.items():
+        section, key = new.split(".", 1)
+        if isinstance(flat.get(section), dict) and key in flat[section]:
+            flat[old] = flat[section].pop(key)
+            moved_from.add(section)
+    return {k: v for k, v in flat.items() if not (k in moved_from and v == {})}
+
+
+def accepted_shas(stage: Stage, run_dir: str | None = None) -> set[str]:
+    """The hashes that mean "this very stage": today's, and for a train stage the one an earlier
+    version recorded for the same recipe (its flat keys, before TrainConfig had sections), so a
+    run directory made before the regrouping still resumes instead of redoing finished stages."""
+    shas = {config_sha(stage, run_dir)}
+    if stage.job == "train":
+        shas.add(config_sha(stage, run_dir, recipe=flat_spelling(TrainConfig, stage.recipe)))
+    return shas
 
 
 def _marker(cfg: PipelineConfig, name: str) -> Path:
@@ -432,7 +460,7 @@ def is_complete(cfg: PipelineConfig, stage: Stage) -> bool:
     if not marker.is_file():
         return False
     done = json.loads(marker.read_text())
-    if done.get("config_sha") != config_sha(stage, cfg.run_dir):
+    if done.get("config_sha") not in accepted_shas(stage, cfg.run_dir):
         raise ConfigError(f"stage '{stage.name}' in {cfg.run_dir} was completed with a different config; "
                           f"use a new run_dir, or pass --force {stage.name} to redo it and what follows")
     return all(Path(o).exists() for o in stage.outputs)

@@ -305,3 +305,30 @@ def test_gsm8k_recipes_take_the_official_branches_steps(name):
     one = budget_for(ada, 1)
     # (steps within 0.1 %: a pass ends on a partial batch of 5 instead of 40)
     assert (one.micro_batch, one.grad_accum) == (5, 8) and abs(one.steps(7473, 1) - ada_steps) <= ada_steps / 1000
+
+
+# What adaspec-dist recorded (commit b9bb3d7, before TrainConfig had sections) in the markers of this
+# recipe's train stages, run_dir=/nonexistent/run-a. If the recipe itself changes, these no longer
+# apply: recompute them from a checkout of b9bb3d7 (pipeline.config_sha of each train stage).
+MARKERS_BEFORE_SECTIONS = {
+    "reference": "32045d63e9a91a6ec255a0dc9838805e37e27a8f6d8dc2227e28e08abb4ab083",
+    "adaspec": "8ef4d69d9e00c3b102b2db1180898dceb14b2308128c636e0a9fb4aafbcdc4e2",
+    "distillspec_wide": "03c500014cc46cb8ed6fe376bb22bc12ed48040a49eb5cfedc9cda34209821f0",
+}
+
+
+def test_a_run_made_before_the_config_sections_still_resumes(tmp_path):
+    """Markers an earlier version wrote (flat keys: eval_cache_dir, selection_rule, ...) are the same
+    stage, so finished stages are skipped rather than refused; another config is still refused."""
+    from adaspec_dist.pipeline import accepted_shas, flat_spelling
+
+    cfg = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", ["run_dir=/nonexistent/run-a"])
+    stages = {s.name: s for s in plan(cfg)}
+    for name, sha in MARKERS_BEFORE_SECTIONS.items():
+        assert sha in accepted_shas(stages[name], cfg.run_dir), name
+    changed = load_pipeline_config(CONFIGS / "gsm8k-pythia31m-1.4b.yaml", ["run_dir=/nonexistent/run-a",
+                                                                         "adaspec.selection.rule=exact_k"])
+    assert MARKERS_BEFORE_SECTIONS["adaspec"] not in accepted_shas({s.name: s for s in plan(changed)}["adaspec"],
+                                                                   changed.run_dir)
+    assert flat_spelling(TrainConfig, {"selection": {"rule": "q"}, "eval": {"cache_dir": "c", "x": 1}, "engine": {}}) \
+        == {"selection_rule": "q", "eval_cache_dir": "c", "eval": {"x": 1}, "engine": {}}

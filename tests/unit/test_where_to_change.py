@@ -71,7 +71,7 @@ def _jobs(tok: Path) -> list[list[str]]:
               "engine.ds_config=ds_zero0.json", "engine.micro_batch_size=4"]
     return [["cache", "data.task=arith", "data.limit=8", "data.max_length=32", "model.preset=tiny-llama",
              f"tokenizer={tok}", "out_dir=cache", "top_k=16", "batch_size=8"],
-            ["train", "objective=kd", "divergence=toy_hellinger", "cache_dir=cache", "eval_cache_dir=cache",
+            ["train", "objective=kd", "divergence=toy_hellinger", "cache_dir=cache", "eval.cache_dir=cache",
              "run_dir=kd", *common],
             ["train", "objective=sft", "data.task=toy_qa", "data.source=qa.jsonl", "data.max_length=32",
              "run_dir=sft", *common]]
