@@ -24,8 +24,6 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-NEG_INF = float("-inf")
-
 
 def _size(group: Any) -> int:
     return dist.get_world_size(group) if dist.is_initialized() else 1
