@@ -151,6 +151,72 @@ class _Batch:
         return keep
 
 
+def _draft(draft: CausalLM, batch: _Batch, pending: _DraftPending, G: int, V: int, sampling: SamplingConfig,
+           generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1: the draft's G tokens ``D_BG`` and the distributions ``q_BGV`` they were drawn from
+    (G forwards; the first one feeds the two pending slots)."""
+    dslot = batch.slots[1]
+    B, device = batch.last.shape[0], batch.last.device
+    T, top_p, greedy = sampling.temperature, sampling.top_p, sampling.temperature == 0
+    inp, inp_pos, inp_valid = (pending.tokens_B2, torch.stack([batch.pos - 1, batch.pos], 1).clamp_min(0),
+                               pending.valid_B2)
+    d_tokens, d_probs = [], []
+    for j in range(G):
+        logits = draft.forward(inp, inp_pos, dslot.attention_mask(inp_valid), dslot.cache, logits_to_keep=1)
+        dslot.append(inp_valid)
+        q = probs_from_logits(logits[:, -1, :V], T, top_p)
+        x = _pick(q, greedy, generator)
+        d_tokens.append(x)
+        d_probs.append(q)
+        inp, inp_pos = x[:, None], (batch.pos + j + 1)[:, None]
+        inp_valid = torch.ones((B, 1), dtype=torch.bool, device=device)
+    return torch.stack(d_tokens, 1), torch.stack(d_probs, 1)
+
+
+def _target_verify(target: CausalLM, batch: _Batch, D: torch.Tensor, q: torch.Tensor, arange: torch.Tensor, V: int,
+                   sampling: SamplingConfig, generator, verify_fn: VerifyFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3: the target scores all G+1 positions in one forward, then verification: the
+    number ``n_B`` of accepted drafts per row and the token ``nxt_B`` that follows them."""
+    tslot = batch.slots[0]
+    B, G = D.shape
+    t_in = torch.cat([batch.last[:, None], D], 1)
+    t_valid = torch.ones((B, G + 1), dtype=torch.bool, device=D.device)
+    logits = target.forward(t_in, batch.pos[:, None] + arange, tslot.attention_mask(t_valid), tslot.cache)
+    tslot.append(t_valid)
+    if is_sharded_vocab(target):  # vocab-parallel target (models/tp_target.py): p stays sharded
+        return target.verify_logits(logits, q, D, V, sampling, generator)
+    # row chunks: the tempering / nucleus temporaries of B·(G+1) rows stay O(chunk × V)
+    P = map_row_chunks(lambda z: probs_from_logits(z, sampling.temperature, sampling.top_p), logits[..., :V])  # B,G+1,V
+    return verify_fn(q, P, D, generator)
+
+
+def _advance(batch: _Batch, pending: _DraftPending, D: torch.Tensor, n: torch.Tensor, nxt: torch.Tensor,
+             arange: torch.Tensor, step: int) -> torch.Tensor:
+    """Step 3, after verification: rejected slots of both caches become holes and each row takes its
+    n accepted drafts and the next token; returns those G+1 candidate tokens per row (the slots
+    past n are not output)."""
+    tslot, dslot = batch.slots
+    G = D.shape[1]
+    tslot.keep_last(arange[None] <= n[:, None])
+    dslot.keep_last(torch.cat([pending.valid_B2, arange[None, 1:G] <= n[:, None]], 1))
+    cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
+    batch.buf.scatter_(1, batch.n_out[:, None] + arange[None], cand)
+    batch.trace[:, step - 1] = n
+    batch.n_out += n + 1
+    batch.pos += n + 1
+    batch.last = nxt
+    return cand
+
+
+def _finished(batch: _Batch, cand: torch.Tensor, n: torch.Tensor, arange: torch.Tensor, max_new_tokens: int,
+              eos_token_id: int | None) -> torch.Tensor:
+    """Step 4's test: rows that reached max_new_tokens or emitted EOS among their new tokens."""
+    done = batch.n_out >= max_new_tokens
+    if eos_token_id is not None:
+        done |= ((cand == eos_token_id) & (arange[None] <= n[:, None])).any(1)
+    return done
+
+
 def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int, max_new_tokens: int,
                          sampling: SamplingConfig | None = None, eos_token_id: int | None = None,
                          generator: torch.Generator | None = None, vocab_size: int | None = None,
@@ -163,72 +229,35 @@ def speculative_generate(target, draft, prompts: list[list[int]], *, gamma: int,
     sampling = sampling or SamplingConfig()
     sampling.validate()
     target, draft = as_causal_lm(target), as_causal_lm(draft)
-    sharded = is_sharded_vocab(target)  # vocab-parallel target (models/tp_target.py): p stays sharded
     V = vocab_size or real_vocab_size(target.vocab_width, draft.vocab_width)
-    T, top_p, greedy, G = sampling.temperature, sampling.top_p, sampling.temperature == 0, gamma
+    G = gamma
     device = target.device
     _sync(device)
     start = time.perf_counter()
 
     batch = _Batch([target, draft], prompts, max_new_tokens + G + 1, pad_id)
-    tslot, dslot = batch.slots
-    B = len(prompts)
     arange = torch.arange(G + 1, device=device)
     hist = torch.zeros(G + 1, dtype=torch.long, device=device)
     # Before the first step the pending slots are [hole, last prompt token].
-    pending = _DraftPending.after(torch.zeros(B, dtype=torch.bool, device=device), batch.last, batch.last, pad_id)
+    pending = _DraftPending.after(torch.zeros(len(prompts), dtype=torch.bool, device=device), batch.last, batch.last,
+                                  pad_id)
     step = 0
     while True:
         step += 1
-        B = batch.last.shape[0]
-        # 1. draft G tokens (G forwards; the first one feeds the two pending slots)
-        inp, inp_pos, inp_valid = (pending.tokens_B2, torch.stack([batch.pos - 1, batch.pos], 1).clamp_min(0),
-                                   pending.valid_B2)
-        d_tokens, d_probs = [], []
-        for j in range(G):
-            logits = draft.forward(inp, inp_pos, dslot.attention_mask(inp_valid), dslot.cache, logits_to_keep=1)
-            dslot.append(inp_valid)
-            q = probs_from_logits(logits[:, -1, :V], T, top_p)
-            x = _pick(q, greedy, generator)
-            d_tokens.append(x)
-            d_probs.append(q)
-            inp, inp_pos = x[:, None], (batch.pos + j + 1)[:, None]
-            inp_valid = torch.ones((B, 1), dtype=torch.bool, device=device)
-        D = torch.stack(d_tokens, 1)                                   # B,G
-        # 2. target scores all G+1 positions at once
-        t_in = torch.cat([batch.last[:, None], D], 1)
-        t_valid = torch.ones((B, G + 1), dtype=torch.bool, device=device)
-        logits = target.forward(t_in, batch.pos[:, None] + arange, tslot.attention_mask(t_valid), tslot.cache)
-        tslot.append(t_valid)
-        # 3. verify; rejected slots become holes
-        if sharded:
-            n, nxt = target.verify_logits(logits, torch.stack(d_probs, 1), D, V, sampling, generator)
-        else:
-            # row chunks: the tempering / nucleus temporaries of B·(G+1) rows stay O(chunk × V)
-            P = map_row_chunks(lambda z: probs_from_logits(z, T, top_p), logits[..., :V])  # B,G+1,V
-            n, nxt = verify_fn(torch.stack(d_probs, 1), P, D, generator)
-        tslot.keep_last(arange[None] <= n[:, None])
-        dslot.keep_last(torch.cat([pending.valid_B2, arange[None, 1:G] <= n[:, None]], 1))
-        cand = torch.cat([D, D[:, :1]], 1).scatter_(1, n[:, None], nxt[:, None])
-        batch.buf.scatter_(1, batch.n_out[:, None] + arange[None], cand)
+        D, q = _draft(draft, batch, pending, G, V, sampling, generator)                     # B,G and B,G,V
+        n, nxt = _target_verify(target, batch, D, q, arange, V, sampling, generator, verify_fn)
+        cand = _advance(batch, pending, D, n, nxt, arange, step)
         hist += torch.nn.functional.one_hot(n, G + 1).sum(0)   # (bincount would sync on CUDA)
-        batch.trace[:, step - 1] = n
-        batch.n_out += n + 1
-        batch.pos += n + 1
-        batch.last = nxt
         pending = _DraftPending.after(n == G, D[:, -1], nxt, pad_id)
-        # 4. finished rows leave the batch
-        done = batch.n_out >= max_new_tokens
-        if eos_token_id is not None:
-            done |= ((cand == eos_token_id) & (arange[None] <= n[:, None])).any(1)
+        done = _finished(batch, cand, n, arange, max_new_tokens, eos_token_id)
         if bool(done.any()):
             keep = batch.retire(done, max_new_tokens, eos_token_id, steps=step)
             if keep is None:
                 break
             pending = pending.select(keep)
         if step % COMPACT_EVERY == 0:
-            tslot.compact()
-            dslot.compact()
+            for slot in batch.slots:
+                slot.compact()
     _sync(device)
     stats = DecodeStats(gamma=G, accept_hist=hist.tolist(), generated=sum(len(r) for r in batch.results),
                         seconds=time.perf_counter() - start)
