@@ -8,6 +8,11 @@ Contract
   that connect the stages. The pipeline owns no training, caching or decoding logic: it chains
   the jobs by calling them — ``produce_cache(CacheConfig)``, ``add_reference(ReferenceConfig)``,
   ``train(TrainConfig, resume=..., callbacks=...)``, ``evaluate(EvalConfig)`` — with typed configs.
+* Each job is one row of :data:`JOBS`: its config class, its function, what its command prints
+  at its end and its ``adaspec-dist`` subcommand. The pipeline (:func:`run_stage`,
+  :func:`describe_result`, :meth:`Stage.command_line`) and the CLI subcommands (``cli/cache.py``,
+  ``cli/generate.py``, ``cli/train.py``, ``cli/eval.py``) both read it: adding a job is one row
+  (and its stage in :func:`plan`).
 * :func:`plan` turns a recipe into an ordered list of :class:`Stage` s — pure, no I/O — so a
   dry run (``--dry-run``) and the recipe tests can inspect it::
 
@@ -90,6 +95,8 @@ STAGE_ORDER = ("tokenizer", "sft", "generate", "cache_train", "cache_eval", "ref
                "distillspec_wide", "eval", "eval_greedy")
 # Where `train` exports the final HF model inside its out_dir (the distill trainer's layout).
 EXPORT_SUBDIR = "final"
+# The file `evaluate` writes its result to inside its out_dir.
+EVAL_RESULT = "eval.json"
 
 
 @dataclass(kw_only=True)
@@ -172,9 +179,62 @@ class PipelineConfig:
                               "e.g. a previous run's adaspec/final or reference/final)")
 
 
-Job = Literal["tokenizer", "generate", "cache", "add_reference", "train", "eval"]
-# The CLI subcommand that runs each job alone (the tokenizer step only exists in the pipeline).
-_SUBCOMMAND: dict[str, str] = {"generate": "generate", "cache": "cache", "add_reference": "cache", "train": "train", "eval": "eval"}
+@dataclass(frozen=True)
+class Job:
+    """One job the pipeline chains and (``subcommand`` set) an ``adaspec-dist`` subcommand runs alone:
+    a row of :data:`JOBS`, which both read."""
+
+    config: type
+    """The typed config the job is called with (a stage section and the subcommand's ``--config``)."""
+    run: Callable[..., Any]
+    """``run(config, **options)``: the job itself; every rank calls it (rank-0-only stages: rank 0)."""
+    describe: Callable[[Any, Any], str] | None = None
+    """``describe(config, result)``: what the job's command prints when it ends; None: nothing."""
+    subcommand: str | None = None
+    """The ``adaspec-dist`` subcommand that runs the job alone; None: only the pipeline runs it."""
+    argv: Callable[[Any], list[str]] | None = None
+    """The subcommand's arguments for a config; None: ``--config RECORD`` (the resolved config)."""
+    resumes: bool = False
+    """``run`` also takes ``resume=`` (continue from the stage's ``resume_dir``) and ``callbacks=``
+    (the pipeline's ``train_callbacks``): train."""
+
+    def describe_result(self, config: Any, result: Any) -> str | None:
+        """``describe`` of a result; None when there is no result (other ranks) or nothing to say."""
+        return None if result is None or self.describe is None else self.describe(config, result)
+
+
+def _reference_argv(c: ReferenceConfig) -> list[str]:
+    """``adaspec-dist cache --add-reference REF CACHE --divergence D`` (+ the options set off their defaults)."""
+    args = ["--add-reference", str(c.model), str(c.cache_dir), "--divergence", c.divergence]
+    defaults = ReferenceConfig(cache_dir="")
+    if c.beta != defaults.beta:
+        args += ["--beta", str(c.beta)]
+    if c.batch_size != defaults.batch_size:
+        args += ["--batch-size", str(c.batch_size)]
+    return args
+
+
+def train_tokenizer(tc: TokenizerTrainConfig, *, out_dir: str) -> None:
+    """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
+    or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
+    # The tokenizer does not depend on the run's seed: every seed of a recipe shares its vocabulary.
+    if tc.task is None:
+        tk.embedded_tokenizer(out_dir, vocab_size=tc.vocab_size, seed=0, limit_per_corpus=tc.limit)
+        return
+    examples = load_examples(DataConfig(task=tc.task, limit=tc.limit, seed=0), "train")
+    tk.train_sentencepiece([e.prompt + e.answer for e in examples], tc.vocab_size, out_dir, seed=0)
+
+
+# Every job, once: adding a job is one row here (then a stage of it in `plan`, and, when it has a
+# subcommand, a cli/ module that reads this row).
+JOBS: dict[str, Job] = {
+    "tokenizer": Job(TokenizerTrainConfig, train_tokenizer),
+    "generate": Job(GenerateConfig, generate, lambda c, manifest: describe_generated(c.out_dir, manifest), "generate"),
+    "cache": Job(CacheConfig, produce_cache, lambda c, manifest: describe_cache(c.out_dir, manifest), "cache"),
+    "add_reference": Job(ReferenceConfig, add_reference, describe_reference, "cache", argv=_reference_argv),
+    "train": Job(TrainConfig, train, lambda c, summary: json.dumps(summary, default=str), "train", resumes=True),
+    "eval": Job(EvalConfig, evaluate, lambda c, result: format_table(result), "eval"),
+}
 
 
 @dataclass
@@ -182,10 +242,10 @@ class Stage:
     """One step of the plan: a job, its typed config and the paths it makes."""
 
     name: str
-    job: Job
+    job: str
+    """The stage's row of :data:`JOBS`."""
     config: Any
-    """What the job is called with: TokenizerTrainConfig, CacheConfig, ReferenceConfig, TrainConfig
-    or EvalConfig."""
+    """What the job is called with: an instance of its row's ``config`` class."""
     recipe: dict | None = None
     """The mapping ``config`` was built from (the recipe's section over the pipeline's wiring);
     with the command line it is what the stage's marker hashes (:func:`config_sha`)."""
@@ -199,24 +259,20 @@ class Stage:
     workdir: str | None = None
     """The directory the stage owns; --force deletes it so the stage starts afresh."""
     rank0_only: bool = False
-    """Single-process stages (eval): rank 0 runs it while the other ranks wait."""
+    """Single-process stages (tokenizer, eval): rank 0 runs it while the other ranks wait."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the job besides its config (the tokenizer's ``out_dir``)."""
 
     @property
     def command(self) -> str | None:
         """The ``adaspec-dist`` subcommand that runs this stage alone (None: only the pipeline does)."""
-        return _SUBCOMMAND.get(self.job)
+        return JOBS[self.job].subcommand
 
     def cli_args(self) -> list[str]:
-        """The arguments of that subcommand: ``--config RECORD``, or ``--add-reference REF CACHE ...``."""
-        if self.job == "add_reference":
-            c = self.config
-            args = ["--add-reference", str(c.model), str(c.cache_dir), "--divergence", c.divergence]
-            defaults = ReferenceConfig(cache_dir="")
-            if c.beta != defaults.beta:
-                args += ["--beta", str(c.beta)]
-            if c.batch_size != defaults.batch_size:
-                args += ["--batch-size", str(c.batch_size)]
-            return args
+        """The arguments of that subcommand: ``--config RECORD``, or the row's own (``--add-reference ...``)."""
+        argv = JOBS[self.job].argv
+        if argv is not None:
+            return argv(self.config)
         return ["--config", self.record] if self.record else []
 
     def command_line(self) -> str:
@@ -320,7 +376,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     stages: list[Stage] = []
     if cfg.tokenizer is None and cfg.tokenizer_train is not None:
         stages.append(Stage("tokenizer", "tokenizer", _typed(TokenizerTrainConfig, cfg.tokenizer_train, "tokenizer_train"),
-                            dict(cfg.tokenizer_train), outputs=[p["tokenizer"]], workdir=p["tokenizer"]))
+                            dict(cfg.tokenizer_train), outputs=[p["tokenizer"]], workdir=p["tokenizer"],
+                            rank0_only=True, options={"out_dir": p["tokenizer"]}))
     if cfg.sft is not None:
         stages.append(_train_stage("sft", cfg, objective="sft", out_dir=p["target_train"], init=cfg.target,
                                    section=cfg.sft, extra={"data": data}))
@@ -368,9 +425,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     for name, conf in evals:
         stages.append(Stage(name, "eval", _typed(EvalConfig, conf, name), conf,
                             record=str(Path(p["configs"]) / f"{name}.yaml"),
-                            outputs=[str(Path(conf["out_dir"]) / "eval.json")], workdir=conf["out_dir"],
+                            outputs=[str(Path(conf["out_dir"]) / EVAL_RESULT)], workdir=conf["out_dir"],
                             rank0_only=True))
     return stages
+
+
+def eval_results(stages: Sequence[Stage]) -> list[tuple[str, Path]]:
+    """(stage name, result file) of the plan's eval stages, in order; the file may not exist yet."""
+    return [(s.name, Path(s.config.out_dir) / EVAL_RESULT) for s in stages if s.job == "eval"]
 
 
 def budget_line(cfg: PipelineConfig, stage: Stage, dp_size: int) -> str | None:
@@ -487,63 +549,28 @@ def write_marker(cfg: PipelineConfig, stage: Stage, seconds: float) -> None:
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
-def train_tokenizer(tc: TokenizerTrainConfig, out_dir: str) -> None:
-    """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
-    or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
-    # The tokenizer does not depend on the run's seed: every seed of a recipe shares its vocabulary.
-    if tc.task is None:
-        tk.embedded_tokenizer(out_dir, vocab_size=tc.vocab_size, seed=0, limit_per_corpus=tc.limit)
-        return
-    examples = load_examples(DataConfig(task=tc.task, limit=tc.limit, seed=0), "train")
-    tk.train_sentencepiece([e.prompt + e.answer for e in examples], tc.vocab_size, out_dir, seed=0)
-
-
 def run_stage(stage: Stage, *, train_callbacks: Sequence = ()) -> Any:
     """Run one stage in this process (every rank calls this; the stage splits the work); returns
     what the job returned (None on the ranks that sit out a rank-0-only stage)."""
     main = _is_main()
-    if stage.job == "tokenizer":
-        if main:
-            train_tokenizer(stage.config, stage.outputs[0])
-        _barrier()
-        return None
     if stage.record and main:
         record = Path(stage.record)
         save_resolved(stage.config, record.parent, name=record.name)
     _barrier()
     if stage.rank0_only and not main:
         return None  # the same number of barriers on every rank: the pipeline's next one waits for rank 0
-    if stage.job == "generate":
-        return generate(stage.config)
-    if stage.job == "cache":
-        return produce_cache(stage.config)
-    if stage.job == "add_reference":
-        return add_reference(stage.config)
-    if stage.job == "train":
+    job, options = JOBS[stage.job], dict(stage.options)
+    if job.resumes:
         # `--resume` only when the trainer wrote a complete checkpoint (DeepSpeed writes `latest` last).
         resume = bool(stage.resume_dir) and (Path(stage.resume_dir) / "latest").is_file()
-        return train(stage.config, resume=resume, callbacks=train_callbacks)
-    if stage.job == "eval":
-        return evaluate(stage.config)
-    raise ValueError(f"stage '{stage.name}' has no job '{stage.job}'")  # pragma: no cover  (a closed set)
+        options.update(resume=resume, callbacks=train_callbacks)
+    return job.run(stage.config, **options)
 
 
 def describe_result(stage: Stage, result: Any) -> str | None:
     """What the stage's own command prints when it ends: the cache's line, the training summary
     (one JSON line), the eval table; None when there is nothing to say."""
-    if result is None:
-        return None
-    if stage.job == "generate":
-        return describe_generated(stage.config.out_dir, result)
-    if stage.job == "cache":
-        return describe_cache(stage.config.out_dir, result)
-    if stage.job == "add_reference":
-        return describe_reference(stage.config, result)
-    if stage.job == "train":
-        return json.dumps(result, default=str)
-    if stage.job == "eval":
-        return format_table(result)
-    return None
+    return JOBS[stage.job].describe_result(stage.config, result)
 
 
 def run_pipeline(cfg: PipelineConfig, *, only: list[str] | None = None, force: list[str] | None = None,

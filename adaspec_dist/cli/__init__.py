@@ -6,6 +6,8 @@ Contract
   ...) exposes ``add_arguments(parser)`` and ``run(args) -> int``: it builds a typed config from
   the arguments and calls ONE job function of the library (``produce_cache``, ``add_reference``,
   ``train``, ``evaluate``, ``run_pipeline``, ``write_report``, ...), then prints what it returns.
+  The jobs the pipeline also runs (cache, add_reference, generate, train, eval) are read from
+  their row of ``pipeline.JOBS`` (config class, function, what to print), not named again here.
   Only this package parses arguments or prints; library code logs.
 * Modules are imported only for the subcommand being run, so ``adaspec-dist --help`` and
   ``import adaspec_dist.cli`` need neither torch, deepspeed nor megatron-core.

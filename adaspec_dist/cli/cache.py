@@ -8,18 +8,20 @@ Usage::
     adaspec-dist cache --add-reference REF_MODEL CACHE_DIR [--divergence fkl] [--batch-size 8] [--replace]
 
 A ``CacheConfig`` -> ``cache.produce.produce_cache``; ``--add-reference`` builds a
-``ReferenceConfig`` -> ``cache.reference.add_reference``. Rerunning the same command after a
+``ReferenceConfig`` -> ``cache.reference.add_reference`` (the ``cache`` and ``add_reference`` rows
+of ``pipeline.JOBS``). Rerunning the same command after a
 crash resumes (complete shards are kept, the result is byte-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
 import argparse
 
-from adaspec_dist.cache.produce import CacheConfig, describe_cache, produce_cache
-from adaspec_dist.cache.reference import ReferenceConfig, add_reference, describe_reference
 from adaspec_dist.cli.config_help import add_print_config, describe_config, job_config
 from adaspec_dist.config import build_config
+from adaspec_dist.pipeline import JOBS
 from adaspec_dist.sparse.divergence import KINDS
+
+CACHE, REFERENCE = JOBS["cache"], JOBS["add_reference"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if args.add_reference:
         return _reference(args)
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
-    cfg = job_config(CacheConfig, args, overrides, "cache needs --config RECIPE.yaml (and/or overrides), or "
+    cfg = job_config(CACHE.config, args, overrides, "cache needs --config RECIPE.yaml (and/or overrides), or "
                      "--add-reference REF_MODEL CACHE_DIR")
     if cfg is None:
         return 0
-    manifest = produce_cache(cfg)
-    if manifest is not None:
-        print(describe_cache(cfg.out_dir, manifest))
+    text = CACHE.describe_result(cfg, CACHE.run(cfg))
+    if text is not None:
+        print(text)
     return 0
 
 
@@ -57,10 +59,10 @@ def _reference(args: argparse.Namespace) -> int:
     data = {"cache_dir": cache_dir, "model": ref_path, "divergence": args.divergence, "beta": args.beta,
             "batch_size": args.batch_size, "replace": args.replace}
     if args.print_config:
-        print(describe_config(ReferenceConfig, data))
+        print(describe_config(REFERENCE.config, data))
         return 0
-    cfg = build_config(ReferenceConfig, data)
-    manifest = add_reference(cfg)
-    if manifest is not None:
-        print(describe_reference(cfg, manifest))
+    cfg = build_config(REFERENCE.config, data)
+    text = REFERENCE.describe_result(cfg, REFERENCE.run(cfg))
+    if text is not None:
+        print(text)
     return 0

@@ -6,7 +6,7 @@ Usage::
     adaspec-dist eval --config R.yaml data.task=gsm8k data.split=test num_prompts=64 temperature=1.0
     torchrun --nproc_per_node 4 -m adaspec_dist.cli eval --config R.yaml --tp 4
 
-An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (which loads the models, builds the inputs,
+An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (``pipeline.JOBS["eval"]``) (which loads the models, builds the inputs,
 evaluates and writes eval.json, PNG plots and tensorboard scalars into ``out_dir``); global rank 0
 prints the table. With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model
 sharded over the N launched ranks (``torchrun --nproc_per_node N``; exactly one TP group).
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from adaspec_dist.cli.config_help import add_print_config, job_config
 from adaspec_dist.dist import check_device, launch_env
-from adaspec_dist.speculative.evaluate import EvalConfig, evaluate
-from adaspec_dist.speculative.report import format_table
+from adaspec_dist.pipeline import JOBS
+
+EVAL = JOBS["eval"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if getattr(args, "tp", None) else [])
-    cfg = job_config(EvalConfig, args, overrides, "eval needs --config RECIPE.yaml and/or overrides such as "
+    cfg = job_config(EVAL.config, args, overrides, "eval needs --config RECIPE.yaml and/or overrides such as "
                      "target.name_or_path=DIR drafts.kd=DIR")
     if cfg is None:
         return 0
     check_device(cfg.device)  # before any model loads: torch's own error is a traceback
-    result = evaluate(cfg)
+    result = EVAL.run(cfg)
     if launch_env().rank == 0:
-        print(format_table(result))
+        print(EVAL.describe(cfg, result))
         print(f"wrote eval.json, the PNG plots and tensorboard scalars (tb/) in {Path(cfg.out_dir)}")
     return 0

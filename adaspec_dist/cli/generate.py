@@ -6,7 +6,7 @@ Usage::
     adaspec-dist generate model.name_or_path=runs/demo/reference/final role=draft data.task=arith out_dir=runs/gen/draft samples_per_prompt=2 temperature=1.0
     torchrun --nproc_per_node 2 -m adaspec_dist.cli generate --config R.yaml out_dir=/data/gen
 
-A ``GenerateConfig`` -> ``speculative.generate.generate``: ``samples_per_prompt`` samples per
+A ``GenerateConfig`` -> ``speculative.generate.generate`` (``pipeline.JOBS["generate"]``): ``samples_per_prompt`` samples per
 prompt, data-parallel over the launched ranks (each writes its own shards), rerun after a crash to
 finish (byte-identical to an uninterrupted run). ``cache`` reads the result with
 ``generated=OUT_DIR`` (and ``generated_fraction`` for a mixture with the dataset's answers).
@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 
 from adaspec_dist.cli.config_help import add_print_config, job_config
-from adaspec_dist.speculative.generate import GenerateConfig, describe_generated, generate
+from adaspec_dist.pipeline import JOBS
+
+GENERATE = JOBS["generate"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = job_config(GenerateConfig, args, list(args.overrides), "generate needs --config RECIPE.yaml and/or "
+    cfg = job_config(GENERATE.config, args, list(args.overrides), "generate needs --config RECIPE.yaml and/or "
                      "overrides such as model.name_or_path=DIR data.task=arith out_dir=DIR")
     if cfg is None:
         return 0
-    manifest = generate(cfg)
-    if manifest is not None:
-        print(describe_generated(cfg.out_dir, manifest))
+    text = GENERATE.describe_result(cfg, GENERATE.run(cfg))
+    if text is not None:
+        print(text)
     return 0

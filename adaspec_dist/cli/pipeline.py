@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from adaspec_dist.cli.config_help import add_print_config, describe_config
 from adaspec_dist.config import ConfigError, recipe_mapping
 from adaspec_dist.dist import launch_env
-from adaspec_dist.pipeline import PipelineConfig, budget_line, load_pipeline_config, plan, run_pipeline
+from adaspec_dist.pipeline import PipelineConfig, budget_line, eval_results, load_pipeline_config, plan, run_pipeline
 from adaspec_dist.report import format_rows, method_rows
 
 
@@ -66,10 +65,9 @@ def run(args: argparse.Namespace) -> int:
 def _print_arms(stages) -> None:
     """The arms side by side, one table per eval stage that has a result (the per-draft tables
     above hold the detail)."""
-    for stage in stages:
-        result = Path(stage.config.out_dir) / "eval.json" if stage.job == "eval" else None
-        if result is None or not result.is_file():
+    for name, result in eval_results(stages):
+        if not result.is_file():
             continue
         data = json.loads(result.read_text())
-        print(f"\n{stage.name} (temperature {data['settings']['temperature']:g}): the arms at equal optimiser steps")
+        print(f"\n{name} (temperature {data['settings']['temperature']:g}): the arms at equal optimiser steps")
         print(format_rows(method_rows(data)))

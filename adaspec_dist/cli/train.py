@@ -9,7 +9,7 @@ Usage::
     deepspeed --hostfile hosts -m adaspec_dist.cli train --config R.yaml     # (or srun ... under Slurm)
 
 ``R.yaml`` is a TrainConfig recipe (a pipeline run writes one per train stage in
-``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train``; global rank 0 prints the
+``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train`` (``pipeline.JOBS["train"]``); global rank 0 prints the
 summary as one JSON line.
 ``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly. A ``run_dir``
 holding a run of another config is refused; ``--force`` replaces that run.
@@ -17,12 +17,12 @@ holding a run of another config is refused; ``--force`` replaces that run.
 from __future__ import annotations
 
 import argparse
-import json
 
 from adaspec_dist.cli.config_help import add_print_config, job_config
 from adaspec_dist.dist import launch_env
-from adaspec_dist.distill.config import TrainConfig
-from adaspec_dist.distill.train import train
+from adaspec_dist.pipeline import JOBS
+
+TRAIN = JOBS["train"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +42,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides or [])
     if args.objective:
         overrides.append(f"objective={args.objective}")
-    cfg = job_config(TrainConfig, args, overrides,
+    cfg = job_config(TRAIN.config, args, overrides,
                      "train needs --config RECIPE.yaml (and/or section.key=value overrides)")
     if cfg is None:
         return 0
-    summary = train(cfg, resume="auto" if args.auto_resume else args.resume, force=args.force)
+    summary = TRAIN.run(cfg, resume="auto" if args.auto_resume else args.resume, force=args.force)
     if launch_env().rank == 0:
-        print(json.dumps(summary, default=str))
+        print(TRAIN.describe(cfg, summary))
     return 0

@@ -14,9 +14,10 @@ import yaml
 
 from adaspec_dist.cache.produce import CacheConfig
 from adaspec_dist.cache.reference import ReferenceConfig
+from adaspec_dist.cli import SUBCOMMANDS
 from adaspec_dist.config import ConfigError, build_config, to_dict
 from adaspec_dist.distill.config import SelectionConfig, TrainConfig
-from adaspec_dist.pipeline import STAGE_ORDER, is_complete, load_pipeline_config, plan
+from adaspec_dist.pipeline import JOBS, STAGE_ORDER, is_complete, load_pipeline_config, plan
 from adaspec_dist.speculative.evaluate import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,9 @@ def test_recipe_parses_and_plans(path):
     # Each stage holds the typed config its job is called with (built, so valid, when planned).
     owners = {"cache": CacheConfig, "add_reference": ReferenceConfig, "train": TrainConfig, "eval": EvalConfig}
     assert all(isinstance(s.config, owners[s.job]) for s in stages if s.job in owners)
+    # ... which is the class of its job's row, the one the job's subcommand builds too.
+    assert all(isinstance(s.config, JOBS[s.job].config) for s in stages)
+    assert all(s.command in SUBCOMMANDS for s in stages if s.command)
     by = {s.name: s for s in stages}
     # The reference column comes from the kd draft that the eval calls DistillSpec.
     ref_export = by["add_reference"].config.model
