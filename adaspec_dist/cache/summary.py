@@ -84,68 +84,100 @@ def _fix_ref(reader: CacheReader, what: str) -> str:
 
 def check_invariants(reader: CacheReader, max_rows: int = 200_000) -> list[str]:
     """Warning lines for impossible numbers in the cache (see the module docstring); [] when none."""
-    man, out = reader.manifest, []
-    vocab = int(man["vocab_size"])
-    eps = _MASS_EPS.get(reader.value_dtype, 0.05)
-    ref = man.get("reference") or None
+    ref = reader.manifest.get("reference") or None
     per_shard = max(1, max_rows // max(1, len(reader.shards)))
-    totals = {"num_sequences": "sequences", "num_tokens": "tokens", "num_supervised": "supervised"}
-    wrong = [f"{k} {man[k]} but its shards hold {sum(sh[v] for sh in reader.shards)}"
-             for k, v in totals.items() if man[k] != sum(sh[v] for sh in reader.shards)]
-    if wrong:
-        out.append(f"warning: {fmt.manifest_path(reader.cache_dir)} says {', '.join(wrong)}: it was edited or is "
-                   "damaged; delete it and rerun the cache job (same command) to rewrite it")
+    out = _manifest_totals(reader)
     for s, sh in enumerate(reader.shards):
         name = f"{fmt.SHARD_DIR}/{sh['file']}"
         a = reader._shard(s)
-        counts = {"sequences": len(a["seq_offsets"]) - 1, "tokens": int(a["seq_offsets"][-1]),
-                  "supervised": int(a["row_offsets"][-1])}
-        wrong = [f"{k} {v} (manifest: {sh[k]})" for k, v in counts.items() if v != sh[k]]
-        rows_held = a["row_nnz"].shape[0] if reader.compact else a["ids"].shape[0]
-        if len(a["tokens"]) != counts["tokens"] or int(np.asarray(a["loss_mask"], dtype=np.int64).sum()) != \
-                counts["supervised"] or rows_held != counts["supervised"]:
-            wrong.append("its arrays disagree with its own offsets")
-        if reader.compact:
-            entries = int(a["entry_offsets"][-1])
-            if a["ids"].shape != (entries,) or a["counts"].shape != (entries,) or entries != sh.get("entries", entries):
-                wrong.append(f"{a['ids'].shape[0]} ids for {entries} row entries (manifest: {sh.get('entries')})")
-        elif a["ids"].ndim != 2 or a["ids"].shape[1] != sh["k"]:
-            wrong.append(f"{a['ids'].shape[-1]} ids per row (manifest: {sh['k']})")
+        counts, wrong = _shard_structure(reader, sh, a)
         if wrong:
             out.append(f"warning: {_fix_shard(reader, name + ' holds ' + ', '.join(wrong))}")
             continue
         n = min(counts["supervised"], per_shard)
-        m = int(a["entry_offsets"][n]) if reader.compact else n  # the first n rows' entries
-        ids = np.asarray(a["ids"][:m])
-        logp = decode_values(a["logp"][:m], reader.value_dtype).numpy() if "logp" in a else np.zeros(0, np.float32)
-        bad = []
-        if reader.compact:
-            draws = np.asarray(a["counts"][:m], dtype=np.int64)
-            per_row = np.add.reduceat(draws, a["entry_offsets"][:n]) if n and m else np.zeros(0, np.int64)
-            if draws.size and draws.min() < 1 or (per_row != reader.draws).any():
-                bad.append(f"rows whose draw counts do not sum to draws={reader.draws}")
-            plogp = np.asarray(a["plogp"][:n], dtype=np.float64)
-            if not np.isfinite(plogp).all() or (plogp.size and plogp.max() > _MASS_EPS.get("fp16", 0.02)):
-                bad.append("row constants (plogp) that are not finite log-probabilities <= 0")
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            bad.append(f"ids outside the vocabulary [0, {vocab}) (max {int(ids.max())})")
-        if not np.isfinite(logp).all():
-            bad.append(f"{int((~np.isfinite(logp)).sum())} non-finite log-probabilities")
-        elif logp.size and logp.max() > eps:
-            bad.append(f"probabilities above 1 (largest log-prob {float(logp.max()):.3g})")
-        elif reader.scheme == "topk" and logp.size:
-            mass = np.exp(logp.astype(np.float64)).sum(-1)
-            if mass.max() > 1 + eps:
-                bad.append(f"{int((mass > 1 + eps).sum())} rows whose top-k mass exceeds 1 (max {mass.max():.3f})")
-        if "weights" in a:
-            w = np.asarray(a["weights"][:n])
-            if not np.isfinite(w).all() or (w.size and w.min() < 0):
-                bad.append("negative or non-finite sampling weights")
+        bad = _impossible_values(reader, a, n)
         if bad:
             out.append(f"warning: {_fix_shard(reader, name + ' holds ' + '; '.join(bad))}")
         if ref and sh["file"] in ref.get("shards", {}):
             out += _check_ref(reader, ref["shards"][sh["file"]]["file"], counts["supervised"], n)
     return out
+
+
+def _manifest_totals(reader: CacheReader) -> list[str]:
+    """The manifest's totals against the sum of its shards' counts: [] or one warning line."""
+    man = reader.manifest
+    totals = {"num_sequences": "sequences", "num_tokens": "tokens", "num_supervised": "supervised"}
+    wrong = [f"{k} {man[k]} but its shards hold {sum(sh[v] for sh in reader.shards)}"
+             for k, v in totals.items() if man[k] != sum(sh[v] for sh in reader.shards)]
+    if not wrong:
+        return []
+    return [f"warning: {fmt.manifest_path(reader.cache_dir)} says {', '.join(wrong)}: it was edited or is "
+            "damaged; delete it and rerun the cache job (same command) to rewrite it"]
+
+
+def _shard_structure(reader: CacheReader, sh: dict, a: dict) -> tuple[dict[str, int], list[str]]:
+    """One shard's counts (sequences, tokens, supervised) from its own offsets, and what disagrees:
+    with its manifest entry, among its arrays, ids per row (or per compact row entry)."""
+    counts = {"sequences": len(a["seq_offsets"]) - 1, "tokens": int(a["seq_offsets"][-1]),
+              "supervised": int(a["row_offsets"][-1])}
+    wrong = [f"{k} {v} (manifest: {sh[k]})" for k, v in counts.items() if v != sh[k]]
+    rows_held = a["row_nnz"].shape[0] if reader.compact else a["ids"].shape[0]
+    if len(a["tokens"]) != counts["tokens"] or int(np.asarray(a["loss_mask"], dtype=np.int64).sum()) != \
+            counts["supervised"] or rows_held != counts["supervised"]:
+        wrong.append("its arrays disagree with its own offsets")
+    if reader.compact:
+        entries = int(a["entry_offsets"][-1])
+        if a["ids"].shape != (entries,) or a["counts"].shape != (entries,) or entries != sh.get("entries", entries):
+            wrong.append(f"{a['ids'].shape[0]} ids for {entries} row entries (manifest: {sh.get('entries')})")
+    elif a["ids"].ndim != 2 or a["ids"].shape[1] != sh["k"]:
+        wrong.append(f"{a['ids'].shape[-1]} ids per row (manifest: {sh['k']})")
+    return counts, wrong
+
+
+def _impossible_values(reader: CacheReader, a: dict, n: int) -> list[str]:
+    """What no intact cache holds among a shard's first ``n`` rows: draw counts and row constants
+    (compact rows), ids, log-probabilities, top-k mass, sampling weights."""
+    vocab = int(reader.manifest["vocab_size"])
+    m = int(a["entry_offsets"][n]) if reader.compact else n  # the first n rows' entries
+    ids = np.asarray(a["ids"][:m])
+    logp = decode_values(a["logp"][:m], reader.value_dtype).numpy() if "logp" in a else np.zeros(0, np.float32)
+    bad = _compact_row_problems(reader, a, n, m) if reader.compact else []
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        bad.append(f"ids outside the vocabulary [0, {vocab}) (max {int(ids.max())})")
+    bad += _logp_problems(reader, logp)
+    if "weights" in a:
+        w = np.asarray(a["weights"][:n])
+        if not np.isfinite(w).all() or (w.size and w.min() < 0):
+            bad.append("negative or non-finite sampling weights")
+    return bad
+
+
+def _compact_row_problems(reader: CacheReader, a: dict, n: int, m: int) -> list[str]:
+    """Compact sampled rows: every row's draw counts sum to ``draws``; its constant is a log-probability."""
+    bad = []
+    draws = np.asarray(a["counts"][:m], dtype=np.int64)
+    per_row = np.add.reduceat(draws, a["entry_offsets"][:n]) if n and m else np.zeros(0, np.int64)
+    if draws.size and draws.min() < 1 or (per_row != reader.draws).any():
+        bad.append(f"rows whose draw counts do not sum to draws={reader.draws}")
+    plogp = np.asarray(a["plogp"][:n], dtype=np.float64)
+    if not np.isfinite(plogp).all() or (plogp.size and plogp.max() > _MASS_EPS.get("fp16", 0.02)):
+        bad.append("row constants (plogp) that are not finite log-probabilities <= 0")
+    return bad
+
+
+def _logp_problems(reader: CacheReader, logp: np.ndarray) -> list[str]:
+    """Stored log-probabilities: finite, <= 0 up to the value type's rounding, top-k mass <= 1 + eps
+    (the first problem found only: each one implies the next check is meaningless)."""
+    eps = _MASS_EPS.get(reader.value_dtype, 0.05)
+    if not np.isfinite(logp).all():
+        return [f"{int((~np.isfinite(logp)).sum())} non-finite log-probabilities"]
+    if logp.size and logp.max() > eps:
+        return [f"probabilities above 1 (largest log-prob {float(logp.max()):.3g})"]
+    if reader.scheme == "topk" and logp.size:
+        mass = np.exp(logp.astype(np.float64)).sum(-1)
+        if mass.max() > 1 + eps:
+            return [f"{int((mass > 1 + eps).sum())} rows whose top-k mass exceeds 1 (max {mass.max():.3f})"]
+    return []
 
 
 def _check_ref(reader: CacheReader, file: str, supervised: int, n: int) -> list[str]:
