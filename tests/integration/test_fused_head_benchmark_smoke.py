@@ -11,6 +11,9 @@ import pytest
 
 from tests.helpers import REPO, child_env
 
+# ~45 s on 2 cores (a benchmark end to end): `make test` only, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RESULTS = REPO / "benchmarks" / "results"
 
 

@@ -16,6 +16,9 @@ import pytest
 
 from tests.helpers import REPO, child_env
 
+# ~60 s on 2 cores (the whole GPU suite, tiny, on the CPU): `make test` only, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RESULTS = REPO / "benchmarks" / "results" / "gpu_suite.json"
 
 

@@ -26,6 +26,9 @@ import pytest
 from tests.fixtures import spm_tokenizer_dir  # noqa: F401  (session fixture)
 from tests.helpers import REPO
 
+# ~25 s on 2 cores (builds a wheel, installs it, trains two steps): `make test` only, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SHIPPED = ["ds_zero0.json", "ds_zero1.json", "ds_zero2.json", "ds_zero3.json", "demo.yaml"]
 BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md"]
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH")
