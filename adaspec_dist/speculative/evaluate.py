@@ -190,6 +190,50 @@ def _speedup(ratios: list[float], tau: float, what: str) -> dict[str, Any]:
     return out
 
 
+def _baseline(model, V: int, prompts: Sequence[list[int]], cfg: EvalConfig, decode: dict[str, Any],
+              device) -> tuple[list[list[int]], DecodeStats]:
+    """``model`` alone (autoregressive) over the prompts in batches, after a tiny warm-up so one-time
+    allocation/dispatch costs do not land in the timing."""
+    autoregressive_generate(model, [list(prompts[0])], sampling=cfg.sampling, max_new_tokens=2, vocab_size=V)
+    return _batched(lambda ch, g: autoregressive_generate(model, ch, generator=g, vocab_size=V, **decode),
+                    prompts, cfg.batch_size, cfg.seed, device)
+
+
+def _draft_entry(target, draft, V: int, target_stats: DecodeStats, prompts: Sequence[list[int]],
+                 answers_for_alpha: Sequence | None, cfg: EvalConfig, decode: dict[str, Any], device) -> dict[str, Any]:
+    """One draft's own numbers: its speed alone, its cost ratio c to the target, α_logits on the
+    held-out answers (None without them); ``by_gamma`` is left for the SD runs."""
+    _, draft_stats = _baseline(draft, V, prompts, cfg, decode, device)
+    cost_ratio = draft_stats.seconds / draft_stats.generated / (target_stats.seconds / target_stats.generated)
+    entry: dict[str, Any] = {"draft_tokens_per_s": _tokens_per_s(draft_stats), "cost_ratio": cost_ratio,
+                             "alpha_logits": None, "alpha_positions": 0, "by_gamma": {}}
+    if answers_for_alpha:
+        a = alpha_logits(target, draft, answers_for_alpha, sampling=cfg.sampling, batch_size=cfg.batch_size,
+                         vocab_size=V)
+        entry["alpha_logits"], entry["alpha_positions"] = a["alpha"], a["positions"]
+    return entry
+
+
+def _gamma_row(target, draft, name: str, gamma: int, V: int, entry: dict[str, Any], target_seqs: list[list[int]],
+               prompts: Sequence[list[int]], cfg: EvalConfig, decode: dict[str, Any], device) -> dict[str, Any]:
+    """SD with one draft at one γ, interleaved with the target alone: acceptance, τ, speed, speedup
+    (and τ(α), and at temperature 0 the share of outputs equal to the target's)."""
+    seqs, stats, ratios = _interleaved(
+        lambda ch, g: speculative_generate(target, draft, ch, gamma=gamma, generator=g, vocab_size=V, **decode),
+        lambda ch, g: autoregressive_generate(target, ch, generator=g, vocab_size=V, **decode),
+        prompts, cfg, device)
+    row = summarize(stats)
+    row.update(tokens_per_s=_tokens_per_s(stats), speedup_bound=speedup_bound(row["tau"], gamma, entry["cost_ratio"]),
+               seconds=stats.seconds, **_speedup(ratios, row["tau"], f"{name} gamma={gamma}"))
+    if entry["alpha_logits"] is not None:
+        row["tau_theory"] = theoretical_tau(entry["alpha_logits"], gamma)
+    if cfg.temperature == 0:
+        row["matches_target"] = sum(a == b for a, b in zip(seqs, target_seqs)) / len(seqs)
+    logger.info("%s gamma=%d: acceptance %.3f tau %.2f speedup %.2fx", name, gamma,
+                row["acceptance_rate"], row["tau"], row["speedup"])
+    return row
+
+
 def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]],
                     answers_for_alpha: Sequence | None, cfg: EvalConfig, *, eos_token_id: int | None = None,
                     vocab_size: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
@@ -203,15 +247,7 @@ def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]]
         raise ValueError("no drafts given; set drafts: {name: path} in the eval config")
     target = as_causal_lm(target)
     device = target.device
-    sampling = cfg.sampling
-    kw = dict(sampling=sampling, eos_token_id=eos_token_id, max_new_tokens=cfg.max_new_tokens)
-
-    def baseline(model, V):
-        # A tiny warm-up first so one-time allocation/dispatch costs do not land in the timing.
-        autoregressive_generate(model, [list(prompts[0])], sampling=sampling, max_new_tokens=2, vocab_size=V)
-        return _batched(lambda ch, g: autoregressive_generate(model, ch, generator=g, vocab_size=V, **kw),
-                        prompts, cfg.batch_size, cfg.seed, device)
-
+    decode = dict(sampling=cfg.sampling, eos_token_id=eos_token_id, max_new_tokens=cfg.max_new_tokens)
     result: dict[str, Any] = {
         "conventions": CONVENTIONS,
         "settings": {"batch_size": cfg.batch_size, "temperature": cfg.temperature, "top_p": cfg.top_p,
@@ -223,33 +259,14 @@ def evaluate_drafts(target, drafts: dict[str, Any], prompts: Sequence[list[int]]
     for name, draft_model in drafts.items():
         draft = as_causal_lm(draft_model)
         V = vocab_size or real_vocab_size(target.vocab_width, draft.vocab_width)
-        if target_stats is None:
-            target_seqs, target_stats = baseline(target, V)
+        if target_stats is None:  # once, at the first draft's vocabulary
+            target_seqs, target_stats = _baseline(target, V, prompts, cfg, decode, device)
             result["target"] = {"tokens_per_s": _tokens_per_s(target_stats), "generated": target_stats.generated,
                                 "seconds": target_stats.seconds}
-        _, draft_stats = baseline(draft, V)
-        cost_ratio = draft_stats.seconds / draft_stats.generated / (target_stats.seconds / target_stats.generated)
-        entry: dict[str, Any] = {"draft_tokens_per_s": _tokens_per_s(draft_stats), "cost_ratio": cost_ratio,
-                                 "alpha_logits": None, "alpha_positions": 0, "by_gamma": {}}
-        if answers_for_alpha:
-            a = alpha_logits(target, draft, answers_for_alpha, sampling=sampling, batch_size=cfg.batch_size,
-                             vocab_size=V)
-            entry["alpha_logits"], entry["alpha_positions"] = a["alpha"], a["positions"]
+        entry = _draft_entry(target, draft, V, target_stats, prompts, answers_for_alpha, cfg, decode, device)
         for gamma in cfg.gammas:
-            seqs, stats, ratios = _interleaved(
-                lambda ch, g: speculative_generate(target, draft, ch, gamma=gamma, generator=g, vocab_size=V, **kw),
-                lambda ch, g: autoregressive_generate(target, ch, generator=g, vocab_size=V, **kw),
-                prompts, cfg, device)
-            row = summarize(stats)
-            row.update(tokens_per_s=_tokens_per_s(stats), speedup_bound=speedup_bound(row["tau"], gamma, cost_ratio),
-                       seconds=stats.seconds, **_speedup(ratios, row["tau"], f"{name} gamma={gamma}"))
-            if entry["alpha_logits"] is not None:
-                row["tau_theory"] = theoretical_tau(entry["alpha_logits"], gamma)
-            if cfg.temperature == 0:
-                row["matches_target"] = sum(a == b for a, b in zip(seqs, target_seqs)) / len(seqs)
-            entry["by_gamma"][str(gamma)] = row
-            logger.info("%s gamma=%d: acceptance %.3f tau %.2f speedup %.2fx", name, gamma,
-                        row["acceptance_rate"], row["tau"], row["speedup"])
+            entry["by_gamma"][str(gamma)] = _gamma_row(target, draft, name, gamma, V, entry, target_seqs, prompts,
+                                                       cfg, decode, device)
             if progress is not None:
                 progress(name, gamma)
         result["drafts"][name] = entry
