@@ -214,7 +214,7 @@ def _reference_argv(c: ReferenceConfig) -> list[str]:
     return args
 
 
-def train_tokenizer(tc: TokenizerTrainConfig, *, out_dir: str) -> None:
+def train_tokenizer(tc: TokenizerTrainConfig, out_dir: str) -> None:
     """Train the demo's sentencepiece tokenizer: on one embedded task's train split (``task``),
     or on all embedded corpora (the data module's ``embedded_tokenizer``)."""
     # The tokenizer does not depend on the run's seed: every seed of a recipe shares its vocabulary.

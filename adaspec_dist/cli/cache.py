@@ -9,8 +9,8 @@ Usage::
 
 A ``CacheConfig`` -> ``cache.produce.produce_cache``; ``--add-reference`` builds a
 ``ReferenceConfig`` -> ``cache.reference.add_reference`` (the ``cache`` and ``add_reference`` rows
-of ``pipeline.JOBS``). Rerunning the same command after a
-crash resumes (complete shards are kept, the result is byte-identical to an uninterrupted run).
+of ``pipeline.JOBS``). Rerunning the same command after a crash resumes (complete shards are
+kept, the result is byte-identical to an uninterrupted run).
 """
 from __future__ import annotations
 

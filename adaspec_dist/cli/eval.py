@@ -6,9 +6,9 @@ Usage::
     adaspec-dist eval --config R.yaml data.task=gsm8k data.split=test num_prompts=64 temperature=1.0
     torchrun --nproc_per_node 4 -m adaspec_dist.cli eval --config R.yaml --tp 4
 
-An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (``pipeline.JOBS["eval"]``) (which loads the models, builds the inputs,
-evaluates and writes eval.json, PNG plots and tensorboard scalars into ``out_dir``); global rank 0
-prints the table. With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model
+An ``EvalConfig`` -> ``speculative.evaluate.evaluate`` (the ``eval`` row of ``pipeline.JOBS``),
+which loads the models, builds the inputs, evaluates and writes eval.json, PNG plots and
+tensorboard scalars into ``out_dir``; global rank 0 prints the table. With ``--tp N`` (``tp: N``) the target is a megatron-core tensor-parallel model
 sharded over the N launched ranks (``torchrun --nproc_per_node N``; exactly one TP group).
 """
 from __future__ import annotations

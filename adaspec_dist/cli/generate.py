@@ -6,9 +6,10 @@ Usage::
     adaspec-dist generate model.name_or_path=runs/demo/reference/final role=draft data.task=arith out_dir=runs/gen/draft samples_per_prompt=2 temperature=1.0
     torchrun --nproc_per_node 2 -m adaspec_dist.cli generate --config R.yaml out_dir=/data/gen
 
-A ``GenerateConfig`` -> ``speculative.generate.generate`` (``pipeline.JOBS["generate"]``): ``samples_per_prompt`` samples per
-prompt, data-parallel over the launched ranks (each writes its own shards), rerun after a crash to
-finish (byte-identical to an uninterrupted run). ``cache`` reads the result with
+A ``GenerateConfig`` -> ``speculative.generate.generate`` (the ``generate`` row of
+``pipeline.JOBS``): ``samples_per_prompt`` samples per prompt, data-parallel over the launched
+ranks (each writes its own shards), rerun after a crash to finish (byte-identical to an
+uninterrupted run). ``cache`` reads the result with
 ``generated=OUT_DIR`` (and ``generated_fraction`` for a mixture with the dataset's answers).
 """
 from __future__ import annotations

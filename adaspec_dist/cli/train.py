@@ -9,8 +9,8 @@ Usage::
     deepspeed --hostfile hosts -m adaspec_dist.cli train --config R.yaml     # (or srun ... under Slurm)
 
 ``R.yaml`` is a TrainConfig recipe (a pipeline run writes one per train stage in
-``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train`` (``pipeline.JOBS["train"]``); global rank 0 prints the
-summary as one JSON line.
+``RUN_DIR/configs/``). A ``TrainConfig`` -> ``distill.train.train`` (the ``train`` row of
+``pipeline.JOBS``); global rank 0 prints the summary as one JSON line.
 ``--resume`` continues the run in ``run_dir`` from its newest checkpoint, exactly. A ``run_dir``
 holding a run of another config is refused; ``--force`` replaces that run.
 """
