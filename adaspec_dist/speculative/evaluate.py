@@ -229,8 +229,9 @@ def _gamma_row(target, draft, name: str, gamma: int, V: int, entry: dict[str, An
         row["tau_theory"] = theoretical_tau(entry["alpha_logits"], gamma)
     if cfg.temperature == 0:
         row["matches_target"] = sum(a == b for a, b in zip(seqs, target_seqs)) / len(seqs)
-    logger.info("%s gamma=%d: acceptance %.3f tau %.2f speedup %.2fx", name, gamma,
-                row["acceptance_rate"], row["tau"], row["speedup"])
+    speedup = "n/a (timing error)" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+    logger.info("%s gamma=%d: acceptance %.3f tau %.2f speedup %s", name, gamma, row["acceptance_rate"],
+                row["tau"], speedup)
     return row
 
 
