@@ -499,13 +499,11 @@ def flat_spelling(cls: type, mapping: dict | None) -> dict | None:
 
 
 def accepted_shas(stage: Stage, run_dir: str | None = None) -> set[str]:
-    """The hashes that mean "this very stage": today's, and for a train stage the one an earlier
-    version recorded for the same recipe (its flat keys, before TrainConfig had sections), so a
+    """The hashes that mean "this very stage": today's, and the one an earlier version recorded for
+    the same recipe before its config had sections (``RENAMED`` keys spelled flat: train), so a
     run directory made before the regrouping still resumes instead of redoing finished stages."""
-    shas = {config_sha(stage, run_dir)}
-    if stage.job == "train":
-        shas.add(config_sha(stage, run_dir, recipe=flat_spelling(TrainConfig, stage.recipe)))
-    return shas
+    flat = flat_spelling(JOBS[stage.job].config, stage.recipe)  # the same mapping for a job with no RENAMED
+    return {config_sha(stage, run_dir), config_sha(stage, run_dir, recipe=flat)}
 
 
 def _marker(cfg: PipelineConfig, name: str) -> Path:
