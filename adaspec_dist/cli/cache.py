@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec_dist.cli.config_help import add_print_config, describe_config, job_config
+from adaspec_dist.cli.config_help import add_print_config, describe_config, job_config, run_job
 from adaspec_dist.config import build_config
 from adaspec_dist.pipeline import JOBS
 from adaspec_dist.sparse.divergence import KINDS
@@ -46,12 +46,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"tp={args.tp}"] if args.tp else [])
     cfg = job_config(CACHE.config, args, overrides, "cache needs --config RECIPE.yaml (and/or overrides), or "
                      "--add-reference REF_MODEL CACHE_DIR")
-    if cfg is None:
-        return 0
-    text = CACHE.describe_result(cfg, CACHE.run(cfg))
-    if text is not None:
-        print(text)
-    return 0
+    return run_job(CACHE, cfg)
 
 
 def _reference(args: argparse.Namespace) -> int:
@@ -61,8 +56,4 @@ def _reference(args: argparse.Namespace) -> int:
     if args.print_config:
         print(describe_config(REFERENCE.config, data))
         return 0
-    cfg = build_config(REFERENCE.config, data)
-    text = REFERENCE.describe_result(cfg, REFERENCE.run(cfg))
-    if text is not None:
-        print(text)
-    return 0
+    return run_job(REFERENCE, build_config(REFERENCE.config, data))

@@ -9,7 +9,8 @@ Unknown keys and values of the wrong type are the usual one-line ``ConfigError``
 ``--print-config`` is also the "parse and resolve, run nothing" mode that checks a command line
 (tests/integration/test_examples.py runs every documented example through it). A config that
 resolves but would be refused when run (a missing required key, a check of ``validate()``) says
-so in a last comment line.
+so in a last comment line. ``run_job(JOBS row, cfg)``: the subcommand runs the job and prints
+what the row describes (or nothing after ``--print-config``).
 """
 from __future__ import annotations
 
@@ -161,3 +162,13 @@ def job_config(cls: type[T], args: Any, overrides: list[str], usage: str) -> T |
         raise ValueError(usage)
     return load_config(cls, args.config, overrides)
 
+
+
+def run_job(job: Any, cfg: Any, **options: Any) -> int:
+    """Run a ``pipeline.JOBS`` row's job on ``cfg`` (None: ``--print-config`` already answered) and
+    print what its command says at the end (the row's ``describe``); the exit code, 0."""
+    if cfg is not None:
+        text = job.describe_result(cfg, job.run(cfg, **options))
+        if text is not None:
+            print(text)
+    return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaspec_dist.cli.config_help import add_print_config, job_config
+from adaspec_dist.cli.config_help import add_print_config, job_config, run_job
 from adaspec_dist.pipeline import JOBS
 
 GENERATE = JOBS["generate"]
@@ -33,9 +33,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = job_config(GENERATE.config, args, list(args.overrides), "generate needs --config RECIPE.yaml and/or "
                      "overrides such as model.name_or_path=DIR data.task=arith out_dir=DIR")
-    if cfg is None:
-        return 0
-    text = GENERATE.describe_result(cfg, GENERATE.run(cfg))
-    if text is not None:
-        print(text)
-    return 0
+    return run_job(GENERATE, cfg)
